@@ -25,8 +25,10 @@ if [[ ! -x $VENV/bin/python ]]; then
     "$PY" -m venv "$VENV"
 fi
 echo "install.sh: installing requirements.txt into $VENV (first run downloads torch: minutes)"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -r requirements.txt
+# pip's notes about local index folders are noise here; real errors still fail the script.
+quiet() { "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
+quiet "$VENV/bin/python" -m pip install --quiet --upgrade pip
+quiet "$VENV/bin/python" -m pip install --quiet -r requirements.txt
 "$VENV/bin/python" -m pip freeze > "$VENV/installed.txt"
 echo "$req_hash" > "$STAMP"
 "$VENV/bin/python" - <<'PY'
