@@ -82,7 +82,8 @@ def _check(cfg, path):
             raise ConfigError(f"{path}: model.attn_strides has {len(strides)} entries but model.depth is "
                               f"{cfg.model.depth}; give one entry ([ts, xs] or None) per layer")
         for i, s in enumerate(strides):
-            if s is not None and (len(s) != 2 or not all(isinstance(v, int) and v >= 1 for v in s)):
+            if s is not None and (not isinstance(s, (list, tuple)) or len(s) != 2 or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in s)):
                 raise ConfigError(f"{path}: model.attn_strides[{i}] = {s!r}; each entry must be None or "
                                   f"[ts, xs] with positive integers")
     if cfg.sampling.scheduler not in ('EulerA', 'DDIM', 'DPMS'):
@@ -106,8 +107,8 @@ def load_config(path, overrides=None):
             raise ConfigError(f"{path}: --cfg-options key '{key}' does not exist in the config; "
                               f"check the spelling (python -c \"from tools.config import load_config; "
                               f"print(load_config('{path}').pretty_text)\")") from None
-    if parsed:
-        cfg.merge_from_dict(parsed)
+    if parsed:  # dicts merge (mmengine); an empty dict empties the key, so vae.config={} is not a no-op
+        cfg.merge_from_dict({k: {'_delete_': True} if v == {} else v for k, v in parsed.items()})
     _check(cfg, path)
     cfg.config_path = path
     return cfg

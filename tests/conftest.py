@@ -1,0 +1,40 @@
+"""Shared pytest fixtures: repository paths, the real clips in ../shared/videos, the tiny config."""
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / 'shared'  # tests/ is in the repo; ../shared sits beside it
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # `import tools`, `import models` ... from any working directory
+
+
+@pytest.fixture(scope='session')
+def repo_root():
+    """The repository root (absolute Path)."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope='session')
+def shared_dir():
+    """../shared beside the repository; skips the test when it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} not found (test data lives in ../shared beside the repository)")
+    return SHARED
+
+
+@pytest.fixture(scope='session')
+def shared_videos(shared_dir):
+    """../shared/videos (the real test clips); skips the test when it is absent."""
+    videos = shared_dir / 'videos'
+    if not videos.is_dir():
+        pytest.skip(f"{videos} not found")
+    return videos
+
+
+@pytest.fixture
+def tiny_cfg(repo_root):
+    """A fresh Config from configs/tiny.py (tests may modify it)."""
+    from tools.config import load_config
+    return load_config(str(repo_root / 'configs' / 'tiny.py'))

@@ -1,0 +1,173 @@
+"""tools/config.py: loading, `_base_` inheritance, `--cfg-options` overrides and one-line errors for bad keys."""
+import pytest
+
+from tools.config import ConfigError, load_config, parse_overrides
+
+
+@pytest.fixture(scope='module')
+def s1024_path(repo_root):
+    return str(repo_root / 'configs' / 's1024.effn-f32.py')
+
+
+@pytest.fixture(scope='module')
+def tiny_path(repo_root):
+    return str(repo_root / 'configs' / 'tiny.py')
+
+
+def _one_line(e):
+    msg = str(e.value)
+    assert '\n' not in msg, msg
+    return msg
+
+
+def test_released_config(s1024_path):
+    cfg = load_config(s1024_path)
+    assert cfg.model.depth == 28 and len(cfg.model.attn_strides) == 28
+    assert cfg.model.attn_strides[0] == [1, 4] and cfg.model.attn_strides[1] == [4, 1]
+    assert cfg.model.attn_strides[8] is None and cfg.model.attn_strides[-1] is None
+    assert (cfg.model.input_size, cfg.model.hidden_size, cfg.model.num_heads) == (128, 1152, 16)
+    assert cfg.model.pe_interpolation == 2.0
+    # values that only the _base_ files define
+    assert cfg.model.patch_size == 2 and cfg.model.in_channels == 20 and cfg.model.learn_sigma is True
+    assert cfg.diffusion.num_timesteps == 1000 and cfg.sampling.scheduler == 'EulerA'
+    assert (cfg.data.num_frames_per_video, cfg.data.time_stride, cfg.data.sample_size) == (8, 4, 1024)
+    assert cfg.config_path == s1024_path
+
+
+def test_tiny_inherits_from_released(tiny_cfg, s1024_path):
+    big = load_config(s1024_path)
+    assert tiny_cfg.model.depth == 4 and len(tiny_cfg.model.attn_strides) == 4
+    assert tiny_cfg.random_init is True and tiny_cfg.sampling.steps == 2
+    # not set in tiny.py: inherited unchanged
+    for key in ('sr_scale', 'scale_factor', 'init_seed', 'device', 'dtype'):
+        assert tiny_cfg[key] == big[key], key
+    assert tiny_cfg.sr_scale == 4 and tiny_cfg.scale_factor == pytest.approx(0.13025)
+    assert tiny_cfg.model.patch_size == big.model.patch_size and tiny_cfg.model.in_channels == 20
+    assert tiny_cfg.sampling.scheduler == big.sampling.scheduler and tiny_cfg.sampling.seed == big.sampling.seed
+    assert tiny_cfg.weights.to_dict() == big.weights.to_dict()
+    assert tiny_cfg.optimizer.lr == big.optimizer.lr
+    # partially overridden dicts keep the other keys
+    assert tiny_cfg.data.sample_size == 64 and tiny_cfg.data.random_flip is True
+    assert tiny_cfg.vae.decode_chunk == 4 and tiny_cfg.vae.encode_chunk == big.vae.encode_chunk
+    assert tiny_cfg.vae.config.latent_channels == 4 and big.vae.config.to_dict() == {}
+
+
+def test_overrides_of_every_type(tiny_path):
+    cfg = load_config(tiny_path, [
+        'train.max_steps=3',                         # int (replacing an int)
+        'train.ema_decay=0.999',                     # float (replacing None)
+        'model.attn_strides=[[2,2],None,[1,1],None]',  # list with None
+        'data.random_flip=false',                    # bool, lower case
+        'model.learn_sigma=True',                    # bool, Python spelling
+        'sampling.scheduler=DDIM',                   # bare string
+        "device='cpu'",                              # quoted string
+        'vae.config.layers_per_block=2',             # nested key
+        'optimizer.lr=1',                            # int accepted where a float is expected
+        'data.cached_latents=None',
+    ])
+    assert cfg.train.max_steps == 3 and cfg.train.ema_decay == 0.999
+    assert cfg.model.attn_strides == [[2, 2], None, [1, 1], None]
+    assert cfg.data.random_flip is False and cfg.model.learn_sigma is True
+    assert cfg.sampling.scheduler == 'DDIM' and cfg.device == 'cpu'
+    assert cfg.vae.config.layers_per_block == 2 and cfg.vae.config.latent_channels == 4  # sibling kept
+    assert cfg.optimizer.lr == 1 and cfg.data.cached_latents is None
+    assert cfg.train.batch_size == 1  # untouched
+
+
+def test_override_as_dict_and_empty_dict(tiny_path):
+    cfg = load_config(tiny_path, {'train.max_steps': 7, 'sampling.steps': 3})
+    assert cfg.train.max_steps == 7 and cfg.sampling.steps == 3 and cfg.train.batch_size == 1
+    cfg = load_config(tiny_path, {'train': {'log_every': 5}})  # a nested dict merges into the section
+    assert cfg.train.log_every == 5 and cfg.train.max_steps == 10
+    # `vae.config={}` means "read config.json from weights.vae": it must empty the dict, not merge into it
+    assert load_config(tiny_path, ['vae.config={}']).vae.config.to_dict() == {}
+
+
+def test_parse_overrides():
+    assert parse_overrides(['a.b=1', 'c=[1, 2]', 'd=text', 'e=false', 'f=none', 'g=a=b']) == {
+        'a.b': 1, 'c': [1, 2], 'd': 'text', 'e': False, 'f': None, 'g': 'a=b'}
+    assert parse_overrides(None) == {}
+    with pytest.raises(ConfigError, match='key=value'):
+        parse_overrides(['train.max_steps'])
+
+
+def test_unknown_override_key(tiny_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(tiny_path, ['train.max_step=3'])
+    msg = _one_line(e)
+    assert 'train.max_step' in msg and tiny_path in msg
+
+
+@pytest.mark.parametrize('override, key', [
+    ('model.depth=four', 'model.depth'),
+    ('model.depth=True', 'model.depth'),      # a bool is not an int here
+    ('optimizer.lr=fast', 'optimizer.lr'),
+    ('sampling.steps=2.5', 'sampling.steps'),
+    ('random_init=1', 'random_init'),
+])
+def test_override_with_wrong_type(tiny_path, override, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(tiny_path, [override])
+    msg = _one_line(e)
+    assert key in msg and tiny_path in msg
+
+
+def test_wrong_type_in_a_config_file(tmp_path, tiny_path):
+    bad = tmp_path / 'bad_type.py'
+    bad.write_text(f"_base_ = [{tiny_path!r}]\nmodel = dict(hidden_size='64')\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(bad))
+    msg = _one_line(e)
+    assert 'model.hidden_size' in msg and str(bad) in msg and 'int' in msg
+
+
+def test_child_config_inherits_through_absolute_base(tmp_path, tiny_path):
+    child = tmp_path / 'child.py'
+    child.write_text(f"_base_ = [{tiny_path!r}]\ntrain = dict(max_steps=2)\n")
+    cfg = load_config(str(child))
+    assert cfg.train.max_steps == 2 and cfg.model.depth == 4 and cfg.sr_scale == 4
+
+
+@pytest.mark.parametrize('overrides, needle', [
+    (['model.depth=5'], 'model.attn_strides has 4 entries but model.depth is 5'),
+    (['model.attn_strides=[[1,2],None]'], 'model.attn_strides has 2 entries'),
+    (['model.attn_strides=[[0,2],None,None,None]'], 'model.attn_strides[0]'),
+    (['model.attn_strides=[[1,2,3],None,None,None]'], 'model.attn_strides[0]'),
+    (['model.attn_strides=[1,2,None,None]'], 'model.attn_strides[0]'),      # ints, not pairs
+    (['model.attn_strides=[[True,2],None,None,None]'], 'model.attn_strides[0]'),
+    (['sampling.scheduler=Euler'], 'sampling.scheduler'),
+])
+def test_invalid_values(tiny_path, overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(tiny_path, overrides)
+    msg = _one_line(e)
+    assert needle in msg and tiny_path in msg
+
+
+def test_attn_strides_none_is_full_attention(tiny_path):
+    assert load_config(tiny_path, ['model.attn_strides=None']).model.attn_strides is None
+
+
+def test_missing_required_key(tmp_path):
+    cfg = tmp_path / 'incomplete.py'
+    cfg.write_text("model = dict(depth=2)\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(cfg))
+    msg = _one_line(e)
+    assert str(cfg) in msg and 'missing' in msg
+
+
+def test_missing_file(tmp_path):
+    path = str(tmp_path / 'nope.py')
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert path in _one_line(e) and 'not found' in str(e.value)
+
+
+@pytest.mark.parametrize('text', ["model = dict(depth=\n", "_base_ = ['./does_not_exist.py']\n"])
+def test_unparsable_file(tmp_path, text):
+    path = tmp_path / 'broken.py'
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path))
+    assert str(path) in _one_line(e)
