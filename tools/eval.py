@@ -1,0 +1,530 @@
+"""Compare reconstructions with their originals: PSNR, SSIM, LPIPS and flicker per frame, per video, per method.
+
+    python tools/eval.py --ref VIDEOS --rec OUTPUTS [--size 1024 --square] [--num-frames 30] [--report REPORT_DIR]
+
+--ref is a folder of videos, a .txt/.json list or one video. Each --rec is `[LABEL=]SOURCE`, matched to the
+references by video name (file stem):
+  * a folder of NAME.mp4 files (any video extension);
+  * a recon.py output folder NAME/{rec.mp4, preview.mp4}: gives the methods `refined` and `preview`
+    (with LABEL=, only rec.mp4 under that label);
+  * a pattern with one `*` standing for the name, e.g. `preview=outputs/*/preview.mp4`.
+Writes per_frame.csv, per_video.csv, summary.md, summary.json, per_frame.png (and bars.png for several
+methods) to --out; --report DIR adds an HTML page (tools/report.py).
+"""
+import argparse
+import csv
+import glob
+import io
+import json
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+if __package__ in (None, ''):  # run as `python tools/eval.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from tools import metrics
+from tools.data import DataError, read_video_list
+from tools.video_io import (VIDEO_EXTS, VideoReadError, center_crop, list_videos, probe_video, read_video,
+                            resize_short_side, to_uint8)
+
+METRICS = ('psnr', 'ssim', 'lpips', 'flicker')
+TITLES = {'psnr': 'PSNR (dB) ↑', 'ssim': 'SSIM ↑', 'lpips': 'LPIPS ↓', 'flicker': 'flicker ↓'}
+DECIMALS = {'psnr': 2, 'ssim': 4, 'lpips': 4, 'flicker': 5}
+RECON_FILES = {'preview': 'preview.mp4', 'refined': 'rec.mp4'}  # recon.py layout: OUTPUT/<name>/<file>
+READ_BUDGET = 1 << 30  # bytes of float32 frames decoded at once (4K clips are read in chunks)
+
+PER_FRAME_NOTE = ("# Per-frame metrics on uint8 frames; psnr, ssim and flicker in float64 on the [0, 1] scale. "
+                  "psnr: 10*log10(1/MSE) in dB, 'inf' for identical frames. ssim: Gaussian window 11x11 sigma 1.5, "
+                  "K1 0.01, K2 0.03, mean of the R, G, B channel SSIMs. lpips: AlexNet LPIPS v0.1, empty if "
+                  "unavailable. flicker: mean |(rec[t] - rec[t-1]) - (ref[t] - ref[t-1])|, empty for frame 0.")
+PER_VIDEO_NOTE = ("# Per-video values are means over the frames. psnr = mean of the per-frame PSNRs (dB) over the "
+                  "frames with finite PSNR; psnr_inf_frames counts identical frames left out of that mean; 'inf' "
+                  "if every frame is identical. flicker is the mean over the frames-1 consecutive pairs.")
+
+
+class EvalError(ValueError):
+    """Bad --ref/--rec/--out input; the message is one line naming the path, the rule and the fix."""
+
+
+# ---- matching videos by name -----------------------------------------------------------------------
+
+def list_references(ref):
+    """--ref (folder, .txt/.json list, one video, or a list of paths) -> {name: path}, names = file stems."""
+    if isinstance(ref, (list, tuple)):
+        paths = [str(p) for p in ref]
+    else:
+        if not os.path.exists(ref):
+            raise EvalError(f"--ref {ref}: no such file or folder; pass a folder of videos, a .txt/.json list "
+                            f"or a video file")
+        try:
+            paths = read_video_list(ref)
+        except (DataError, VideoReadError) as e:
+            raise EvalError(f"--ref {ref}: {str(e).split(': ', 1)[-1]}") from None
+    if not paths:
+        raise EvalError(f"--ref {ref}: lists no videos; add video paths to it")
+    refs = {}
+    for p in paths:
+        name = Path(p).stem
+        if name in refs:
+            raise EvalError(f"--ref {ref}: two videos are named '{name}' ({refs[name]} and {p}); reconstructions "
+                            f"are matched by file name, so rename one")
+        refs[name] = p
+    return refs
+
+
+def _pattern_matches(pattern):
+    """'outputs/*/rec.mp4' -> {name: path} for each existing file, name = what `*` matched."""
+    if pattern.count('*') != 1:
+        raise EvalError(f"--rec {pattern}: a pattern needs exactly one '*' (the video name), e.g. outputs/*/rec.mp4")
+    head, tail = pattern.split('*')
+    rx = re.compile(re.escape(head) + r'(.+)' + re.escape(tail))
+    return {rx.fullmatch(p).group(1): p for p in sorted(glob.glob(pattern)) if os.path.isfile(p)}
+
+
+def _split_label(spec):
+    m = re.match(r'^([\w.+-]+)=(.+)$', spec)
+    if m and not os.path.exists(spec):
+        return m.group(1), m.group(2)
+    return None, spec
+
+
+def _rec_items(rec):
+    """--rec value(s) or {label: source} -> [(label or None, source)]."""
+    if isinstance(rec, (str, Path)):
+        return [_split_label(str(rec))]
+    if isinstance(rec, dict):
+        return [(str(k), str(v)) for k, v in rec.items()]
+    return [_split_label(str(s)) for s in rec]
+
+
+def resolve_methods(rec):
+    """--rec specs -> {label: {name: path}} (see the module docstring for the accepted forms)."""
+    items = _rec_items(rec)
+    if not items:
+        raise EvalError("--rec: no reconstructions given; pass --rec DIR (a recon.py output folder or a folder of "
+                        "NAME.mp4 files)")
+    methods = {}
+
+    def add(label, found, spec):
+        if label in methods:
+            raise EvalError(f"--rec {spec}: the method label '{label}' is used twice; name them, e.g. "
+                            f"--rec a={spec}")
+        methods[label] = found
+
+    for label, spec in items:
+        path = Path(spec)
+        if '*' in spec:
+            found = _pattern_matches(spec)
+            if not found:
+                raise EvalError(f"--rec {spec}: the pattern matches no files; check the folder and file name")
+            named = {f: m for m, f in RECON_FILES.items()}
+            add(label or named.get(Path(spec).name, Path(spec).stem), found, spec)
+        elif path.is_dir():
+            recon = {f: {d.name: str(d / f) for d in sorted(path.iterdir()) if (d / f).is_file()}
+                     for f in RECON_FILES.values()}
+            if any(recon.values()):
+                if label:
+                    add(label, recon[RECON_FILES['refined']], spec)
+                else:
+                    for method, f in RECON_FILES.items():
+                        if recon[f]:
+                            add(method, recon[f], spec)
+            else:
+                try:
+                    flat = {Path(p).stem: p for p in list_videos(path)}
+                except VideoReadError:
+                    raise EvalError(f"--rec {spec}: holds neither NAME.mp4 videos nor recon outputs NAME/rec.mp4; "
+                                    f"pass the folder recon.py wrote or a folder of videos") from None
+                add(label or path.resolve().name, flat, spec)
+        elif path.is_file() and path.suffix.lower() in VIDEO_EXTS:
+            add(label or path.parent.resolve().name, {path.stem: str(path)}, spec)
+        else:
+            raise EvalError(f"--rec {spec}: no such folder or video; pass a recon.py output folder, a folder of "
+                            f"NAME.mp4 files or a pattern like outputs/*/rec.mp4")
+    return methods
+
+
+def default_out_dir(rec):
+    """The first --rec source's folder / 'eval' (for a pattern: the folder before the '*')."""
+    spec = _rec_items(rec)[0][1]
+    if '*' in spec:
+        head = spec.split('*')[0]
+        folder = head if head.endswith(('/', os.sep)) else os.path.dirname(head)
+    else:
+        folder = spec if os.path.isdir(spec) else os.path.dirname(spec)
+    return Path(folder or '.') / 'eval'
+
+
+# ---- loading clips at a common size ----------------------------------------------------------------
+
+def _fit(video, size, square):
+    if size:
+        video = resize_short_side(video, size)
+        if square:
+            video = center_crop(video, size, size)
+    return video
+
+
+def load_frames(path, num_frames=None, stride=1, size=None, square=False):
+    """A video as uint8 frames (T, H, W, 3), resized (short side `size`, then center square if `square`),
+    at most `num_frames` frames; decoded in chunks so 4K clips never sit in memory as float."""
+    info = probe_video(path)
+    available = max(0, math.ceil(info.num_frames / stride))
+    total = min(num_frames, available) if num_frames else available
+    per_chunk = max(1, READ_BUDGET // (3 * 4 * info.height * info.width))
+    parts = []
+    for start in range(0, total, per_chunk):
+        n = min(per_chunk, total - start)
+        video, _ = read_video(path, num_frames=n, stride=stride, start=start * stride)
+        parts.append(to_uint8(_fit(video, size, square)))
+    return np.concatenate(parts)
+
+
+def match_size(rec, ref_shape, path, warn):
+    """Resize rec uint8 frames to the reference's (H, W) (same aspect ratio only), warning once."""
+    (h, w), (rh, rw) = ref_shape, rec.shape[1:3]
+    if (rh, rw) == (h, w):
+        return rec
+    if abs(rh / rw - h / w) > 0.02:
+        raise EvalError(f"{path}: is {rh}x{rw} but its reference is {h}x{w} (another aspect ratio); pass the "
+                        f"--size (and --square) that recon.py used so both are brought to the same frame")
+    warn(f"{path}: {rh}x{rw} resized to the reference's {h}x{w} (pass --size to compare at a fixed size)")
+    x = torch.from_numpy(rec).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(h, w), mode='bilinear', align_corners=False, antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+# ---- formatting ------------------------------------------------------------------------------------
+
+def fmt(value, decimals=6):
+    """A metric value for CSV/Markdown: 'inf', '' for missing, else fixed decimals."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ''
+    if math.isinf(value):
+        return 'inf' if value > 0 else '-inf'
+    return f'{value:.{decimals}f}'
+
+
+def read_table(path):
+    """Rows of a per_frame/per_video CSV (comment lines skipped) as dicts of strings."""
+    with open(path, newline='') as f:
+        return list(csv.DictReader(line for line in f if not line.startswith('#')))
+
+
+def _write_text(path, text):
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w', newline='') as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _csv_text(note, header, rows):
+    buf = io.StringIO()
+    buf.write(note + '\n')
+    w = csv.writer(buf, lineterminator='\n')
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _mean(values):
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else None
+
+
+def summarize(videos):
+    """Per-video rows -> {method: {videos, frames, psnr, ssim, lpips, flicker}} (means over videos)."""
+    out = {}
+    for v in videos:
+        out.setdefault(v['method'], []).append(v)
+    return {m: {'videos': len(rows), 'frames': sum(r['frames'] for r in rows),
+                'psnr': metrics.mean_psnr([r['psnr'] for r in rows]),
+                **{k: _mean([r[k] for r in rows]) for k in ('ssim', 'lpips', 'flicker')}}
+            for m, rows in out.items()}
+
+
+def markdown_table(summary):
+    """The per-method summary as a Markdown table."""
+    lines = ['| method | videos | frames | ' + ' | '.join(TITLES[k] for k in METRICS) + ' |',
+             '|---|---:|---:|' + '---:|' * len(METRICS)]
+    for m, s in summary.items():
+        vals = [fmt(s[k], DECIMALS[k]) or 'n/a' for k in METRICS]
+        lines.append(f"| {m} | {s['videos']} | {s['frames']} | " + ' | '.join(vals) + ' |')
+    return '\n'.join(lines)
+
+
+def summary_markdown(summary, videos, setup, notes):
+    per_video = ['| video | method | frames | ' + ' | '.join(TITLES[k] for k in METRICS) + ' |',
+                 '|---|---|---:|' + '---:|' * len(METRICS)]
+    for v in sorted(videos, key=lambda v: (v['video'], v['method'])):
+        per_video.append(f"| {v['video']} | {v['method']} | {v['frames']} | "
+                         + ' | '.join(fmt(v[k], DECIMALS[k]) or 'n/a' for k in METRICS) + ' |')
+    return '\n'.join([
+        '# Evaluation summary', '', setup, '', markdown_table(summary), '',
+        'Method values are means over videos of the per-video means over frames; per-video PSNR is the mean of '
+        'the per-frame PSNRs (dB) of frames that differ (identical frames have PSNR inf). Metrics are computed '
+        'on uint8 frames on the [0, 1] scale; flicker is the mean |Δrec − Δref| of consecutive-frame differences.',
+        '', *[f'- {n}' for n in notes], '', '## Per video', '', *per_video, ''])
+
+
+# ---- plots (matplotlib Figure objects: no pyplot state, Agg canvas) -------------------------------------
+
+def plot_per_frame(path, frames, available, max_legend=12, width=6, height=4):
+    """PNG (path or binary stream): one panel per metric against the frame index, a line per (method, video)."""
+    from matplotlib.figure import Figure
+    keys = [k for k in METRICS if k in available]
+    series = {}
+    for r in frames:
+        series.setdefault((r['method'], r['video']), []).append(r)
+    methods = list(dict.fromkeys(m for m, _ in series))
+    colors = {m: f'C{i % 10}' for i, m in enumerate(methods)}
+    per_line = len(series) <= max_legend
+    one_video = len({name for _, name in series}) == 1
+    fig = Figure(figsize=(width * len(keys), height), layout='constrained')
+    for i, k in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        for j, ((m, name), rows) in enumerate(series.items()):
+            x = [r['frame'] for r in rows if r[k] is not None]
+            y = [r[k] if math.isfinite(r[k]) else np.nan for r in rows if r[k] is not None]
+            color = colors[m] if one_video or not per_line else f'C{j % 10}'
+            ax.plot(x, y, color=color, lw=1.2 if per_line else 0.6, alpha=1 if per_line else 0.5,
+                    label=(m if one_video else f'{m} · {name}') if per_line else None)
+        if k == 'psnr' and any(math.isinf(r['psnr']) for r in frames):
+            ax.set_title(TITLES[k] + ' (identical frames: inf, not drawn)', fontsize=9)
+        else:
+            ax.set_title(TITLES[k])
+        ax.set_xlabel('frame')
+        ax.grid(alpha=0.3)
+    if per_line:
+        fig.axes[0].legend(fontsize=7)
+    else:
+        from matplotlib.lines import Line2D
+        fig.axes[0].legend([Line2D([], [], color=colors[m]) for m in methods], methods, fontsize=8)
+    fig.savefig(path, dpi=100, format='png')
+
+
+def plot_bars(path, summary, available):
+    """PNG bar chart of each metric's mean per method."""
+    from matplotlib.figure import Figure
+    keys = [k for k in METRICS if k in available]
+    methods = list(summary)
+    fig = Figure(figsize=(3.2 * len(keys), 3.6), layout='constrained')
+    for i, k in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        vals = [summary[m][k] for m in methods]
+        shown = [v if v is not None and math.isfinite(v) else 0 for v in vals]
+        bars = ax.bar(methods, shown, color=[f'C{j % 10}' for j in range(len(methods))])
+        ax.bar_label(bars, labels=[fmt(v, DECIMALS[k]) or 'n/a' for v in vals], fontsize=8)
+        ax.set_title(TITLES[k])
+        ax.tick_params(axis='x', labelrotation=20)
+        ax.margins(y=0.15)
+    fig.savefig(path, dpi=100, format='png')
+
+
+# ---- evaluation -------------------------------------------------------------------------------------
+
+def pick_device(device):
+    if device in (None, 'auto'):
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    return device
+
+
+def frame_metrics(ref, rec, lpips_model=None, device='cpu'):
+    """Two uint8 clips (T, H, W, 3) -> {metric: [T values]}; flicker[0] and LPIPS without a model are None."""
+    t = len(ref)
+    return {'psnr': metrics.psnr(ref, rec, device=device).tolist(),
+            'ssim': metrics.ssim(ref, rec, device=device).tolist(),
+            'lpips': (metrics.lpips_distance(lpips_model, ref, rec, device=device).tolist()
+                      if lpips_model is not None else [None] * t),
+            'flicker': [None] + metrics.flicker(ref, rec, device=device).tolist()}
+
+
+def video_row(method, name, per, shape, ref_path, rec_path):
+    """One per_video.csv row from frame_metrics output."""
+    return {'method': method, 'video': name, 'frames': len(per['psnr']), 'height': shape[0], 'width': shape[1],
+            'psnr': metrics.mean_psnr(per['psnr']), 'psnr_inf_frames': sum(math.isinf(v) for v in per['psnr']),
+            'ssim': _mean(per['ssim']), 'lpips': _mean(per['lpips']), 'flicker': _mean(per['flicker'][1:]),
+            'ref': str(Path(ref_path).resolve()), 'rec': str(Path(rec_path).resolve())}
+
+
+def write_outputs(out_dir, frames, videos, summary, setup, notes):
+    """per_frame.csv, per_video.csv, summary.md, summary.json, per_frame.png (+ bars.png) -> {name: path}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {'per_frame': out_dir / 'per_frame.csv', 'per_video': out_dir / 'per_video.csv',
+             'summary': out_dir / 'summary.md', 'summary_json': out_dir / 'summary.json',
+             'per_frame_plot': out_dir / 'per_frame.png'}
+    _write_text(files['per_frame'], _csv_text(PER_FRAME_NOTE, ['method', 'video', 'frame', *METRICS], [
+        [r['method'], r['video'], r['frame'], *(fmt(r[k]) for k in METRICS)] for r in frames]))
+    columns = ['method', 'video', 'frames', 'height', 'width', 'psnr', 'psnr_inf_frames', 'ssim', 'lpips',
+               'flicker', 'ref', 'rec']
+    _write_text(files['per_video'], _csv_text(PER_VIDEO_NOTE, columns, [
+        [fmt(v[c]) if c in METRICS else v[c] for c in columns] for v in videos]))
+    _write_text(files['summary'], summary_markdown(summary, videos, setup, notes))
+    _write_text(files['summary_json'], json.dumps({
+        'setup': setup, 'notes': notes,
+        'methods': {m: {k: fmt(v) if k in METRICS else v for k, v in s.items()} for m, s in summary.items()}},
+        indent=1) + '\n')
+    available = [k for k in METRICS if any(v[k] is not None for v in videos)]
+    plot_per_frame(files['per_frame_plot'], frames, available)
+    if len(summary) > 1:
+        files['bars_plot'] = out_dir / 'bars.png'
+        plot_bars(files['bars_plot'], summary, available)
+    return files
+
+
+def describe_setup(ref, refs, videos, size, square, num_frames, stride):
+    """One line: which references, at which size, how many frames."""
+    source = f'{len(ref)} files' if isinstance(ref, (list, tuple)) else str(ref)
+    sizes = ', '.join(sorted({f"{v['height']}x{v['width']}" for v in videos}))
+    flags = []
+    if size:
+        flags.append(f'--size {size}' + (' --square' if square else ''))
+    if num_frames:
+        flags.append(f'--num-frames {num_frames}')
+    if stride > 1:
+        flags.append(f'--frame-stride {stride}')
+    return f"References: {source} ({len(refs)} videos); compared at {sizes}" + (
+        f" ({' '.join(flags)})." if flags else '.')
+
+
+def evaluate(ref, rec, out_dir=None, size=None, num_frames=None, lpips=True, square=False, stride=1,
+             device='auto', report_dir=None, copy_videos=False, progress=True, log=print):
+    """Evaluate reconstructions against references and write the CSV/Markdown/PNG outputs to out_dir.
+
+    ref: folder / .txt / .json / video, or a list of paths. rec: one --rec spec, a list of them, or
+    {label: source}. Returns {'methods': {label: {videos, frames, psnr, ssim, lpips, flicker}},
+    'lpips': None or why it is missing, 'missing': {label: [names]}, 'skipped': [messages],
+    'files': {name: path}, 'out_dir': Path}.
+    """
+    refs = list_references(ref)
+    methods = resolve_methods(rec)
+    out_dir = Path(out_dir) if out_dir else default_out_dir(rec)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EvalError(f"--out {out_dir}: is a file; pass a folder for the evaluation outputs")
+    missing = {m: sorted(set(refs) - set(found)) for m, found in methods.items()}
+    if not any(set(refs) & set(found) for found in methods.values()):
+        some = next(iter(methods.values()))
+        raise EvalError(f"--rec: no reconstruction matches a --ref video by name (references: "
+                        f"{', '.join(list(refs)[:3])}...; reconstructions: {', '.join(list(some)[:3]) or 'none'}); "
+                        f"reconstructions must be named like their originals")
+    device = pick_device(device)
+    warned = set()
+
+    def warn(msg, key=None):
+        if (key or msg) not in warned:
+            warned.add(key or msg)
+            log(f'warning: {msg}')
+
+    lpips_model, lpips_note = None, None if lpips else 'LPIPS disabled (--no-lpips)'
+    if lpips:
+        try:
+            lpips_model = metrics.load_lpips(device)
+        except metrics.LPIPSUnavailable as e:
+            lpips_note = str(e)
+            warn(lpips_note)
+    for m, names in missing.items():
+        if names:
+            warn(f"{m}: no reconstruction for {len(names)} of {len(refs)} videos ({', '.join(names[:5])}"
+                 f"{'...' if len(names) > 5 else ''}); they are left out of its means")
+
+    frames, videos, skipped = [], [], []
+    for name, ref_path in tqdm(refs.items(), desc='eval', unit='video', disable=not progress):
+        todo = [(m, found[name]) for m, found in methods.items() if name in found]
+        try:
+            ref_u8 = load_frames(ref_path, num_frames, stride, size, square) if todo else None
+        except VideoReadError as e:
+            skipped.append(str(e))
+            warn(f'skipped: {e}')
+            continue
+        for m, rec_path in todo:
+            try:
+                rec_u8 = load_frames(rec_path, num_frames, stride, size, square)
+                rec_u8 = match_size(rec_u8, ref_u8.shape[1:3], rec_path, lambda s: warn(s, key='resize'))
+            except (VideoReadError, EvalError) as e:
+                skipped.append(str(e))
+                warn(f'skipped: {e}')
+                continue
+            t = min(len(ref_u8), len(rec_u8))
+            if len(ref_u8) != len(rec_u8):
+                warn(f'{rec_path}: {len(rec_u8)} frames vs {len(ref_u8)} in {ref_path}; the first {t} are compared',
+                     key=f'frames:{rec_path}')
+            per = frame_metrics(ref_u8[:t], rec_u8[:t], lpips_model, device)
+            frames += [{'method': m, 'video': name, 'frame': i, **{k: per[k][i] for k in METRICS}} for i in range(t)]
+            videos.append(video_row(m, name, per, ref_u8.shape[1:3], ref_path, rec_path))
+    if not videos:
+        raise EvalError(f"--ref/--rec: no pair could be read ({skipped[0] if skipped else 'nothing matched'})")
+
+    summary = summarize(videos)
+    notes = [lpips_note] if lpips_note else []
+    notes += [f'{m}: no reconstruction for {", ".join(n)}' for m, n in missing.items() if n]
+    notes += [f'skipped (unreadable): {s}' for s in skipped]
+    setup = describe_setup(ref, refs, videos, size, square, num_frames, stride)
+    files = write_outputs(out_dir, frames, videos, summary, setup, notes)
+    log(markdown_table(summary))  # the notes were logged as warnings when they arose
+    log(f'wrote {", ".join(str(p) for p in files.values())}')
+    if report_dir:
+        from tools.report import write_report
+        files['report'] = write_report(report_dir, out_dir, copy_videos=copy_videos)
+        log(f"report: {files['report']}")
+    return {'methods': summary, 'lpips': lpips_note, 'missing': missing, 'skipped': skipped, 'files': files,
+            'out_dir': out_dir}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--ref', required=True, help='original videos: folder, .txt/.json list or one video')
+    p.add_argument('--rec', action='append', required=True, metavar='[LABEL=]SOURCE',
+                   help='reconstructions (repeatable): recon.py output folder, folder of NAME.mp4, or '
+                        'a pattern like preview=outputs/*/preview.mp4')
+    p.add_argument('--out', default=None, help='output folder (default: first --rec folder/eval)')
+    p.add_argument('--size', type=int, default=None, help='resize both sides: shorter side to SIZE')
+    p.add_argument('--square', action='store_true', help='after --size, center-crop SIZE x SIZE (as recon does)')
+    p.add_argument('--num-frames', type=int, default=None, help='compare at most the first N frames')
+    p.add_argument('--frame-stride', type=int, default=1, help='use every k-th frame (e.g. 2 for 60 -> 30 fps)')
+    p.add_argument('--no-lpips', action='store_true', help='skip LPIPS')
+    p.add_argument('--device', default='auto', help='auto | cpu | cuda[:i]')
+    p.add_argument('--report', default=None, metavar='DIR', help='also write an HTML report to DIR')
+    p.add_argument('--copy-videos', action='store_true', help='with --report: copy the clips next to the page')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    args = p.parse_args(argv)
+    if args.size is not None and args.size < 1:
+        p.error(f'--size {args.size}: must be a positive number of pixels (e.g. 1024)')
+    if args.square and not args.size:
+        p.error('--square needs --size (the side of the square)')
+    if args.num_frames is not None and args.num_frames < 1:
+        p.error(f'--num-frames {args.num_frames}: must be >= 1 (or left out for all frames)')
+    if args.frame_stride < 1:
+        p.error(f'--frame-stride {args.frame_stride}: must be >= 1')
+    if args.copy_videos and not args.report:
+        p.error('--copy-videos needs --report DIR (the folder the clips are copied to)')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        result = evaluate(args.ref, args.rec, args.out, size=args.size, num_frames=args.num_frames,
+                          lpips=not args.no_lpips, square=args.square, stride=args.frame_stride,
+                          device=args.device, report_dir=args.report, copy_videos=args.copy_videos,
+                          progress=not args.quiet,
+                          log=lambda s: print(s, file=sys.stderr if s.startswith('warning') else sys.stdout))
+    except EvalError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    if result['skipped']:
+        print(f"error: {len(result['skipped'])} video(s) could not be read; see {result['files']['summary']}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Per-frame video metrics on uint8 frames: PSNR, SSIM, LPIPS (AlexNet) and temporal flicker.
+
+Every metric takes two clips of uint8 RGB frames, (T, H, W, 3) numpy arrays or tensors as written by
+`tools.video_io.to_uint8`, and returns one value per frame (flicker: per pair of consecutive frames).
+PSNR, SSIM and flicker are computed in float64 on the [0, 1] scale; LPIPS in float32 on [-1, 1].
+"""
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ALEXNET_FILE = 'alexnet-owt-7be5be79.pth'  # torchvision's ImageNet AlexNet, the LPIPS 'alex' backbone
+ALEXNET_URL = f'https://download.pytorch.org/models/{ALEXNET_FILE}'
+
+
+def to_levels(frames, device='cpu'):
+    """uint8 frames (T, H, W, 3) -> float64 tensor (T, 3, H, W) of uint8 levels 0..255 (exact integers)."""
+    frames = torch.as_tensor(np.asarray(frames))
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f'metrics expect uint8 frames (T, H, W, 3), got {tuple(frames.shape)} {frames.dtype} '
+                         '(convert clips with tools.video_io.to_uint8)')
+    return frames.to(device).permute(0, 3, 1, 2).double()
+
+
+def to_unit(frames, device='cpu'):
+    """uint8 frames (T, H, W, 3) -> float64 tensor (T, 3, H, W) in [0, 1]."""
+    return to_levels(frames, device) / 255
+
+
+def _check_pair(ref, rec):
+    if tuple(np.shape(ref)) != tuple(np.shape(rec)):
+        raise ValueError(f'metrics need clips of equal shape, got {tuple(np.shape(ref))} and {tuple(np.shape(rec))} '
+                         '(resize/trim the reconstruction to the reference first)')
+
+
+def _chunks(n, size):
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _error(ref, rec, device):
+    """rec − ref in uint8 levels (exact integers in float64), (T, 3, H, W)."""
+    return to_levels(rec, device) - to_levels(ref, device)
+
+
+def psnr(ref, rec, chunk=16, device='cpu'):
+    """Per-frame PSNR in dB, 10·log10(1 / MSE) on [0, 1]; inf where the frames are identical. -> (T,) float64."""
+    _check_pair(ref, rec)
+    out = []
+    for s in _chunks(len(ref), chunk):
+        mse = _error(ref[s], rec[s], device).pow(2).mean(dim=(1, 2, 3)) / 255 ** 2  # (t,) on the [0, 1] scale
+        out.append(10 * torch.log10(1 / mse))  # 1/0 -> inf
+    return torch.cat(out).cpu()
+
+
+def gaussian_window(size=11, sigma=1.5, dtype=torch.float64):
+    """Normalised 1-D Gaussian taps (size odd); 11 taps, σ=1.5 as in Wang et al. 2004."""
+    x = torch.arange(size, dtype=dtype) - (size - 1) / 2
+    w = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    return w / w.sum()
+
+
+def _blur(x, w):
+    """Separable 'valid' filter with taps w: (N, H, W) -> (N, H-k+1, W-k+1)."""
+    x = F.conv2d(x[:, None], w.view(1, 1, -1, 1))
+    return F.conv2d(x, w.view(1, 1, 1, -1))[:, 0]
+
+
+def ssim(ref, rec, win_size=11, sigma=1.5, k1=0.01, k2=0.03, chunk=None, device='cpu'):
+    """Per-frame SSIM (Wang et al. 2004, eq. 13): Gaussian window, population covariances, mean of the RGB
+    channel SSIMs over the positions where the window fits (as skimage's structural_similarity with
+    gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1, channel_axis=-1). -> (T,)"""
+    _check_pair(ref, rec)
+    h, w = np.shape(ref)[1:3]
+    if min(h, w) < win_size:
+        raise ValueError(f'SSIM needs frames of at least {win_size}x{win_size} pixels, got {h}x{w}')
+    c1, c2 = k1 ** 2, k2 ** 2  # (K·L)² with L = 1
+    win = gaussian_window(win_size, sigma).to(device)
+    chunk = chunk or max(1, (1 << 21) // (15 * h * w))  # frames per step: a 16 MiB float64 stack
+    out = []
+    for s in _chunks(len(ref), chunk):
+        x = to_unit(ref[s], device).flatten(0, 1)  # (t·3, H, W)
+        y = to_unit(rec[s], device).flatten(0, 1)
+        mx, my, mxx, myy, mxy = _blur(torch.cat([x, y, x * x, y * y, x * y]), win).chunk(5)
+        vx, vy, vxy = mxx - mx * mx, myy - my * my, mxy - mx * my
+        smap = (2 * mx * my + c1) * (2 * vxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+        out.append(smap.mean(dim=(1, 2)).view(-1, 3).mean(dim=1))  # (t,) mean over pixels, then channels
+    return torch.cat(out).cpu()
+
+
+def flicker(ref, rec, chunk=16, device='cpu'):
+    """Temporal error: mean |Δrec − Δref| on [0, 1], Δ = frame t minus frame t−1. -> (T−1,), 0 if identical
+    and 0 for an error that is the same in every frame (only changes of the error over time count)."""
+    _check_pair(ref, rec)
+    out, prev = [], None
+    for s in _chunks(len(ref), chunk):
+        d = _error(ref[s], rec[s], device)  # (t, 3, H, W); Δrec − Δref = Δ(rec − ref)
+        if prev is not None:
+            d = torch.cat([prev, d])
+        out.append((d[1:] - d[:-1]).abs().mean(dim=(1, 2, 3)) / 255)
+        prev = d[-1:]
+    return torch.cat(out).cpu()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LPIPS (Zhang et al. 2018), 'alex' variant v0.1, from the `lpips` package with weights loaded locally only.
+
+
+class LPIPSUnavailable(RuntimeError):
+    """LPIPS cannot run here; the message names the missing file and where to put it."""
+
+
+def alexnet_weights_path():
+    """Where torchvision keeps the AlexNet ImageNet weights (honours TORCH_HOME / XDG_CACHE_HOME)."""
+    return Path(torch.hub.get_dir()) / 'checkpoints' / ALEXNET_FILE
+
+
+def load_lpips(device='cpu'):
+    """The LPIPS-alex network with local weights only (never downloads); raises LPIPSUnavailable."""
+    try:
+        import lpips
+    except ImportError as e:
+        raise LPIPSUnavailable(f'LPIPS unavailable: the lpips package is not importable ({e}); '
+                               'install it with `.venv/bin/pip install lpips`') from None
+    backbone = alexnet_weights_path()
+    if not backbone.is_file():
+        raise LPIPSUnavailable(f'LPIPS unavailable: put {ALEXNET_FILE} in {backbone.parent}/ '
+                               f'(download {ALEXNET_URL} on a machine with network access)')
+    linear = Path(lpips.__file__).parent / 'weights' / 'v0.1' / 'alex.pth'
+    if not linear.is_file():
+        raise LPIPSUnavailable(f'LPIPS unavailable: the lpips package lacks its linear weights {linear}; '
+                               'reinstall it with `.venv/bin/pip install --force-reinstall lpips`')
+    with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=` argument
+        warnings.simplefilter('ignore')
+        model = lpips.LPIPS(pretrained=False, net='alex', pnet_rand=True, verbose=False)  # no download path
+    features = torch.load(backbone, map_location='cpu', weights_only=True)
+    slices = {name.split('.')[1]: name.split('.')[0] for name in model.net.state_dict()}  # '3' -> 'slice2'
+    remapped = {}
+    for key, value in features.items():
+        if key.startswith('features.'):
+            index, param = key.split('.')[1:]
+            remapped[f'{slices[index]}.{index}.{param}'] = value
+    model.net.load_state_dict(remapped, strict=True)
+    missing, _ = model.load_state_dict(torch.load(linear, map_location='cpu', weights_only=True), strict=False)
+    if any(k.startswith('lin') and not k.startswith('lins.') for k in missing):
+        raise LPIPSUnavailable(f'LPIPS unavailable: {linear} does not hold the lin0..lin4 weights (reinstall lpips)')
+    return model.eval().requires_grad_(False).to(device)
+
+
+@torch.no_grad()
+def lpips_distance(model, ref, rec, chunk=4, device='cpu'):
+    """Per-frame LPIPS distance (lower is better) with a model from load_lpips. -> (T,) float64."""
+    _check_pair(ref, rec)
+    out = []
+    for s in _chunks(len(ref), chunk):
+        x = to_unit(ref[s], device).float() * 2 - 1  # (t, 3, H, W) in [-1, 1]
+        y = to_unit(rec[s], device).float() * 2 - 1
+        out.append(model(x, y).flatten().double())
+    return torch.cat(out).cpu()
+
+
+def mean_psnr(values):
+    """Mean of per-frame PSNRs over the finite ones; inf if every frame is identical, nan if empty."""
+    values = [float(v) for v in values]
+    finite = [v for v in values if math.isfinite(v)]
+    if finite:
+        return sum(finite) / len(finite)
+    return math.inf if values else math.nan
