@@ -15,7 +15,7 @@ model = dict(
 )
 vae = dict(
     config=dict(             # a small AutoencoderKLTemporalDecoder
-        block_out_channels=[16, 16, 32, 32],   # 4 levels: 8x spatial down-sampling as in SVD
+        block_out_channels=[32, 32, 32, 32],   # 4 levels: 8x down-sampling as in SVD; widths: multiples of 32 (GroupNorm)
         down_block_types=['DownEncoderBlock2D'] * 4,
         layers_per_block=1,
         latent_channels=4,

@@ -25,6 +25,8 @@ vae = dict(
     decode_chunk=4,          # frames per SVD temporal-decoder call (as SVD was used)
     encode_chunk=8,
     sample_posterior=False,
+    tile_size=0,             # >0: decode in spatial tiles of this many latent pixels (very large frames)
+    tile_overlap=16,         # latent pixels blended between neighbouring decoder tiles
 )
 
 # Where the released weights live (fetched by `bash pretrained/download.sh`).

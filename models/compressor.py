@@ -1,0 +1,98 @@
+"""Semantic compressor: StableCascade's frozen EfficientNetV2-S encoder, 16 x H/32 x W/32 per frame."""
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torchvision.models import efficientnet_v2_s
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DOWNSCALE = 32                      # EfficientNetV2-S features: five stride-2 stages
+
+
+def pad_to_multiple(frames, multiple):
+    """Replicate-pad (N, C, H, W) at the bottom/right so H and W are multiples of `multiple`; return (frames, (H, W))."""
+    h, w = frames.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph or pw:
+        frames = F.pad(frames, (0, pw, 0, ph), mode='replicate')
+    return frames, (h, w)
+
+
+def as_video_batch(video, name):
+    """Accept (C, T, H, W) or (B, C, T, H, W); return the 5-D tensor and whether a batch dim was added."""
+    if video.dim() == 4:
+        return video.unsqueeze(0), True
+    if video.dim() != 5:
+        raise ValueError(f"{name}: expected a video (B, C, T, H, W) or (C, T, H, W), got shape {tuple(video.shape)}")
+    return video, False
+
+
+class FrozenStage(nn.Module):
+    """Base for the frozen stages: eval mode always (BatchNorm uses its running statistics), no gradients."""
+
+    def freeze(self):
+        self.requires_grad_(False)
+        return self.eval()
+
+    def train(self, mode=True):
+        """Frozen stage: stays in eval mode whatever `mode` is."""
+        return super().train(False)
+
+    @property
+    def device(self):
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self):
+        return next(self.parameters()).dtype
+
+
+class SemanticCompressor(FrozenStage):
+    """EfficientNetV2-S `features` -> 1x1 conv 1280->16 (no bias) -> BatchNorm(16, affine=False).
+
+    State-dict keys are `backbone.*` and `mapper.*`, as in the released `effnet_encoder.safetensors`.
+    """
+
+    def __init__(self, chunk_size=8, c_latent=16):
+        super().__init__()
+        self.chunk_size = chunk_size
+        self.backbone = efficientnet_v2_s(weights=None).features
+        self.mapper = nn.Sequential(
+            nn.Conv2d(1280, c_latent, kernel_size=1, bias=False),
+            nn.BatchNorm2d(c_latent, affine=False),
+        )
+        # Not in the state dict: the released file has only backbone/mapper keys.
+        self.register_buffer('mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.freeze()
+
+    def normalize(self, frames):
+        """[-1, 1] frames -> [0, 1] -> ImageNet mean/std, computed in fp32 then cast to the module dtype."""
+        x = (frames.float() + 1) / 2
+        x = (x - self.mean.float()) / self.std.float()
+        return x.to(self.dtype)
+
+    def forward(self, frames):
+        """(N, 3, H, W) in [-1, 1], H and W multiples of 32 -> (N, 16, H/32, W/32)."""
+        return self.mapper(self.backbone(self.normalize(frames)))
+
+    @torch.no_grad()
+    def encode(self, video, chunk_size=None):
+        """Video (B, 3, T, H, W) or (3, T, H, W) in [-1, 1] -> raw latent (B, 16, T, ceil(H/32), ceil(W/32)).
+
+        Frames go through the network `chunk_size` at a time (memory flat in clip length); frames whose
+        size is not a multiple of 32 are replicate-padded at the bottom/right first. Returns the latent on
+        the module's device, in its dtype.
+        """
+        video, added = as_video_batch(video, 'SemanticCompressor.encode')
+        b = video.shape[0]
+        frames = rearrange(video, 'b c t h w -> (b t) c h w')
+        step = chunk_size or self.chunk_size
+        out = []
+        for i in range(0, frames.shape[0], step):
+            chunk = frames[i:i + step].to(self.device)
+            chunk, _ = pad_to_multiple(chunk, DOWNSCALE)
+            out.append(self(chunk))                                     # (n, 16, h, w)
+        latent = rearrange(torch.cat(out), '(b t) c h w -> b c t h w', b=b)
+        return latent[0] if added else latent

@@ -1,0 +1,172 @@
+"""Stable Video Diffusion VAE (diffusers `AutoencoderKLTemporalDecoder`): 2D encoder, temporal decoder.
+
+Latents are 4 x H/8 x W/8 per frame and are returned already multiplied by `scale_factor` (0.13025, the
+value CascadeV trained with; SVD's own config.json says 0.18215, which we ignore); `decode` divides by it.
+The encoder runs frame by frame in chunks; the decoder sees `decode_chunk` consecutive frames at once
+(its temporal layers mix them), 4 by default as SVD was used.
+
+Spatial tiling: diffusers' `enable_tiling()` is not implemented for the temporal decoder (0.42:
+`AutoencoderMixin.enable_tiling` raises NotImplementedError because the class has no `use_tiling`), so
+`tile_size` > 0 enables our own overlapping-tile decode blended with linear ramps. The decoder's mid-block
+attends over the whole frame, so tiled output is close to, not equal to, the untiled one; use it only
+where the untiled decode does not fit in memory.
+"""
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLTemporalDecoder
+from einops import rearrange
+
+from models.compressor import FrozenStage, as_video_batch, pad_to_multiple
+
+DOWNSCALE = 8
+SCALE_FACTOR = 0.13025
+# stabilityai/stable-video-diffusion-img2vid-xt, vae/config.json (architecture keys only).
+SVD_VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=768,
+    block_out_channels=[128, 256, 512, 512], down_block_types=['DownEncoderBlock2D'] * 4,
+)
+
+
+def check_vae_config(config, where='cfg.vae.config'):
+    """Reject configs diffusers would fail on deep inside: GroupNorm uses 32 groups on every block width."""
+    widths = list(config.get('block_out_channels', (64,)))
+    bad = [c for c in widths if c % 32]
+    if bad:
+        raise ValueError(f"{where}: block_out_channels {widths} must all be multiples of 32 (diffusers' "
+                         f"AutoencoderKLTemporalDecoder uses GroupNorm with 32 groups); e.g. [32, 32, 32, 32]")
+    n_down = len(config.get('down_block_types', ('DownEncoderBlock2D',)))
+    if n_down != len(widths):
+        raise ValueError(f"{where}: down_block_types has {n_down} entries but block_out_channels has "
+                         f"{len(widths)}; give one block type per width")
+    if len(widths) != 4:
+        raise ValueError(f"{where}: {len(widths)} levels give {2 ** (len(widths) - 1)}x down-sampling; "
+                         f"CascadeV needs 8x, i.e. 4 entries in block_out_channels")
+
+
+def _ramp(n, overlap, at_start, at_end, device):
+    """1-D blending weight of a tile of n pixels: linear ramps over `overlap` pixels on inner edges."""
+    w = torch.ones(n, device=device)
+    ramp = (torch.arange(overlap, device=device) + 0.5) / overlap
+    if at_start and overlap:
+        w[:overlap] = ramp
+    if at_end and overlap:
+        w[-overlap:] = ramp.flip(0)
+    return w
+
+
+def _starts(size, tile, overlap):
+    """Tile origins covering [0, size): stride tile - overlap, the last tile flush with the end."""
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, tile - overlap))
+    return starts + [size - tile]
+
+
+def tiled_apply(fn, z, tile, overlap, scale):
+    """Apply fn: (N, C, h, w) -> (N, C', h·scale, w·scale) on overlapping tiles of z and blend them."""
+    h, w = z.shape[-2:]
+    out = weight = None
+    ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
+    for y in ys:
+        for x in xs:
+            part = fn(z[..., y:y + tile, x:x + tile])                       # (N, C', th·s, tw·s)
+            if out is None:
+                out = part.new_zeros(*part.shape[:2], h * scale, w * scale, dtype=torch.float32)
+                weight = torch.zeros(h * scale, w * scale, device=part.device)
+            wy = _ramp(part.shape[-2], overlap * scale, y > 0, y + tile < h, part.device)
+            wx = _ramp(part.shape[-1], overlap * scale, x > 0, x + tile < w, part.device)
+            wt = wy[:, None] * wx[None, :]
+            sy, sx = slice(y * scale, y * scale + part.shape[-2]), slice(x * scale, x * scale + part.shape[-1])
+            out[..., sy, sx] += part.float() * wt
+            weight[sy, sx] += wt
+    return out / weight
+
+
+class SVDVAE(FrozenStage):
+    """Frozen SVD VAE behind encode / encode_moments / decode, on videos (B, 3, T, H, W) in [-1, 1]."""
+
+    def __init__(self, vae, scale_factor=SCALE_FACTOR, encode_chunk=8, decode_chunk=4,
+                 tile_size=0, tile_overlap=16):
+        super().__init__()
+        if tile_size and not 0 <= tile_overlap < tile_size:
+            raise ValueError(f"cfg.vae.tile_overlap = {tile_overlap} must be in [0, tile_size = {tile_size}); "
+                             f"e.g. tile_size=64, tile_overlap=16 (latent pixels)")
+        self.vae = vae
+        self.scale_factor = scale_factor
+        self.encode_chunk = encode_chunk
+        self.decode_chunk = decode_chunk
+        self.tile_size = tile_size              # latent pixels per decoder tile; 0 = no tiling
+        self.tile_overlap = tile_overlap        # latent pixels shared by neighbouring tiles
+        self.freeze()
+
+    @classmethod
+    def from_config(cls, config, **kw):
+        """Build with fresh (random) weights from a dict of AutoencoderKLTemporalDecoder kwargs."""
+        check_vae_config(config)
+        return cls(AutoencoderKLTemporalDecoder(**config), **kw)
+
+    @classmethod
+    def from_pretrained(cls, folder, torch_dtype=None, **kw):
+        """Load a diffusers folder (config.json + diffusion_pytorch_model[.fp16].safetensors)."""
+        variant = None if (Path(folder) / 'diffusion_pytorch_model.safetensors').is_file() else 'fp16'
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(str(folder), variant=variant, torch_dtype=torch_dtype)
+        return cls(vae, **kw)
+
+    @torch.no_grad()
+    def encode_moments(self, video):
+        """Video (B, 3, T, H, W) -> posterior (mean, std), each (B, 4, T, ceil(H/8), ceil(W/8)), times scale_factor.
+
+        Frames are replicate-padded at the bottom/right to multiples of 8 and encoded `encode_chunk` at a time.
+        """
+        video, added = as_video_batch(video, 'SVDVAE.encode')
+        frames = rearrange(video, 'b c t h w -> (b t) c h w')
+        means, stds = [], []
+        for i in range(0, frames.shape[0], self.encode_chunk):
+            chunk, _ = pad_to_multiple(frames[i:i + self.encode_chunk].to(self.device, self.dtype), DOWNSCALE)
+            dist = self.vae.encode(chunk).latent_dist                       # diagonal Gaussian, logvar clamped
+            means.append(dist.mean.float() * self.scale_factor)
+            stds.append(dist.std.float() * self.scale_factor)
+        mean, std = (rearrange(torch.cat(m), '(b t) c h w -> b c t h w', b=video.shape[0]) for m in (means, stds))
+        mean, std = mean.to(self.dtype), std.to(self.dtype)
+        return (mean[0], std[0]) if added else (mean, std)
+
+    @torch.no_grad()
+    def encode(self, video, sample=False, generator=None):
+        """Video -> scaled latent: the posterior mode, or a sample drawn with `generator` when sample=True."""
+        mean, std = self.encode_moments(video)
+        if not sample:
+            return mean
+        noise_device = generator.device if generator is not None else mean.device
+        noise = torch.randn(mean.shape, generator=generator, device=noise_device, dtype=torch.float32)
+        return (mean.float() + std.float() * noise.to(mean.device)).to(mean.dtype)
+
+    def _decode_frames(self, z, num_frames):
+        """(b·k, 4, h, w) unscaled -> (b·k, 3, 8h, 8w); the temporal layers see k consecutive frames."""
+        run = lambda part: self.vae.decode(part, num_frames=num_frames).sample
+        if self.tile_size and max(z.shape[-2:]) > self.tile_size:
+            return tiled_apply(run, z, self.tile_size, self.tile_overlap, DOWNSCALE).to(z.dtype)
+        return run(z)
+
+    @torch.no_grad()
+    def decode_iter(self, latent, size=None, decode_chunk=None):
+        """Yield (B, 3, k, 8h, 8w) video chunks of k <= decode_chunk frames from a scaled latent (B, 4, T, h, w).
+
+        `size=(H, W)` crops each frame at the bottom/right, undoing `encode`'s padding.
+        """
+        latent, added = as_video_batch(latent, 'SVDVAE.decode')
+        step = decode_chunk or self.decode_chunk
+        for i in range(0, latent.shape[2], step):
+            chunk = latent[:, :, i:i + step].to(self.device, torch.float32) / self.scale_factor
+            k = chunk.shape[2]                                              # the last chunk may be shorter
+            z = rearrange(chunk, 'b c t h w -> (b t) c h w').to(self.dtype)
+            frames = self._decode_frames(z, num_frames=k)                   # (b·k, 3, 8h, 8w)
+            if size is not None:
+                frames = frames[..., :size[0], :size[1]]
+            frames = rearrange(frames, '(b t) c h w -> b c t h w', t=k)
+            yield frames[0] if added else frames
+
+    def decode(self, latent, size=None, decode_chunk=None):
+        """Scaled latent (B, 4, T, h, w) -> video (B, 3, T, 8h, 8w) in [-1, 1] (not clamped)."""
+        dim = 1 if latent.dim() == 4 else 2
+        return torch.cat(list(self.decode_iter(latent, size=size, decode_chunk=decode_chunk)), dim=dim)

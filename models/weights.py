@@ -1,0 +1,293 @@
+"""One place that finds the released weights, says what is missing, and builds every stage from a config.
+
+Paths in `cfg.weights` are relative to the repository root (not the working directory) unless absolute.
+With `cfg.random_init` every stage gets seeded random weights (seed `cfg.init_seed`) and no file is read.
+
+Command line: `python -m models.weights convert-dit SRC.pth DST.safetensors` (used by
+`bash pretrained/download.sh --convert`) and `python -m models.weights check CONFIG`.
+"""
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.compressor import SemanticCompressor
+from models.previewer import Previewer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DOWNLOAD_CMD = 'bash pretrained/download.sh'
+STAGES = ('dit', 'compressor', 'previewer', 'vae')
+VAE_WEIGHT_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.fp16.safetensors')
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+SEED_OFFSET = {'dit': 0, 'compressor': 1, 'previewer': 2, 'vae': 3}   # distinct streams per stage
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A weight file named in the config does not exist; the message names it and the fetch command."""
+
+
+class WeightsFormatError(ValueError):
+    """A weight file exists but does not hold what the stage expects."""
+
+
+def resolve_dtype(dtype):
+    """'fp32' | 'fp16' | 'bf16' | torch.dtype -> torch.dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def resolve_device(device):
+    """'auto' -> cuda when available else cpu; anything else is passed to torch.device."""
+    if device in (None, 'auto'):
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(device)
+
+
+def resolve_path(path):
+    """A config path: absolute as is, otherwise relative to the repository root."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def _vae_config(cfg):
+    return dict(cfg.vae.get('config', None) or {})
+
+
+def required_files(cfg, stage):
+    """Files `stage` reads under this config: a list of alternatives-tuples (any one of each must exist)."""
+    if stage not in STAGES:
+        raise ValueError(f"stage {stage!r}: use one of {', '.join(STAGES)}")
+    path = resolve_path(cfg.weights[stage])
+    if stage != 'vae':
+        return [(path,)]
+    if not _vae_config(cfg):                             # the released diffusers folder
+        return [(path / 'config.json',), tuple(path / f for f in VAE_WEIGHT_FILES)]
+    if path.suffix == '.safetensors':                    # a state dict for the VAE built from cfg.vae.config
+        return [(path,)]
+    return [tuple(path / f for f in VAE_WEIGHT_FILES)]
+
+
+def check_weights(cfg, stages=STAGES):
+    """Raise MissingWeightsError naming every missing file and the fetch command; return {stage: path}."""
+    if cfg.get('random_init', False):
+        return {}
+    missing = []
+    for stage in stages:
+        for options in required_files(cfg, stage):
+            if not any(p.is_file() for p in options):
+                missing.append(' or '.join(str(p) for p in options) + f' ({stage})')
+    if missing:
+        raise MissingWeightsError(
+            f"missing weights: {'; '.join(missing)}. Fetch them with `{DOWNLOAD_CMD}` (paths come from "
+            f"`weights` in the config; random_init=True runs without weights, with meaningless outputs)")
+    return {stage: resolve_path(cfg.weights[stage]) for stage in stages}
+
+
+def load_state_dict_strict(module, path, what):
+    """Load a safetensors file into module with strict key matching; one-line error on mismatch."""
+    fix = f"re-fetch it with `{DOWNLOAD_CMD}`"
+    try:
+        state = load_file(str(path), device='cpu')
+    except Exception as e:  # truncated or not a safetensors file
+        raise WeightsFormatError(f"{path}: not a readable safetensors file ({e}); {fix}") from e
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of the wrong shape
+        reason = next((line.strip() for line in str(e).splitlines() if 'size mismatch' in line), 'shape mismatch')
+        raise WeightsFormatError(f"{path}: not {what} ({reason}); {fix}") from e
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsFormatError(
+            f"{path}: not {what} ({len(result.missing_keys)} missing keys, e.g. {result.missing_keys[:2]}; "
+            f"{len(result.unexpected_keys)} unexpected, e.g. {result.unexpected_keys[:2]}); {fix}")
+    return module
+
+
+@torch.no_grad()
+def calibrate_batchnorm_(module, batch):
+    """Set every BatchNorm's running statistics to those of `batch` (random-init mode: unit-scale activations)."""
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None                                # cumulative average: exactly this batch's statistics
+        torch.nn.Module.train(m, True)
+    module(batch)
+    for m in norms:
+        m.momentum = 0.1
+        torch.nn.Module.train(m, False)
+    return module
+
+
+def damp_residual_branches_(backbone, gain=0.1):
+    """Scale the last BatchNorm of every residual MBConv branch by `gain` (random init only).
+
+    Near-identity residual blocks (cf. zero-init residuals, Goyal et al. 2017; SkipInit, De & Smith 2020)
+    keep the random 40-layer network well conditioned: with gain 1, rounding differences between batch
+    sizes grew to 27% of the output on white-noise frames; with 0.1 they stay at 2e-6.
+    """
+    for block in backbone.modules():
+        if getattr(block, 'use_res_connect', False):                  # torchvision (Fused)MBConv
+            norms = [m for m in block.block.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            norms[-1].weight.data.fill_(gain)
+    return backbone
+
+
+def smooth_noise_frames(n, size):
+    """(n, 3, size, size) in [-1, 1]: 16x bicubic-up-sampled noise, closer to natural frames than white noise.
+
+    Random-init BatchNorm statistics taken on these keep the random compressor's latent std near 1 on the
+    clips in ../shared/videos (1.0-1.2; 14 on white noise); white-noise statistics gave 250-5000.
+    """
+    low = torch.randn(n, 3, size // 16, size // 16)
+    return torch.nn.functional.interpolate(low, size=(size, size), mode='bicubic', align_corners=False).clamp(-1, 1)
+
+
+@contextmanager
+def seeded(cfg, stage):
+    """Seed torch's CPU generator for `stage` (init_seed + offset); the global RNG state is restored after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.get('init_seed', 0)) + SEED_OFFSET[stage])
+        yield
+
+
+def build_compressor(cfg, device='cpu', dtype=torch.float32):
+    """The frozen semantic compressor: released weights, or seeded random ones with calibrated BatchNorm."""
+    chunk_size = cfg.compressor.get('chunk_size', 8)
+    if cfg.get('random_init', False):
+        with seeded(cfg, 'compressor'):
+            model = SemanticCompressor(chunk_size=chunk_size)
+            damp_residual_branches_(model.backbone)
+            calibrate_batchnorm_(model, smooth_noise_frames(4, 256))
+    else:
+        path = check_weights(cfg, ('compressor',))['compressor']
+        model = SemanticCompressor(chunk_size=chunk_size)
+        load_state_dict_strict(model, path, 'a StableCascade EfficientNet encoder (backbone.*, mapper.*)')
+    return model.to(resolve_device(device), resolve_dtype(dtype))
+
+
+def build_previewer(cfg, device='cpu', dtype=torch.float32):
+    """The frozen previewer: released weights, or seeded random ones with calibrated BatchNorm."""
+    chunk_size = cfg.previewer.get('chunk_size', 8)
+    if cfg.get('random_init', False):
+        with seeded(cfg, 'previewer'):
+            model = Previewer(chunk_size=chunk_size)
+            calibrate_batchnorm_(model.blocks, torch.randn(8, 16, 8, 8))
+    else:
+        path = check_weights(cfg, ('previewer',))['previewer']
+        model = Previewer(chunk_size=chunk_size)
+        load_state_dict_strict(model, path, 'a StableCascade previewer (blocks.0 ... blocks.24)')
+    return model.to(resolve_device(device), resolve_dtype(dtype))
+
+
+def build_vae(cfg, device='cpu', dtype=torch.float32):
+    """The frozen SVD VAE: the diffusers folder in cfg.weights.vae, or cfg.vae.config (random or loaded)."""
+    from models.svd_vae import SVD_VAE_CONFIG, SVDVAE    # here: diffusers is slow to import, the CLI needs none
+    vcfg = cfg.vae
+    kw = dict(scale_factor=float(cfg.get('scale_factor', 0.13025)),
+              encode_chunk=vcfg.get('encode_chunk', 8), decode_chunk=vcfg.get('decode_chunk', 4),
+              tile_size=vcfg.get('tile_size', 0), tile_overlap=vcfg.get('tile_overlap', 16))
+    config = _vae_config(cfg)
+    if cfg.get('random_init', False):
+        with seeded(cfg, 'vae'):
+            model = SVDVAE.from_config(config or SVD_VAE_CONFIG, **kw)
+    elif config:
+        check_weights(cfg, ('vae',))
+        model = SVDVAE.from_config(config, **kw)
+        path = resolve_path(cfg.weights.vae)
+        if path.is_dir():
+            path = next(path / f for f in VAE_WEIGHT_FILES if (path / f).is_file())
+        load_state_dict_strict(model.vae, path, 'an AutoencoderKLTemporalDecoder matching cfg.vae.config')
+    else:
+        path = check_weights(cfg, ('vae',))['vae']
+        model = SVDVAE.from_pretrained(path, **kw)
+    return model.to(resolve_device(device), resolve_dtype(dtype))
+
+
+def build_dit(cfg, device='cpu', dtype=torch.float32):
+    """The refiner DiT from cfg.model: the released checkpoint, or seeded random weights (models.dit)."""
+    from models.dit import build_dit as _build, init_random_weights_, load_dit_checkpoint
+    model = _build(cfg.model)
+    if cfg.get('random_init', False):
+        init_random_weights_(model, seed=int(cfg.get('init_seed', 0)) + SEED_OFFSET['dit'])
+    else:
+        path = check_weights(cfg, ('dit',))['dit']
+        load_dit_checkpoint(model, path)
+    return model.to(resolve_device(device), resolve_dtype(dtype))
+
+
+# ---- one-off conversion of the released DiT checkpoint to safetensors --------------------------------
+
+def load_pth_state_dict(path, allow_pickle=False):
+    """Tensors of a .pth checkpoint (its 'state_dict' entry if present), read with weights_only=True."""
+    if not Path(path).is_file():
+        raise MissingWeightsError(f"{path}: no such file; fetch it with `{DOWNLOAD_CMD}`")
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # weights_only refuses pickled classes it does not know
+        if not allow_pickle:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WeightsFormatError(
+                f"{path}: torch.load(weights_only=True) refused it ({reason}); if you trust the file, "
+                f"re-run with --allow-pickle") from e
+        obj = _load_pth_trusting_pickle(path)
+    state = obj.get('state_dict', obj) if isinstance(obj, dict) else obj
+    if not isinstance(state, dict):
+        raise WeightsFormatError(f"{path}: holds a {type(obj).__name__}, not a state dict; expected a .pth "
+                                 f"with a 'state_dict' entry")
+    return {k: v for k, v in state.items() if torch.is_tensor(v)}
+
+
+def _load_pth_trusting_pickle(path):
+    """ISOLATED FALLBACK, only on an explicit --allow-pickle: full unpickling, which can run code from the file."""
+    print(f"warning: {path}: loading with weights_only=False (--allow-pickle): only do this for files you trust",
+          file=sys.stderr)
+    return torch.load(path, map_location='cpu', weights_only=False)
+
+
+def convert_pth_to_safetensors(src, dst, allow_pickle=False):
+    """Write the tensors of checkpoint `src` to `dst` (safetensors, via DST.tmp then rename); return the count."""
+    state = load_pth_state_dict(src, allow_pickle=allow_pickle)
+    state = {k: v.detach().contiguous().clone() for k, v in state.items()}  # no shared storage in safetensors
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + '.tmp')
+    save_file(state, str(tmp), metadata={'source': Path(src).name, 'format': 'pt'})
+    tmp.replace(dst)
+    return len(state)
+
+
+def main(argv=None):
+    """CLI: `convert-dit SRC DST [--allow-pickle]` | `check CONFIG`."""
+    import argparse
+    parser = argparse.ArgumentParser(prog='python -m models.weights', description=main.__doc__)
+    sub = parser.add_subparsers(dest='cmd', required=True)
+    conv = sub.add_parser('convert-dit', help='convert a .pth checkpoint to safetensors')
+    conv.add_argument('src')
+    conv.add_argument('dst')
+    conv.add_argument('--allow-pickle', action='store_true', help='fall back to full unpickling (trusted files)')
+    chk = sub.add_parser('check', help='list missing weight files for a config')
+    chk.add_argument('config')
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == 'convert-dit':
+            n = convert_pth_to_safetensors(args.src, args.dst, allow_pickle=args.allow_pickle)
+            print(f"{args.dst}: wrote {n} tensors")
+        else:
+            from tools.config import load_config
+            cfg = load_config(args.config)
+            if cfg.get('random_init', False):
+                print(f"{args.config}: random_init=True, no weight files needed")
+            else:
+                paths = check_weights(cfg)
+                print('all weights present' + ''.join(f"\n  {k}: {v}" for k, v in paths.items()))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
