@@ -1,19 +1,22 @@
-# Optimisation and bookkeeping, as the released model was trained.
+# Optimisation and bookkeeping, as the released model was trained (README "Training").
 train = dict(
     batch_size=4,            # per GPU
     max_steps=None,          # stop after this many optimizer steps (None: run num_epochs)
     num_epochs=100,
     joint_training=0.1,      # probability that a batch is trained "as images" (per-frame attention)
     mixed_precision='fp16',  # no | fp16 | bf16
-    grad_clip=0.01,
+    grad_clip=0.01,          # max gradient norm (None: no clipping; the norm is still logged)
     save_model_steps=1000,
-    keep_last=3,
-    eval_every=1000,         # steps between held-out preview reconstructions
+    save_epoch_end=True,     # also save at the end of every epoch
+    keep_last=3,             # checkpoints kept (None or 0: all)
+    eval_every=1000,         # steps between held-out preview reconstructions (0: off)
     log_every=10,
     seed=0,
     ema_decay=None,          # e.g. 0.9999 to keep an EMA of the weights
     max_nonfinite=10,        # consecutive non-finite steps before the run stops
     load_from=None,          # e.g. pretrained/s1024.effn-f32.pth to fine-tune
+    debug_nan_steps=[],      # test hook: iterations whose batch is replaced by NaN
+    debug_rank_dump=False,   # test hook: every rank writes its final weights to WORK_DIR/debug_rank{r}.safetensors
 )
 optimizer = dict(
     type='CAME',             # CAME | AdamW

@@ -1,0 +1,356 @@
+"""Training end to end (train_vae.py, tools/cache_latents.py) on the tiny config and real clips, CPU fp32.
+
+In-process runs call train_vae.main / cli; the kill, signal and two-rank tests run real processes. Torch runs
+single-threaded here: the tiny model is too small for threads to help, and they hurt on a loaded machine.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train_vae
+from diffusion import create_diffusion
+from models.dit import build_dit, init_random_weights_, load_dit_checkpoint
+from models.weights import build_compressor, build_vae
+from tools import checkpoint as ckpt
+from tools.cache_latents import cache_latents, main as cache_main
+from tools.config import load_config
+from tools.data import CachedClips, collate, load_clip, read_cache_index
+from tools.video_io import read_video
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / 'configs' / 'tiny.py')
+# test runs: no epoch-end saves (one-video lists make every step an epoch), no warm-up
+BASE = {'train.save_epoch_end': False, 'lr_schedule.warmup_steps': 0, 'data.num_workers': 0}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def clip(shared_videos):
+    return str(shared_videos / 'carphone_pristine.mp4')
+
+
+def tiny_cfg(**overrides):
+    return load_config(TINY, {**BASE, **overrides})
+
+
+def overrides_argv(overrides):
+    return [f'{k}={v!r}' for k, v in {**BASE, **overrides}.items()]
+
+
+@pytest.fixture(scope='module')
+def cache(clip, tmp_path_factory):
+    """Cached latents of the carphone clip (2 clips, unflipped and flipped)."""
+    out = tmp_path_factory.mktemp('cache')
+    cfg = tiny_cfg(**{'data.video_list': [clip]})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    assert cache_latents(cfg, out, clips_per_video=2) == 4
+    torch.set_num_threads(threads)
+    return str(out)
+
+
+@pytest.fixture(scope='module')
+def full_run(clip, tmp_path_factory):
+    """10 steps on the fly with EMA, posterior sampling and joint image training; saves every 2 steps, keeps 2."""
+    work = tmp_path_factory.mktemp('full')
+    over = {'data.video_list': [clip], 'train.max_steps': 10, 'train.save_model_steps': 2, 'train.keep_last': 2,
+            'train.ema_decay': 0.9, 'train.joint_training': 0.5, 'vae.sample_posterior': True,
+            'optimizer.lr': 1e-3}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    result = train_vae.main(tiny_cfg(**over), work)
+    torch.set_num_threads(threads)
+    return over, work, result
+
+
+def _steps(work):
+    return [int(p.name[5:]) for p in ckpt.list_checkpoints(Path(work) / 'checkpoints')]
+
+
+def test_ten_steps_write_checkpoints_and_prune(full_run):
+    _, work, result = full_run
+    assert result['step'] == 10 and result['iteration'] == 10
+    losses = [l for _, l in result['losses']]
+    assert len(losses) == 10 and all(map(lambda v: v == v and abs(v) < 1e3, losses))
+    assert _steps(work) == [8, 10]                                     # keep_last=2 pruned 2, 4, 6
+    folder = work / 'checkpoints' / 'step_00000010'
+    assert {p.name for p in folder.iterdir()} == {'model.safetensors', 'ema.safetensors', 'optimizer.safetensors',
+                                                  'rng_0.safetensors', 'state.json'}
+    state = ckpt.read_manifest(folder)
+    assert state['step'] == 10 and state['iteration'] == 10
+    cfg = load_config(str(work / 'config.py'))                        # the final config is saved and loadable
+    assert cfg.train.max_steps == 10 and cfg.train.ema_decay == 0.9
+    model = load_dit_checkpoint(build_dit(cfg.model), folder / 'model.safetensors')   # PixArt names: loads
+    assert model.final_layer.linear.weight.abs().sum() > 0                           # it trained (zero-init)
+    logged = [json.loads(l) for l in (work / 'log.jsonl').read_text().splitlines()]
+    assert [r['step'] for r in logged] == list(range(1, 11))
+    assert {'loss', 'mse', 'vb', 'grad_norm', 'lr', 'samples_per_s'} <= logged[0].keys()
+    assert list((work / 'tb').iterdir())
+
+
+def test_exact_resume(full_run, tmp_path):
+    """5 steps, stop, resume, 5 steps == 10 straight steps: the same losses and bit-identical weights."""
+    over, work, result = full_run
+    first = train_vae.main(tiny_cfg(**{**over, 'train.max_steps': 5}), tmp_path)
+    assert _steps(tmp_path) == [4, 5]
+    second = train_vae.main(tiny_cfg(**over), tmp_path, resume='auto')
+    assert first['losses'] + second['losses'] == result['losses']
+    for name in ('model.safetensors', 'ema.safetensors', 'optimizer.safetensors'):
+        a = load_file(str(work / 'checkpoints' / 'step_00000010' / name))
+        b = load_file(str(tmp_path / 'checkpoints' / 'step_00000010' / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_corrupt_checkpoint_one_line_and_auto_fallback(full_run, cache, tmp_path, capsys):
+    over, work, _ = full_run
+    shutil.copytree(work / 'checkpoints', tmp_path / 'checkpoints')
+    broken = tmp_path / 'checkpoints' / 'step_00000010' / 'model.safetensors'
+    broken.write_bytes(broken.read_bytes()[:1000])                  # truncated
+    argv = [TINY, '--work-dir', str(tmp_path), '--cfg-options', *overrides_argv(
+        {**over, 'data.video_list': [], 'data.cached_latents': cache, 'train.max_steps': 11})]
+    assert train_vae.cli(argv + ['--resume', str(broken.parent)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert '\n' not in err and str(broken) in err and 'corrupt or truncated' in err
+    assert train_vae.cli(argv + ['--resume', 'auto']) == 0           # falls back to step 8 and goes on
+    log = (tmp_path / 'train.log').read_text()
+    assert 'skipping a broken checkpoint' in log and 'resumed from' in log and 'step_00000008' in log
+    assert (tmp_path / 'checkpoints' / 'step_00000010.broken').is_dir()      # set aside, not overwritten
+    assert _steps(tmp_path) == [10, 11]                                    # the redone step 10 is a new one
+    ckpt.read_manifest(tmp_path / 'checkpoints' / 'step_00000010')
+
+
+def test_nan_batch_is_skipped_and_repeated_nans_stop(cache, tmp_path):
+    over = {'data.cached_latents': cache, 'train.max_steps': 3, 'train.debug_nan_steps': [1]}
+    result = train_vae.main(tiny_cfg(**over), tmp_path / 'a')
+    losses = [l for _, l in result['losses']]
+    assert result['step'] == 3 and result['iteration'] == 4                  # 4 batches for 3 optimizer steps
+    assert losses[1] != losses[1] and all(l == l for i, l in enumerate(losses) if i != 1)
+    assert 'iteration 2: non-finite loss' in (tmp_path / 'a' / 'train.log').read_text()
+    model = load_file(str(tmp_path / 'a' / 'checkpoints' / 'step_00000003' / 'model.safetensors'))
+    assert all(torch.isfinite(v).all() for v in model.values())
+    over.update({'train.debug_nan_steps': [0, 1, 2], 'train.max_nonfinite': 2})
+    with pytest.raises(train_vae.TrainingError, match='2 non-finite steps in a row'):
+        train_vae.main(tiny_cfg(**over), tmp_path / 'b')
+
+
+def test_cached_latents_give_the_on_the_fly_loss(clip, tmp_path):
+    """The same clip and draws give the same loss from cached latents as from the encoders (fp32)."""
+    (tmp_path / 'broken.mp4').write_text('not a video')
+    (tmp_path / 'list.txt').write_text(f'{clip}\nbroken.mp4\n')
+    over = {'data.video_list': [str(tmp_path / 'list.txt')], 'data.random_flip': False,
+            'vae.sample_posterior': True, 'data.max_bad_fraction': 0.5}
+    assert cache_main([TINY, '--out', str(tmp_path / 'cache'), '--cfg-options', *overrides_argv(over)]) == 0
+    index = json.loads((tmp_path / 'cache' / 'index_r00.json').read_text())
+    assert [p for p, _ in index['bad']] == [str(tmp_path / 'broken.mp4')]           # skipped, listed
+    cfg = tiny_cfg(**over)
+    videos = read_cache_index(tmp_path / 'cache', cfg)
+    [entry] = videos[clip]
+    cached = collate([CachedClips(videos, cfg.data)[(0, 0)]])
+    stages = {'compressor': build_compressor(cfg), 'vae': build_vae(cfg), 'dtype': torch.float32}
+    video = load_clip(clip, cfg.data.num_frames_per_video, cfg.data.time_stride, cfg.data.sample_size,
+                      entry['start'], False)
+    fly = train_vae.encode_batch({'video': video[None]}, stages, 'cpu')
+    from_cache = train_vae.encode_batch(cached, stages, 'cpu')
+    model = init_random_weights_(build_dit(cfg.model), seed=1)      # non-zero output layer: a real loss
+    diffusion = create_diffusion()
+    for seed in range(3):
+        a = train_vae.compute_losses(model, diffusion, train_vae.draw_step(fly, cfg, seed))
+        b = train_vae.compute_losses(model, diffusion, train_vae.draw_step(from_cache, cfg, seed))
+        torch.testing.assert_close(a['loss'], b['loss'], rtol=1e-5, atol=1e-6)
+        assert a['vb'].abs().sum() > 0
+
+
+def test_overfit_one_clip(cache, tmp_path):
+    """150 steps on one cached clip cut the loss on fixed draws (timesteps, noise) by at least 30 %."""
+    index = json.loads(next(Path(cache).glob('index_*.json')).read_text())
+    index['clips'] = [dict(index['clips'][0], shard=str(Path(cache) / index['clips'][0]['shard']))]
+    (tmp_path / 'one').mkdir()
+    (tmp_path / 'one' / 'index_r00.json').write_text(json.dumps(index))   # a cache of the first clip only
+    over = {'data.cached_latents': str(tmp_path / 'one'), 'train.max_steps': 150,
+            'train.save_model_steps': 1000, 'train.joint_training': 0.0, 'train.log_every': 50,
+            'optimizer.lr': 2e-4, 'train.grad_clip': 1.0}                   # CAME, as released
+    cfg = tiny_cfg(**over)
+    result = train_vae.main(cfg, tmp_path / 'run')
+    assert result['step'] == 150
+    batch = collate([CachedClips(read_cache_index(cfg.data.cached_latents, cfg), cfg.data)[(0, 0)]])
+    moments = train_vae.encode_batch(batch, {}, 'cpu')
+    diffusion = create_diffusion()
+
+    def fixed_loss(model):
+        with torch.no_grad():
+            return sum(train_vae.compute_losses(model, diffusion, train_vae.draw_step(moments, cfg, 10_000 + s))
+                       ['loss'].item() for s in range(32)) / 32
+    before = fixed_loss(build_dit(cfg.model))                      # the training init (zero output layer)
+    after = fixed_loss(load_dit_checkpoint(build_dit(cfg.model), Path(result['checkpoint']) / 'model.safetensors'))
+    print(f"overfit: fixed-draw loss {before:.4f} -> {after:.4f} ({100 * (1 - after / before):.1f} % lower)")
+    assert after < 0.7 * before
+
+
+def test_preview_mp4(clip, shared_videos, tmp_path):
+    other = str(shared_videos / 'demo.mp4')
+    (tmp_path / 'train.txt').write_text(f'{clip}\n{other}\n')
+    over = {'data.video_list': [str(tmp_path / 'train.txt')], 'train.max_steps': 2, 'train.eval_every': 2,
+            'train.save_model_steps': 1000}
+    train_vae.main(tiny_cfg(**over), tmp_path / 'run')
+    video, info = read_video(tmp_path / 'run' / 'previews' / 'step_00000002.mp4')
+    assert video.shape[1] == 4 and info.width == 2 * info.height == 128     # held-out clip | reconstruction
+    assert f'preview clip: {other}' in (tmp_path / 'run' / 'train.log').read_text()   # the last one, held out
+
+
+def test_load_from_released_format(clip, tmp_path):
+    """train.load_from takes a PixArt-style .pth ({'state_dict': ...}) and starts from those weights."""
+    cfg = tiny_cfg(**{'data.video_list': [clip]})
+    released = init_random_weights_(build_dit(cfg.model), seed=5)
+    torch.save({'state_dict': released.state_dict()}, tmp_path / 'released.pth')
+    over = {'data.video_list': [clip], 'train.max_steps': 1, 'train.load_from': str(tmp_path / 'released.pth'),
+            'optimizer.type': 'AdamW', 'optimizer.lr': 1e-9}
+    result = train_vae.main(tiny_cfg(**over), tmp_path / 'run')
+    tuned = load_file(str(Path(result['checkpoint']) / 'model.safetensors'))
+    for k, v in released.state_dict().items():
+        torch.testing.assert_close(tuned[k], v, atol=1e-6, rtol=0)
+
+
+ABLATIONS = sorted((REPO / 'configs' / 'ablations').glob('*.py'))
+
+
+def shrink_strides(strides, depth, grid_from, grid_to):
+    """Ablation strides at tiny size: the first `depth` layers; xs = the full token grid maps to the tiny grid."""
+    if strides is None:
+        return None
+    return [None if s is None else [s[0], grid_to if s[1] == grid_from else s[1]] for s in strides[:depth]]
+
+
+@pytest.mark.parametrize('path', ABLATIONS, ids=[p.stem for p in ABLATIONS])
+def test_ablation_configs_train_one_step(path, clip, tmp_path):
+    full = load_config(str(path))
+    tiny = load_config(TINY)
+    strides = shrink_strides(full.model.attn_strides, tiny.model.depth,
+                             full.model.input_size // full.model.patch_size,
+                             tiny.model.input_size // tiny.model.patch_size)
+    over = dict(BASE)
+    over.update({'random_init': True, 'data.video_list': [clip], 'data.sample_size': 64, 'train.batch_size': 1,
+                 'train.mixed_precision': 'no', 'train.max_steps': 1, 'train.eval_every': 0,
+                 'model.attn_strides': strides,
+                 'vae.config': tiny.vae.config.to_dict()})
+    over.update({f'model.{k}': tiny.model[k] for k in ('input_size', 'depth', 'hidden_size', 'num_heads',
+                                                       'fp32_attention', 'grad_checkpointing')})
+    cfg = load_config(str(path), over)
+    result = train_vae.main(cfg, tmp_path)
+    assert result['step'] == 1 and all(l == l for _, l in result['losses'])
+    assert cfg.data.num_frames_per_video == full.data.num_frames_per_video   # the ablated clip length is kept
+
+
+def test_dry_run_and_bad_input(clip, tmp_path, capsys):
+    assert train_vae.cli([TINY, '--dry-run', '--cfg-options', 'train.max_steps=7']) == 0
+    assert 'max_steps=7' in capsys.readouterr().out
+    assert train_vae.cli([TINY, '--work-dir', str(tmp_path), '--cfg-options', 'data.video_list=[]']) == 1
+    err = capsys.readouterr().err.strip()
+    assert '\n' not in err and 'data.video_list is empty' in err
+    assert train_vae.cli([TINY, '--work-dir', str(tmp_path), '--resume', str(tmp_path / 'nope'),
+                          '--cfg-options', *overrides_argv({'data.video_list': [clip]})]) == 1
+    err = capsys.readouterr().err.strip()
+    assert '\n' not in err and 'state.json' in err
+    torch.save({'state_dict': {'x_embedder.proj.weight': torch.zeros(1)}}, tmp_path / 'other.pth')
+    assert train_vae.cli([TINY, '--work-dir', str(tmp_path), '--cfg-options', *overrides_argv(
+        {'data.video_list': [clip], 'train.load_from': str(tmp_path / 'other.pth')})]) == 1
+    err = capsys.readouterr().err.strip()
+    assert '\n' not in err and 'train.load_from' in err and 'other.pth' in err
+    assert subprocess.run(['bash', '-n', str(REPO / 'train_vae.sh')]).returncode == 0
+
+
+# ---- real processes: kill -9 during a save, SIGTERM, two ranks ------------------------------------------
+
+def _env(**extra):
+    return {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1', **extra}
+
+
+def _train_cmd(work, cache, **over):
+    return [sys.executable, str(REPO / 'train_vae.py'), TINY, '--work-dir', str(work), '--cfg-options',
+            *overrides_argv({'data.cached_latents': cache, **over})]
+
+
+def _wait_for(predicate, proc, timeout=180):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} first:\n{proc.stdout.read()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError('timed out')
+
+
+def test_kill_during_save_then_resume_and_sigterm(cache, tmp_path):
+    work = tmp_path / 'run'
+    over = {'train.max_steps': 6, 'train.save_model_steps': 2}
+    # 1. kill -9 while the second checkpoint is being written (each file write pauses 1 s)
+    proc = subprocess.Popen(_train_cmd(work, cache, **over), env=_env(CASCADEV_TEST_SLOW_SAVE='1'), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tmp4 = work / 'checkpoints' / 'step_00000004.tmp'
+    _wait_for(lambda: (tmp4 / 'model.safetensors').is_file(), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert _steps(work) == [2] and tmp4.is_dir()
+    # 2. --resume auto continues from step 2; SIGTERM to the whole process group (as a cluster scheduler
+    #    sends it, DataLoader workers included) saves a checkpoint and exits cleanly
+    over = {'train.max_steps': 10_000, 'train.save_model_steps': 10_000, 'data.num_workers': 1}
+    proc = subprocess.Popen(_train_cmd(work, cache, **over) + ['--resume', 'auto'], env=_env(), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = work / 'log.jsonl'
+    _wait_for(lambda: log.is_file() and len(log.read_text().splitlines()) >= 4 + 3, proc)  # 4 before the kill
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert 'resumed from' in out and 'step_00000002' in out and 'SIGTERM: saving a checkpoint' in out
+    steps = _steps(work)
+    assert steps[-1] >= 5 and not tmp4.exists()
+    state = ckpt.read_manifest(work / 'checkpoints' / f'step_{steps[-1]:08d}')
+    assert state['step'] == steps[-1]
+    # 3. and goes on from there
+    done = subprocess.run(_train_cmd(work, cache, **{'train.max_steps': steps[-1] + 2}) + ['--resume', 'auto'],
+                          env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _steps(work)[-1] == steps[-1] + 2
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_keep_identical_weights(cache, tmp_path):
+    """DDP over gloo: accelerate 1.x starts several CPU processes with --multi_gpu when no GPU is visible
+    (its --cpu flag alone runs one process unless MPI is set up)."""
+    accelerate = Path(sys.executable).parent / 'accelerate'
+    cmd = [str(accelerate), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
+           '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', str(_free_port()),
+           *_train_cmd(tmp_path, cache, **{'train.max_steps': 4, 'train.debug_rank_dump': True,
+                                           'optimizer.lr': 1e-3})[1:]]
+    run = subprocess.run(cmd, env=_env(CUDA_VISIBLE_DEVICES='', ACCELERATE_USE_CPU='1'), cwd=REPO,
+                         capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert '2 process(es) × batch 1 = effective batch 2' in run.stdout
+    r0, r1 = (load_file(str(tmp_path / f'debug_rank{r}.safetensors')) for r in (0, 1))
+    saved = load_file(str(tmp_path / 'checkpoints' / 'step_00000004' / 'model.safetensors'))
+    assert all(torch.equal(r0[k], r1[k]) and torch.equal(r0[k], saved[k]) for k in saved)
+    assert (tmp_path / 'checkpoints' / 'step_00000004' / 'rng_1.safetensors').is_file()
+    assert saved['final_layer.linear.weight'].abs().sum() > 0
