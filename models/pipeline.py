@@ -1,0 +1,233 @@
+"""CascadeV end to end: encode (compressor) -> preview (previewer) | refine (DiT sampler) -> decode (SVD VAE).
+
+    pipe = CascadeV.from_config(load_config('configs/s1024.effn-f32.py'), device='cuda', dtype='bf16')
+    latent = pipe.encode(video)            # (B, 3, T, H, W) in [-1, 1] -> (B, 16, T, H/32, W/32), raw
+    fast = pipe.preview(latent)            # "without diffusion": previewer x8, bilinear x4 -> (B, 3, T, H, W)
+    video = pipe.decode(latent, steps=8, scheduler='EulerA', seed=42)   # refine + SVD decode
+
+Refinement (the cascade's second stage): the compressor latent is up-sampled x`sr_scale` bilinearly per frame
+and multiplied by `scale_factor` (the DiT's conditioning x_ref); seeded Gaussian noise in the 4-channel SVD
+latent space (B, 4, T, H/8, W/8) is denoised by the sampler, the DiT running over temporal windows of
+`lats_per_vid` frames and spatial tiles of `input_size` latent pixels (models/dit.py forward_windowed);
+the SVD VAE divides by `scale_factor` and decodes in temporal chunks.
+
+Frame geometry for files (resize, pad to 32, crop back) lives here too (`prepare_frames`, `restore_frames`)
+so recon.py and other tools agree on it.
+"""
+import hashlib
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from models.weights import (STAGES, build_compressor, build_dit, build_previewer, build_vae, check_weights,
+                            resolve_device, resolve_dtype)
+from tools.video_io import center_crop, pad_to_multiple, resize_short_side, unpad
+
+MULTIPLE = 32                   # compressor down-sampling: frames are padded to multiples of it
+RANDOM_INIT_WARNING = 'random_init=True: weights are random, outputs are meaningless (tests/benchmarks only)'
+
+
+def noise_seed(seed, name):
+    """Stable 63-bit seed for one video from (seed, video name): sha256, never Python's salted hash()."""
+    digest = hashlib.sha256(f'{seed}:{name}'.encode('utf-8')).digest()
+    return int.from_bytes(digest[:8], 'big') & (2 ** 63 - 1)
+
+
+def upsample_latent(latent, sr_scale, scale_factor):
+    """Compressor latent (B, 16, T, h, w) -> DiT conditioning x_ref (B, 16, T, sr·h, sr·w), bilinear per frame."""
+    B = latent.shape[0]
+    frames = rearrange(latent.float(), 'b c t h w -> (b t) c h w')
+    frames = F.interpolate(frames, scale_factor=sr_scale, mode='bilinear', align_corners=False)
+    return rearrange(frames, '(b t) c h w -> b c t h w', b=B) * scale_factor
+
+
+def to_channels_last(module):
+    """2D convolution weights in channels-last (NHWC) memory, so activations follow: the layout tensor-core
+    convolutions (cuDNN) run natively. 3D convolutions (the SVD decoder's temporal ones) stay as they are.
+    Results are equal up to float rounding (different kernels)."""
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+    return module
+
+
+def _batched(x):
+    """(C, T, h, w) -> (1, C, T, h, w), True; a batch (B, C, T, h, w) passes through with False."""
+    if x.dim() not in (4, 5):
+        raise ValueError(f'CascadeV: expected (B, C, T, H, W) or (C, T, H, W), got shape {tuple(x.shape)}')
+    return (x[None], True) if x.dim() == 4 else (x, False)
+
+
+class CascadeV:
+    """The three frozen/learned stages behind encode / preview / refine / decode; any stage may be absent."""
+
+    def __init__(self, cfg, compressor=None, previewer=None, dit=None, vae=None, device='cpu', dtype=torch.float32):
+        self.cfg = cfg
+        self.compressor, self.previewer, self.dit, self.vae = compressor, previewer, dit, vae
+        self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
+        self.sr_scale, self.scale_factor = int(cfg.sr_scale), float(cfg.scale_factor)
+        self.tile_blend = cfg.sampling.get('tile_blend', 'smooth')
+        self.diffusion_kw = dict(num_timesteps=cfg.diffusion.num_timesteps,
+                                 beta_start=cfg.diffusion.get('beta_start', 1e-4),
+                                 beta_end=cfg.diffusion.get('beta_end', 0.02))
+
+    @classmethod
+    def from_config(cls, cfg, device='cpu', dtype='fp32', compile=False, stages=STAGES, channels_last=None):
+        """Check the weights of `stages` (MissingWeightsError before any heavy work), then build them.
+
+        The compressor, previewer and VAE run in `dtype`; the DiT keeps fp32 weights and runs under
+        autocast when dtype is fp16/bf16 (the sampler state stays fp32). compile=True (or a torch.compile
+        mode such as 'max-autotune') wraps the DiT's per-tile forward in torch.compile. channels_last puts
+        the 2D convolutions of the frozen stages in channels-last memory (None: on CUDA only; see
+        to_channels_last).
+        """
+        unknown = set(stages) - set(STAGES)
+        if unknown:
+            raise ValueError(f'CascadeV.from_config: unknown stages {sorted(unknown)}; use a subset of {STAGES}')
+        check_weights(cfg, stages)
+        if cfg.get('random_init', False):
+            print(f'warning: {RANDOM_INIT_WARNING}')
+        device, dtype = resolve_device(device), resolve_dtype(dtype)
+        layout = to_channels_last if (device.type == 'cuda' if channels_last is None else channels_last) \
+            else (lambda module: module)
+        parts = {}
+        if 'compressor' in stages:
+            parts['compressor'] = layout(build_compressor(cfg, device, dtype))
+        if 'previewer' in stages:
+            parts['previewer'] = layout(build_previewer(cfg, device, dtype))
+        if 'dit' in stages:
+            dit = build_dit(cfg, device, torch.float32).eval().requires_grad_(False)
+            if compile:
+                dit.forward_conditioned = torch.compile(dit.forward_conditioned,
+                                                        mode=None if compile is True else compile)
+            parts['dit'] = dit
+        if 'vae' in stages:
+            parts['vae'] = layout(build_vae(cfg, device, dtype))
+        return cls(cfg, device=device, dtype=dtype, **parts)
+
+    def _need(self, stage):
+        module = getattr(self, stage)
+        if module is None:
+            raise RuntimeError(f'CascadeV: the {stage} stage was not built; pass it in '
+                               f'CascadeV.from_config(..., stages=...)')
+        return module
+
+    # ---- stage 1: semantic compression and the fast preview ---------------------------------------
+    @torch.no_grad()
+    def encode(self, video):
+        """Video (B, 3, T, H, W) in [-1, 1] -> raw compressor latent (B, 16, T, ceil(H/32), ceil(W/32)), fp32.
+
+        A single clip (3, T, H, W) gives (16, T, h, w), here and in preview / refine / decode.
+        """
+        return self._need('compressor').encode(video.to(self.device)).float()
+
+    def preview_chunks(self, latent, chunk_size=None):
+        """Yield the preview of (B, 16, T, h, w) in frame chunks: (B, 3, k, 32h, 32w) in [-1, 1], fp32."""
+        h, w = latent.shape[-2:]
+        size = (h * MULTIPLE, w * MULTIPLE)       # previewer x8, then bilinear x4 to the padded input size
+        for frames in self._need('previewer').decode_iter(latent, size=size, chunk_size=chunk_size):
+            yield frames.float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def preview(self, latent):
+        """Compressor latent (B, 16, T, h, w) -> preview video (B, 3, T, 32h, 32w): the "without diffusion" output."""
+        latent, single = _batched(latent)
+        video = torch.cat(list(self.preview_chunks(latent)), dim=2)
+        return video[0] if single else video
+
+    # ---- stage 2: refinement in the SVD latent space ------------------------------------------------
+    def _eps_fn(self):
+        """ε of the windowed/tiled DiT; under fp16/bf16 the DiT runs in autocast and ε comes back fp32."""
+        dit = self._need('dit')
+        amp = (torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype != torch.float32
+               else nullcontext())
+
+        def eps_fn(x, t):
+            with amp:
+                return dit.forward_windowed(x, t, tile_blend=self.tile_blend).float()
+        return eps_fn
+
+    @torch.no_grad()
+    def refine(self, latent, steps=8, scheduler='EulerA', seed=42, name=None, generator=None, progress=False):
+        """Compressor latent (B, 16, T, h, w) -> SVD latent (B, 4, T, sr·h, sr·w) (scaled by scale_factor).
+
+        The noise comes from `generator` if given, else from a CPU generator seeded with `seed`, or with
+        noise_seed(seed, name) when a video name is given (what recon.py does, so a video's output does not
+        depend on the rest of the batch). The same generator drives Euler-ancestral's per-step noise.
+        """
+        from diffusion.samplers import sample
+        latent, single = _batched(latent)
+        if generator is None:
+            generator = torch.Generator().manual_seed(noise_seed(seed, name) if name is not None else int(seed))
+        cond = upsample_latent(latent.to(self.device), self.sr_scale, self.scale_factor)   # (B, 16, T, H/8, W/8)
+        shape = (cond.shape[0], 4, *cond.shape[2:])
+        noise = torch.randn(shape, generator=generator, device=generator.device).to(self.device)
+        z = sample(self._eps_fn(), noise, cond, scheduler=scheduler, steps=steps, generator=generator,
+                   progress=progress, **self.diffusion_kw)
+        return z[0] if single else z
+
+    def vae_decode_chunks(self, z, chunk_size=None):
+        """Yield the SVD decode of (B, 4, T, H/8, W/8) in temporal chunks: (B, 3, k, H, W) in [-1, 1], fp32."""
+        for frames in self._need('vae').decode_iter(z, decode_chunk=chunk_size):
+            yield frames.float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def decode(self, latent, steps=8, scheduler='EulerA', seed=42, name=None, generator=None, progress=False):
+        """Compressor latent (B, 16, T, h, w) -> refined video (B, 3, T, 32h, 32w): refine, then SVD decode."""
+        latent, single = _batched(latent)
+        z = self.refine(latent, steps=steps, scheduler=scheduler, seed=seed, name=name, generator=generator,
+                        progress=progress)
+        video = torch.cat(list(self.vae_decode_chunks(z)), dim=2)
+        return video[0] if single else video
+
+
+# ---- frame geometry for files: source frames <-> model frames -------------------------------------------
+
+def plan_geometry(height, width, size=0, square=False):
+    """Source (H, W) -> JSON-able plan: center square crop (optional), short side -> size, pad to 32.
+
+    {'source': [H, W], 'crop': [top, left, h, w] or None, 'size': size, 'resized': [h', w'],
+     'pad': [t, b, l, r], 'model': [H_m, W_m]} where model = resized + pad, a multiple of 32 on both sides.
+    """
+    crop = None
+    h, w = height, width
+    if square:
+        s = min(height, width)
+        crop = [(height - s) // 2, (width - s) // 2, s, s]        # the offsets center_crop uses
+        h = w = s
+    if size:
+        probe = resize_short_side(torch.empty(1, 1, h, w, device='meta'), size)   # the real resize's rounding
+        h, w = probe.shape[-2:]
+    _, pad = pad_to_multiple(torch.empty(1, 1, h, w, device='meta'), MULTIPLE)
+    return {'source': [height, width], 'crop': crop, 'size': int(size), 'resized': [int(h), int(w)],
+            'pad': list(pad), 'model': [int(h) + pad[0] + pad[1], int(w) + pad[2] + pad[3]]}
+
+
+def reference_frames(frames, geom):
+    """Source frames (C, T, H, W) -> what the output is compared with: the square crop if any, else as is."""
+    if geom['crop'] is not None:
+        frames = center_crop(frames, geom['crop'][2], geom['crop'][3])
+    return frames
+
+
+def prepare_frames(frames, geom):
+    """Source frames (C, T, H, W) -> model frames (C, T, H_m, W_m): crop, resize, replicate-pad to 32."""
+    frames = reference_frames(frames, geom)
+    frames = resize_short_side(frames, geom['size'])
+    if list(frames.shape[-2:]) != geom['resized']:
+        raise ValueError(f"frames of {tuple(frames.shape[-2:])} after resizing; the plan says {tuple(geom['resized'])} "
+                         f"(all frames of a clip must have one size)")
+    return pad_to_multiple(frames, MULTIPLE)[0]
+
+
+def restore_frames(frames, geom):
+    """Model frames (C, T, H_m, W_m) -> output frames at the source (or square-crop) size: unpad, resize back."""
+    frames = unpad(frames, geom['pad'])
+    h, w = (geom['crop'][2:] if geom['crop'] is not None else geom['source'])
+    if tuple(frames.shape[-2:]) != (h, w):
+        x = rearrange(frames, 'c t h w -> t c h w')
+        x = F.interpolate(x, size=(h, w), mode='bilinear', align_corners=False, antialias=True)
+        frames = rearrange(x, 't c h w -> c t h w')
+    return frames.clamp(-1, 1)

@@ -1,0 +1,247 @@
+"""recon.py / recon.sh end to end on real clips (tiny config, random weights, CPU)."""
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+import recon
+from models.pipeline import CascadeV, plan_geometry, prepare_frames
+from models.weights import STAGES
+from tools.video_io import probe_video, read_video, resize_short_side, write_video
+
+TINY_OPTS = []                     # --cfg-options applied to configs/tiny.py in these tests
+FRAMES = 5                         # > lats_per_vid (4) of the tiny config: two overlapping DiT windows
+
+
+@pytest.fixture(scope='module')
+def tiny(repo_root):
+    """Flags every tiny run shares."""
+    opts = ['--cfg-options', *TINY_OPTS] if TINY_OPTS else []
+    return ['--config', str(repo_root / 'configs' / 'tiny.py'), '--steps', '2', *opts]
+
+
+@pytest.fixture(scope='module', autouse=True)
+def shared_pipelines():
+    """Build the tiny pipeline once per module: recon.main() calls CascadeV.from_config on every run, and
+    every stage's random weights depend only on the config, so runs asking for fewer stages share them."""
+    cache, build = {}, CascadeV.from_config.__func__
+
+    def cached(cls, cfg, device='cpu', dtype='fp32', compile=False, stages=STAGES):
+        key = (cfg.pretty_text, str(device), str(dtype), compile)
+        if key not in cache:
+            cache[key] = build(cls, cfg, device=device, dtype=dtype, compile=compile, stages=STAGES)
+        full = cache[key]
+        return cls(cfg, device=full.device, dtype=full.dtype, **{s: getattr(full, s) for s in stages})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CascadeV, 'from_config', classmethod(cached))
+        yield cache
+
+
+def run(argv):
+    """recon.main(argv) in-process -> (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = recon.main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def frames_of(path):
+    return read_video(path)[0]
+
+
+@pytest.fixture(scope='module')
+def clips(tmp_path_factory, shared_videos):
+    """Input folder: carphone (144x176, 29.97 fps) and demo scaled to 256 px wide (144x256, 24 fps): neither
+    size is a multiple of 32, and demo's latent needs several DiT tiles."""
+    folder = tmp_path_factory.mktemp('clips')
+    os.symlink(shared_videos / 'carphone_pristine.mp4', folder / 'carphone_pristine.mp4')
+    demo, info = read_video(shared_videos / 'demo.mp4', num_frames=FRAMES)
+    write_video(folder / 'demo.mp4', resize_short_side(demo, 144), info.fps)
+    return folder
+
+
+@pytest.fixture(scope='module')
+def runs(clips, tiny, tmp_path_factory):
+    """Each clip alone, both in one batch, and carphone decoded again from its saved latent."""
+    out = tmp_path_factory.mktemp('out')
+    common = [*tiny, '--size', '0', '--num-frames', FRAMES]
+    res = {name: run([*common, '--input', clips / f'{name}.mp4', '--output', out / name])
+           for name in ('carphone_pristine', 'demo')}
+    res['batch'] = run([*common, '--input', clips, '--output', out / 'batch'])
+    latent = out / 'carphone_pristine' / 'carphone_pristine' / 'latent.safetensors'
+    res['decoded'] = run([*tiny, '--decode-from', latent, '--output', out / 'decoded'])
+    return out, res
+
+
+@pytest.mark.parametrize('name,size', [('carphone_pristine', (144, 176)), ('demo', (144, 256))])
+def test_outputs_match_the_input(runs, clips, name, size):
+    out, res = runs
+    code, stdout, _ = res[name]
+    assert code == 0 and f'{name}: {FRAMES} frames' in stdout and 'refined PSNR' in stdout
+    folder = out / name / name
+    assert sorted(os.listdir(folder)) == sorted(recon.OUTPUT_FILES + (recon.DONE,))   # no temp files left
+    src = probe_video(clips / f'{name}.mp4')
+    for f in ('rec.mp4', 'preview.mp4'):
+        info = probe_video(folder / f)
+        assert (info.num_frames, info.height, info.width) == (FRAMES, *size) == (FRAMES, src.height, src.width)
+        assert info.fps == pytest.approx(src.fps, abs=1e-3)
+    assert probe_video(folder / 'cmp.mp4').width == 3 * size[1]      # original | preview | refined
+    from PIL import Image
+    assert Image.open(folder / 'cmp.png').size == (4 * size[1], 3 * size[0])   # 4 frames x 3 rows
+    done = json.loads((folder / 'done.json').read_text())
+    assert done['frames'] == FRAMES and done['scheduler'] == 'EulerA' and done['steps'] == 2
+    assert set(done['metrics']) == {'preview', 'refined'} and done['metrics']['refined']['psnr'] > 0
+
+
+def test_latent_file_round_trips(runs, clips, shared_pipelines):
+    out, _ = runs
+    latent, meta = recon.load_latent(out / 'carphone_pristine' / 'carphone_pristine' / 'latent.safetensors')
+    assert latent.shape == (16, FRAMES, 5, 6) and latent.dtype == torch.float32        # 160x192 padded / 32
+    assert meta['name'] == 'carphone_pristine' and meta['config'] == 'tiny.py'
+    assert meta['source'] == str((clips / 'carphone_pristine.mp4').resolve())
+    assert meta['fps'] == pytest.approx(29.97, abs=1e-2) and meta['num_frames'] == FRAMES
+    assert meta['geometry'] == plan_geometry(144, 176) and meta['geometry']['pad'] == [8, 8, 8, 8]
+    pipe = next(iter(shared_pipelines.values()))
+    frames = read_video(clips / 'carphone_pristine.mp4', num_frames=FRAMES)[0]
+    torch.testing.assert_close(pipe.encode(prepare_frames(frames, meta['geometry'])[None])[0], latent,
+                               rtol=0, atol=0)
+
+
+def test_decode_from_reproduces_rec_exactly(runs):
+    out, res = runs
+    code, stdout, _ = res['decoded']
+    assert code == 0, res['decoded']
+    first, again = out / 'carphone_pristine' / 'carphone_pristine', out / 'decoded' / 'carphone_pristine'
+    digests = [json.loads((d / 'done.json').read_text())['frames_sha256'] for d in (first, again)]
+    assert digests[0] == digests[1] and set(digests[0]) == {'rec.mp4', 'preview.mp4'}   # the frames written
+    assert not (again / 'latent.safetensors').exists()           # the source video was never needed
+    assert probe_video(again / 'cmp.mp4').width == 2 * 176         # preview | refined
+
+
+def test_batch_gives_each_video_its_single_output(runs):
+    out, res = runs
+    code, stdout, _ = res['batch']
+    assert code == 0 and '2/2 done' in stdout
+    for name in ('carphone_pristine', 'demo'):
+        digests = [json.loads((d / 'done.json').read_text())['frames_sha256']
+                   for d in (out / 'batch' / name, out / name / name)]
+        assert digests[0] == digests[1]
+
+
+@pytest.mark.xfail(strict=False, reason='libx264 output for identical frames varied between encodes of small '
+                   'frames (2 of 30 for 144x176), depending on memory state; the frames handed to the writer are '
+                   'identical (frames_sha256, tested above)')
+def test_reproduced_mp4s_decode_to_identical_frames(runs):
+    out, _ = runs
+    first = out / 'carphone_pristine' / 'carphone_pristine'
+    for again in (out / 'decoded' / 'carphone_pristine', out / 'batch' / 'carphone_pristine'):
+        for f in ('rec.mp4', 'preview.mp4'):
+            torch.testing.assert_close(frames_of(again / f), frames_of(first / f), rtol=0, atol=0)
+
+
+def test_resized_input_comes_back_at_source_size(clips, tiny, tmp_path):
+    code, _, err = run([*tiny, '--input', clips / 'carphone_pristine.mp4', '--output', tmp_path,
+                        '--size', '96', '--num-frames', '2', '--scheduler', 'DPMS'])
+    assert code == 0, err
+    info = probe_video(tmp_path / 'carphone_pristine' / 'rec.mp4')
+    assert (info.num_frames, info.height, info.width) == (2, 144, 176)
+    latent, meta = recon.load_latent(tmp_path / 'carphone_pristine' / 'latent.safetensors')
+    assert latent.shape == (16, 2, 3, 4) and meta['geometry']['resized'] == [96, 117]   # padded to 96x128
+
+
+def test_preview_only_square_resume_and_overwrite(clips, tiny, tmp_path):
+    argv = [*tiny, '--input', clips / 'carphone_pristine.mp4', '--output', tmp_path, '--preview-only',
+            '--square', '--size', '64', '--num-frames', '2', '--frame-stride', '2', '--eval']
+    code, _, err = run(argv)
+    assert code == 0, err
+    folder = tmp_path / 'carphone_pristine'
+    assert sorted(os.listdir(folder)) == ['cmp.mp4', 'cmp.png', 'done.json', 'latent.safetensors', 'preview.mp4']
+    info = probe_video(folder / 'preview.mp4')
+    assert (info.num_frames, info.height, info.width) == (2, 144, 144)          # the centre square, source px
+    assert info.fps == pytest.approx(29.97 / 2, abs=1e-2)                      # stride 2 plays in real time
+    assert (tmp_path / 'eval' / 'summary.md').is_file()                        # --eval ran tools/eval.py
+    stamp = {f: os.stat(folder / f).st_mtime_ns for f in os.listdir(folder)}
+    code, stdout, _ = run(argv)                                                # rerun: complete -> skipped
+    assert code == 0 and 'skipped' in stdout
+    assert stamp == {f: os.stat(folder / f).st_mtime_ns for f in os.listdir(folder)}
+    code, _, _ = run([*argv[:-1], '--overwrite'])
+    assert code == 0 and os.stat(folder / 'done.json').st_mtime_ns != stamp['done.json']
+
+
+def test_bad_files_are_skipped_and_listed(clips, tiny, tmp_path, shared_videos):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    shutil.copy(shared_videos / 'carphone_pristine.mp4', folder / 'good.mp4')
+    (folder / 'empty.mp4').write_bytes(b'')
+    (folder / 'notes.mp4').write_text('this is not a video\n')
+    data = (shared_videos / 'carphone_pristine.mp4').read_bytes()
+    (folder / 'truncated.mp4').write_bytes(data[:len(data) // 3])
+    before = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+    code, _, err = run([*tiny, '--input', folder, '--output', tmp_path / 'out', '--preview-only',
+                        '--num-frames', '2'])
+    assert code == 1
+    assert '3/4 failed' in err
+    for bad in ('empty.mp4', 'notes.mp4', 'truncated.mp4'):
+        assert f'{folder / bad}: ' in err
+        assert not (tmp_path / 'out' / bad[:-4]).exists()
+    assert recon.is_complete(tmp_path / 'out' / 'good')
+    assert before == {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def missing_weight_opts(tmp_path):
+    return ['--cfg-options', f'weights.dit={tmp_path}/w/dit.pth', f'weights.compressor={tmp_path}/w/e.safetensors',
+            f'weights.previewer={tmp_path}/w/p.safetensors', f'weights.vae={tmp_path}/w/svd_vae']
+
+
+def test_missing_weights_exit_2_before_any_work(clips, repo_root, tmp_path):
+    code, _, err = run(['--config', repo_root / 'configs' / 's1024.effn-f32.py', '--input', clips,
+                        '--output', tmp_path / 'out', *missing_weight_opts(tmp_path)])
+    assert code == 2
+    assert f'{tmp_path}/w/dit.pth' in err and 'bash pretrained/download.sh' in err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_recon_sh_missing_weights_exit_2(clips, repo_root, tmp_path):
+    proc = subprocess.run(['bash', str(repo_root / 'recon.sh'), str(clips), str(tmp_path / 'out'),
+                           *missing_weight_opts(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert 'missing weights' in proc.stderr and 'bash pretrained/download.sh' in proc.stderr
+    assert not (tmp_path / 'out').exists()
+
+
+def test_usage_errors_exit_2(clips, tiny, tmp_path, shared_videos):
+    before = sorted(os.listdir(clips))
+    code, _, err = run([*tiny, '--input', clips, '--output', clips / 'out'])
+    assert code == 2 and 'inside the input folder' in err and sorted(os.listdir(clips)) == before
+    code, _, err = run([*tiny, '--input', clips, '--output', clips])
+    assert code == 2 and 'inside the input folder' in err
+    code, _, err = run([*tiny, '--input', clips, '--output', tmp_path, '--num-frames', '0'])
+    assert code == 2 and '--num-frames 0' in err
+    clash = tmp_path / 'clash'
+    clash.mkdir()
+    os.symlink(shared_videos / 'carphone_pristine.mp4', clash / 'a.mp4')
+    os.symlink(shared_videos / 'bigbuckbunny.mp4', clash / 'a.mov')
+    code, _, err = run([*tiny, '--input', clash, '--output', tmp_path / 'o'])
+    assert code == 2 and "both named 'a'" in err
+    from safetensors.torch import save_file
+    save_file({'x': torch.zeros(1)}, str(tmp_path / 'other.safetensors'))
+    code, _, err = run([*tiny, '--decode-from', tmp_path / 'other.safetensors', '--output', tmp_path / 'o'])
+    assert code == 2 and 'no CascadeV latent metadata' in err
+    assert not (tmp_path / 'o').exists()
+    with pytest.raises(SystemExit):                      # argparse: --input and --decode-from exclude each other
+        run([*tiny, '--input', clips, '--decode-from', 'x.safetensors', '--output', tmp_path])
+
+
+@pytest.mark.parametrize('n', range(0, 10))
+@pytest.mark.parametrize('world', [1, 2, 3, 4])
+def test_shards_cover_every_video_once(n, world):
+    items = [f'v{i:02d}' for i in range(n)][::-1]
+    shards = [recon.shard(items, rank, world) for rank in range(world)]
+    flat = [x for s in shards for x in s]
+    assert sorted(flat) == sorted(items) and len(flat) == len(set(flat))      # no duplicate, none lost
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1                 # balanced
