@@ -62,17 +62,68 @@ def sample_diffusers(eps_fn, noise, cond, scheduler, steps, generator=None, prog
 
     Only the noisy latent goes through scale_model_input. The scheduler state is kept frame-folded,
     ((B·T), C, h, w) video-major as in the original code, so a seeded generator draws the same noise.
+    No host-device sync inside the loop: the schedule stays on the CPU (its scalars enter device ops as
+    numbers), the model's timesteps are filled on the device, and Euler-ancestral's noise is drawn a step
+    ahead and copied without blocking.
     """
     B, T = noise.shape[0], noise.shape[2]
     fold = lambda x: rearrange(x, 'b c t h w -> (b t) c h w')
     unfold = lambda x: rearrange(x, '(b t) c h w -> b c t h w', b=B)
-    scheduler.set_timesteps(steps, device=noise.device)
+    scheduler.set_timesteps(steps)                                    # on the CPU
     lat = fold(noise) * scheduler.init_noise_sigma                   # ((B·T), C, h, w)
+    if _is_euler_ancestral(scheduler):
+        return unfold(euler_ancestral_loop(eps_fn, lat, cond, scheduler, unfold, fold, generator, progress))
     for t in tqdm(scheduler.timesteps, disable=not progress, desc=type(scheduler).__name__):
         inp = unfold(scheduler.scale_model_input(lat, t))                 # (B, C, T, h, w)
-        eps = _eps(eps_fn, inp, cond, t.to(torch.float32).expand(B))
+        eps = _eps(eps_fn, inp, cond, torch.full((B,), float(t), device=noise.device))
         lat = scheduler.step(fold(eps), t, lat, generator=generator).prev_sample
     return unfold(lat)
+
+
+def _is_euler_ancestral(scheduler):
+    return (isinstance(scheduler, EulerAncestralDiscreteScheduler)
+            and scheduler.config.prediction_type == 'epsilon')
+
+
+def step_noises(shape, steps, generator, device):
+    """Yield each step's noise (float32, on `device`) in the order diffusers' step() draws it, one step ahead:
+    the next draw (on the generator's device, as diffusers' randn_tensor) and its non-blocking copy from pinned
+    memory overlap the current step. Without a generator the global RNG draws on `device`.
+    """
+    draw_on = generator.device if generator is not None else device
+
+    def draw():
+        noise = torch.randn(shape, generator=generator, device=draw_on)
+        if noise.device != device and device.type == 'cuda':
+            noise = noise.pin_memory()
+        return noise.to(device, non_blocking=True)
+    upcoming = draw() if steps else None
+    for i in range(steps):
+        noise, upcoming = upcoming, (draw() if i + 1 < steps else None)
+        yield noise
+
+
+def euler_ancestral_loop(eps_fn, lat, cond, scheduler, unfold, fold, generator=None, progress=True):
+    """Euler-ancestral steps on an EulerAncestralDiscreteScheduler's σ schedule (Karras et al. 2022, Alg. 2 with
+    ancestral sampling; k-diffusion's sample_euler_ancestral), operation for operation its scale_model_input
+    and step(), but with each step's noise drawn a step ahead and copied without blocking (diffusers draws it
+    on the CPU inside step() and copies it with a device sync). lat: ((B·T), C, h, w) scaled by
+    init_noise_sigma -> x0, same layout.
+    """
+    sigmas, B = scheduler.sigmas, cond.shape[0]                        # (steps + 1,) float32 on the CPU
+    noises = step_noises(lat.shape, len(scheduler.timesteps), generator, lat.device)
+    for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc='EulerAncestral')):
+        sigma, sigma_to = sigmas[i], sigmas[i + 1]
+        inp = unfold(lat / ((sigma ** 2 + 1) ** 0.5))                   # scale_model_input
+        eps = fold(_eps(eps_fn, inp, cond, torch.full((B,), float(t), device=lat.device)))
+        sample = lat.to(torch.float32)
+        pred_x0 = sample - sigma * eps
+        sigma_up = (sigma_to ** 2 * (sigma ** 2 - sigma_to ** 2) / sigma ** 2) ** 0.5
+        sigma_down = (sigma_to ** 2 - sigma_up ** 2) ** 0.5
+        derivative = (sample - pred_x0) / sigma                         # Euler step to σ_down ...
+        lat = sample + derivative * (sigma_down - sigma)
+        lat = (lat + next(noises) * sigma_up).to(eps.dtype)             # ... then noise up to σ_to
+    return lat
 
 
 def dpm_solver_schedule(num_timesteps=1000, beta_start=1e-4, beta_end=0.02):

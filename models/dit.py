@@ -100,6 +100,13 @@ def video_pos_embed(frames, rows, cols, dim, pe_interpolation=1.0, device=None, 
         return emb.to(device=device, dtype=dtype)
 
 
+@torch.compiler.disable
+def cached_pos_embed(grid, dim, pe_interpolation, device, dtype):
+    """video_pos_embed from its cache, run eagerly under torch.compile (which would re-trace the float64 maths
+    into every call); called first in forward_conditioned, so the compiled graph after it stays whole."""
+    return video_pos_embed(*grid, dim, pe_interpolation, device, dtype)
+
+
 # --------------------------------------------------------------------------------------------------
 # Attention: full 3D and grid (contiguous windows)
 # --------------------------------------------------------------------------------------------------
@@ -189,8 +196,13 @@ class Attention(nn.Module):
 # Block and final layer (adaLN-single)
 # --------------------------------------------------------------------------------------------------
 def modulate(x, shift, scale):
-    """adaLN modulation x·(1+scale)+shift (DiT eq. in §3.2; PixArt-α t2i_modulate)."""
-    return x * (1 + scale) + shift
+    """adaLN modulation x·(1+scale)+shift (DiT eq. in §3.2; PixArt-α t2i_modulate), one fused pass over x."""
+    return torch.addcmul(shift, x, 1 + scale)
+
+
+def gated_residual(x, gate, y):
+    """x + gate·y in one fused pass (the residual stream is the largest tensor of a block)."""
+    return torch.addcmul(x, gate, y)
 
 
 class Mlp(nn.Module):
@@ -220,9 +232,8 @@ class DiTBlock(nn.Module):
     def forward(self, x, c6, grid, window):
         m = self.scale_shift_table[None] + c6.reshape(x.shape[0], 6, -1)   # (B, 6, D)
         shift1, scale1, gate1, shift2, scale2, gate2 = m.chunk(6, dim=1)    # each (B, 1, D)
-        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), grid, window)
-        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
-        return x
+        x = gated_residual(x, gate1, self.attn(modulate(self.norm1(x), shift1, scale1), grid, window))
+        return gated_residual(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))   # (B, N, D)
 
 
 class FinalLayer(nn.Module):
@@ -294,6 +305,12 @@ def tile_weights_1d(starts, tile, size, device=None, dtype=torch.float32):
 # --------------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------------
+def attention_windows(attn_strides, lats_per_vid, grid):
+    """Per layer [ts, xs] -> contiguous windows (L/ts frames, G/xs rows, G/xs cols) of tokens; None -> whole axes."""
+    return [(None, None, None) if s is None else (lats_per_vid // s[0], grid // s[1], grid // s[1])
+            for s in attn_strides]
+
+
 class VideoDiT(nn.Module):
     """PixArt-Σ-style DiT on video latents: x (B, C_in, T, H, W), t (B,) -> (B, 8, T, H, W) = [eps | v].
 
@@ -317,10 +334,7 @@ class VideoDiT(nn.Module):
         self.pe_interpolation = float(pe_interpolation)
         self.attn_strides = attn_strides
         self.grad_checkpointing = grad_checkpointing
-        grid = input_size // patch_size
-        # [ts, xs] -> contiguous windows of (L/ts frames, G/xs rows, G/xs cols) tokens; None = whole axis
-        self.windows = [(None, None, None) if s is None else (lats_per_vid // s[0], grid // s[1], grid // s[1])
-                        for s in attn_strides]
+        self.windows = attention_windows(attn_strides, lats_per_vid, input_size // patch_size)
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
@@ -371,10 +385,9 @@ class VideoDiT(nn.Module):
         B, _, T, H, W = x.shape
         p = self.patch_size
         grid = (T, H // p, W // p)
-        x = self.x_embedder(x)                                           # (B, T·h·w, D)
-        pos = video_pos_embed(*grid, self.hidden_size, self.pe_interpolation, x.device,
-                              self.x_embedder.proj.weight.dtype)
-        x = x + pos                                                      # (B, T·h·w, D)
+        pos = cached_pos_embed(grid, self.hidden_size, self.pe_interpolation, x.device,
+                               self.x_embedder.proj.weight.dtype)       # (T·h·w, D), first: see cached_pos_embed
+        x = self.x_embedder(x) + pos                                     # (B, T·h·w, D)
         for block, window in zip(self.blocks, self.windows):
             if as_images:                                                # one frame per window
                 window = (1,) + window[1:]

@@ -90,8 +90,9 @@ class CascadeV:
         if cfg.get('random_init', False):
             print(f'warning: {RANDOM_INIT_WARNING}')
         device, dtype = resolve_device(device), resolve_dtype(dtype)
-        layout = to_channels_last if (device.type == 'cuda' if channels_last is None else channels_last) \
-            else (lambda module: module)
+        if channels_last is None:
+            channels_last = device.type == 'cuda'
+        layout = to_channels_last if channels_last else (lambda module: module)
         parts = {}
         if 'compressor' in stages:
             parts['compressor'] = layout(build_compressor(cfg, device, dtype))
