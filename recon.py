@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tools.config import ConfigError, load_config
+from tools.files import atomic_write, write_text_atomic
 
 OUTPUT_FILES = ('latent.safetensors', 'preview.mp4', 'rec.mp4', 'cmp.mp4', 'cmp.png')
 DONE = 'done.json'
@@ -147,15 +148,6 @@ def is_complete(out_dir):
     return all((Path(out_dir) / f).is_file() for f in files)
 
 
-def write_json_atomic(path, obj):
-    """JSON via PATH.tmp and a rename: a reader never sees half a file."""
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=1)
-        f.write('\n')
-    os.replace(tmp, path)
-
-
 def validate_args(args):
     checks = [(args.num_frames is not None and args.num_frames < 1, '--num-frames', 'must be >= 1 (or omitted: all)'),
               (args.frame_stride < 1, '--frame-stride', 'must be >= 1'),
@@ -174,12 +166,13 @@ def validate_args(args):
 def save_latent(path, latent, meta):
     """Compressor latent (16, T, h, w) fp32 + JSON metadata (key 'meta') as safetensors, via a temp file."""
     from safetensors.torch import save_file
-    tmp = f'{path}.tmp'
-    save_file({'latent': latent.detach().float().cpu().contiguous()}, tmp, metadata={'meta': json.dumps(meta)})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)                   # safetensors creates 0600; match the other outputs
-    os.replace(tmp, path)
+
+    def write(tmp):
+        save_file({'latent': latent.detach().float().cpu().contiguous()}, str(tmp), metadata={'meta': json.dumps(meta)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)               # safetensors creates 0600; match the other outputs
+    atomic_write(path, write)
 
 
 def read_latent_meta(path):
@@ -359,7 +352,7 @@ def process(pipe, name, src, out_dir, args, cfg, decode_from):
             'size': meta['geometry']['size'], 'square': meta['geometry']['crop'] is not None,
             'geometry': meta['geometry'], 'config': Path(cfg.config_path).name, 'device': str(pipe.device),
             'dtype': args.dtype, 'metrics': metrics, 'seconds': round(time.time() - t0, 2)}
-    write_json_atomic(out_dir / DONE, done)
+    write_text_atomic(out_dir / DONE, json.dumps(done, indent=1) + '\n')
     return done
 
 

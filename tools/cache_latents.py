@@ -12,7 +12,6 @@ Training draws x0 = mean + std·ε (vae.sample_posterior) or mean, exactly as fr
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from safetensors.torch import save_file
 from models.weights import DTYPES, WeightsFormatError, build_compressor, build_vae
 from tools.config import ConfigError, load_config
 from tools.data import CACHE_FORMAT, BadSamples, DataError, cache_meta, clip_span, collect_videos, load_clip
+from tools.files import atomic_write
 from tools.video_io import VideoReadError, probe_video
 
 log = logging.getLogger('cascadev.cache')
@@ -36,12 +36,6 @@ def clip_starts(num_frames, span, k):
     if k <= 1 or last <= 0:
         return [max(0, last) // 2] if k >= 1 else []
     return sorted({round(i * last / (k - 1)) for i in range(k)})
-
-
-def _write_atomic(path, write):
-    tmp = Path(str(path) + '.tmp')
-    write(tmp)
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -63,7 +57,7 @@ def cache_latents(cfg, out, clips_per_video=1, shard_size=64, rank=0, world_size
         nonlocal shard, shard_id
         if shard:
             name = out / f'latents_r{rank:02d}_{shard_id:05d}.safetensors'
-            _write_atomic(name, lambda tmp: save_file(shard, str(tmp)))
+            atomic_write(name, lambda tmp: save_file(shard, str(tmp)))
             shard, shard_id = {}, shard_id + 1
 
     for i, path in enumerate(mine):
@@ -88,7 +82,7 @@ def cache_latents(cfg, out, clips_per_video=1, shard_size=64, rank=0, world_size
         log.info(f"[{i + 1}/{len(mine)}] {path}: {len(clips)} clips so far")
     flush()
     index = {'format': CACHE_FORMAT, 'meta': cache_meta(cfg), 'clips': clips, 'bad': list(bad.seen.items())}
-    _write_atomic(out / f'index_r{rank:02d}.json', lambda tmp: tmp.write_text(json.dumps(index, indent=1)))
+    atomic_write(out / f'index_r{rank:02d}.json', lambda tmp: tmp.write_text(json.dumps(index, indent=1)))
     return len(clips)
 
 

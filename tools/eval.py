@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from tools import metrics
 from tools.data import DataError, read_video_list
+from tools.files import write_text_atomic
 from tools.video_io import (VIDEO_EXTS, VideoReadError, center_crop, list_videos, probe_video, read_video,
                             resize_short_side, to_uint8)
 
@@ -219,13 +220,6 @@ def read_table(path):
         return list(csv.DictReader(line for line in f if not line.startswith('#')))
 
 
-def _write_text(path, text):
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w', newline='') as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _csv_text(note, header, rows):
     buf = io.StringIO()
     buf.write(note + '\n')
@@ -361,14 +355,14 @@ def write_outputs(out_dir, frames, videos, summary, setup, notes):
     files = {'per_frame': out_dir / 'per_frame.csv', 'per_video': out_dir / 'per_video.csv',
              'summary': out_dir / 'summary.md', 'summary_json': out_dir / 'summary.json',
              'per_frame_plot': out_dir / 'per_frame.png'}
-    _write_text(files['per_frame'], _csv_text(PER_FRAME_NOTE, ['method', 'video', 'frame', *METRICS], [
+    write_text_atomic(files['per_frame'], _csv_text(PER_FRAME_NOTE, ['method', 'video', 'frame', *METRICS], [
         [r['method'], r['video'], r['frame'], *(fmt(r[k]) for k in METRICS)] for r in frames]))
     columns = ['method', 'video', 'frames', 'height', 'width', 'psnr', 'psnr_inf_frames', 'ssim', 'lpips',
                'flicker', 'ref', 'rec']
-    _write_text(files['per_video'], _csv_text(PER_VIDEO_NOTE, columns, [
+    write_text_atomic(files['per_video'], _csv_text(PER_VIDEO_NOTE, columns, [
         [fmt(v[c]) if c in METRICS else v[c] for c in columns] for v in videos]))
-    _write_text(files['summary'], summary_markdown(summary, videos, setup, notes))
-    _write_text(files['summary_json'], json.dumps({
+    write_text_atomic(files['summary'], summary_markdown(summary, videos, setup, notes))
+    write_text_atomic(files['summary_json'], json.dumps({
         'setup': setup, 'notes': notes,
         'methods': {m: {k: fmt(v) if k in METRICS else v for k, v in s.items()} for m, s in summary.items()}},
         indent=1) + '\n')

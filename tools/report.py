@@ -23,6 +23,7 @@ if __package__ in (None, ''):  # run as `python tools/report.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.eval import DECIMALS, METRICS, TITLES, EvalError, fmt, plot_per_frame, read_table
+from tools.files import write_text_atomic
 
 CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; background: #fafafa; }
@@ -205,9 +206,7 @@ def write_report(report_dir, eval_dir, title='CascadeV reconstruction report', c
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>\n'
             f'<body>\n' + '\n'.join(parts) + f'\n<script>{JS}</script>\n</body></html>\n')
     out = report_dir / 'index.html'
-    tmp = report_dir / 'index.html.tmp'
-    tmp.write_text(page, encoding='utf-8')
-    os.replace(tmp, out)
+    write_text_atomic(out, page)
     return out
 
 

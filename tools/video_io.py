@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tools.files import atomic_write
+
 VIDEO_EXTS = ('.mp4', '.mov', '.avi', '.mkv', '.webm')
 WRITE_FORMATS = {'.mp4': 'mp4', '.mov': 'mov', '.mkv': 'matroska'}  # H.264 inside each
 REENCODE = "re-download or re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)"
@@ -531,5 +533,4 @@ def write_grid_png(path, videos, labels=None, num_frames=4):
     grid = to_uint8(torch.cat(rows, dim=-2)[:, None])[0]  # (H_total, W, 3)
     path = str(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(grid).save(path + '.tmp', format='PNG')
-    os.replace(path + '.tmp', path)
+    atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format='PNG'))
