@@ -23,7 +23,7 @@ from einops import rearrange
 
 from models.weights import (STAGES, build_compressor, build_dit, build_previewer, build_vae, check_weights,
                             resolve_device, resolve_dtype)
-from tools.video_io import center_crop, pad_to_multiple, resize_short_side, unpad
+from tools.frames import center_crop, pad_to_multiple, resize_short_side, unpad
 
 MULTIPLE = 32                   # compressor down-sampling: frames are padded to multiples of it
 RANDOM_INIT_WARNING = 'random_init=True: weights are random, outputs are meaningless (tests/benchmarks only)'

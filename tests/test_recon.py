@@ -12,7 +12,8 @@ import torch
 import recon
 from models.pipeline import CascadeV, plan_geometry, prepare_frames
 from models.weights import STAGES
-from tools.video_io import probe_video, read_video, resize_short_side, write_video
+from tools.frames import resize_short_side
+from tools.video_io import probe_video, read_video, write_video
 
 TINY_OPTS = []                     # --cfg-options applied to configs/tiny.py in these tests
 FRAMES = 5                         # > lats_per_vid (4) of the tiny config: two overlapping DiT windows

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from tools import video_io
-from tools.video_io import (VideoReadError, VideoWriter, center_crop, fps_fraction, list_videos, pad_to_multiple,
-                            probe_video, read_video, resize_short_side, side_by_side, to_uint8, unpad,
+from tools.frames import center_crop, pad_to_multiple, resize_short_side, unpad
+from tools.video_io import (VideoReadError, VideoWriter, fps_fraction, list_videos,
+                            probe_video, read_video, side_by_side, to_uint8,
                             write_grid_png, write_video)
 
 try:

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from tools.video_io import (VIDEO_EXTS, VideoReadError, center_crop, list_videos, probe_video, read_video,
-                            resize_short_side)
+from tools.frames import center_crop, resize_short_side
+from tools.video_io import VIDEO_EXTS, VideoReadError, list_videos, probe_video, read_video
 
 log = logging.getLogger('cascadev.data')
 

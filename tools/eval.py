@@ -33,8 +33,8 @@ from tqdm import tqdm
 from tools import metrics
 from tools.data import DataError, read_video_list
 from tools.files import write_text_atomic
-from tools.video_io import (VIDEO_EXTS, VideoReadError, center_crop, list_videos, probe_video, read_video,
-                            resize_short_side, to_uint8)
+from tools.frames import center_crop, resize_short_side
+from tools.video_io import VIDEO_EXTS, VideoReadError, list_videos, probe_video, read_video, to_uint8
 
 METRICS = ('psnr', 'ssim', 'lpips', 'flicker')
 TITLES = {'psnr': 'PSNR (dB) ↑', 'ssim': 'SSIM ↑', 'lpips': 'LPIPS ↓', 'flicker': 'flicker ↓'}

@@ -1,4 +1,4 @@
-"""Video I/O: read clips (decord, PyAV fallback) as (C, T, H, W) tensors in [-1, 1], pad/crop/resize, write mp4 and PNG grids.
+"""Video I/O: read clips (decord, PyAV fallback) as (C, T, H, W) tensors in [-1, 1], write mp4 and PNG grids.
 
 Reading never hands a file to a decoder before cheap checks (exists, not empty, not text, MP4 boxes complete), and
 every failure surfaces as one `VideoReadError` whose message is "PATH: reason; fix".
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tools.files import atomic_write
+from tools.frames import resize as _resize
 
 VIDEO_EXTS = ('.mp4', '.mov', '.avi', '.mkv', '.webm')
 WRITE_FORMATS = {'.mp4': 'mp4', '.mov': 'mov', '.mkv': 'matroska'}  # H.264 inside each
@@ -278,56 +279,6 @@ def list_videos(path_or_folder):
         raise VideoReadError(f"{path}: folder has no video files ({'/'.join(VIDEO_EXTS)}, not searched "
                              f"recursively); put videos there or pass a file")
     return found
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Geometry: resize / crop / pad act on the last two dims, so (C, T, H, W) and (B, C, T, H, W) both work
-
-def _resize(video, h, w):
-    """Antialiased bilinear resize of the last two dims to (h, w)."""
-    if tuple(video.shape[-2:]) == (h, w):
-        return video
-    lead = video.shape[:-2]
-    x = video.reshape(-1, 1, *video.shape[-2:])  # (N, 1, H, W)
-    x = F.interpolate(x, size=(h, w), mode='bilinear', align_corners=False, antialias=True)
-    return x.reshape(*lead, h, w)
-
-
-def resize_short_side(video, size):
-    """Resize so the shorter side is `size` (aspect kept, long side rounded); size 0 keeps the video as is."""
-    if not size:
-        return video
-    H, W = video.shape[-2:]
-    scale = size / min(H, W)
-    return _resize(video, max(1, round(H * scale)), max(1, round(W * scale)))
-
-
-def center_crop(video, h, w):
-    """Crop the central h x w window (offsets rounded down)."""
-    H, W = video.shape[-2:]
-    if h > H or w > W:
-        raise ValueError(f"center_crop to {h}x{w} needs a video at least that large, got {H}x{W}; resize first")
-    top, left = (H - h) // 2, (W - w) // 2
-    return video[..., top:top + h, left:left + w]
-
-
-def pad_to_multiple(video, multiple=32):
-    """Replicate-pad H and W up to multiples of `multiple`, split evenly (top/left get the floor) -> (video, pad)."""
-    H, W = video.shape[-2:]
-    ph, pw = -H % multiple, -W % multiple
-    pad = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)  # (top, bottom, left, right)
-    if ph == 0 and pw == 0:
-        return video, pad
-    lead = video.shape[:-2]
-    x = F.pad(video.reshape(1, -1, H, W), (pad[2], pad[3], pad[0], pad[1]), mode='replicate')
-    return x.reshape(*lead, H + ph, W + pw), pad
-
-
-def unpad(video, pad):
-    """Exact inverse of pad_to_multiple."""
-    top, bottom, left, right = pad
-    H, W = video.shape[-2:]
-    return video[..., top:H - bottom, left:W - right]
 
 
 # ----------------------------------------------------------------------------------------------------------------
