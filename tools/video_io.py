@@ -1,4 +1,4 @@
-"""Video I/O: read clips (decord, PyAV fallback) as (C, T, H, W) tensors in [-1, 1], write mp4 and PNG grids.
+"""Video I/O: read clips as a player shows them (PyAV), write videos that keep size, SAR, times and colours.
 
 Reading never hands a file to a decoder before cheap checks (exists, not empty, not text, MP4 boxes complete), and
 every failure surfaces as one `VideoReadError` whose message is "PATH: reason; fix".
@@ -6,7 +6,6 @@ every failure surfaces as one `VideoReadError` whose message is "PATH: reason; f
 import math
 import os
 import re
-import warnings
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -27,10 +26,23 @@ class VideoReadError(ValueError):
 
 
 class VideoInfo(NamedTuple):
+    """A video as a player shows it.
+
+    fps: average rate of the shown frames; num_frames: frames shown (edit lists honoured); height, width: the
+    displayed (rotated) size in stored pixels; sar: sample aspect ratio of the displayed frame (pixel width /
+    height; a 90/270 rotation inverts the stored one); rotation: counter-clockwise degrees (0/90/180/270) applied
+    to get the upright frame (FFmpeg's display-matrix convention; a legacy `rotate=90` tag, clockwise, reads as
+    270); times: presentation times (s) of the returned frames from the first shown frame of the file (None from
+    probe_video); vfr: frame durations differ by more than ~1 %.
+    """
     fps: float
     num_frames: int
     height: int
     width: int
+    sar: Fraction = Fraction(1, 1)
+    rotation: int = 0
+    times: tuple | None = None
+    vfr: bool = False
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -98,7 +110,7 @@ def _check_mp4_boxes(path, size):
 
 
 def _short(e):
-    """One short line from a decoder exception (drops decord's '[hh:mm:ss] file.cc:123:' prefixes)."""
+    """One short line from a decoder exception (drops '[hh:mm:ss] file.cc:123:' and errno prefixes)."""
     lines = [ln for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
     line = re.sub(r'(\[\d\d:\d\d:\d\d\] \S+:\d+: ?)+|\[Errno -?\d+\] ', '', lines[0])
     line = re.sub(r": '[^']*'$", '', line).strip()  # PyAV appends the file name, already in our message
@@ -106,20 +118,69 @@ def _short(e):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Backends
-
-def _import_decord():
-    import decord  # noqa: PLC0415 (optional: absent on some platforms)
-    return decord
-
+# Reading (PyAV, the FFmpeg bundled with it: frames as a player shows them)
 
 def _import_av():
     import av  # noqa: PLC0415
     return av
 
 
-def _probe_pyav(path):
-    """VideoInfo from the container header (frame count from the index, else counted packets; no decoding)."""
+# counter-clockwise display rotation (degrees) -> (swap rows/columns, flip rows, flip columns)
+_ROTATIONS = {0: (False, False, False), 90: (True, True, False), 180: (False, True, True), 270: (True, False, True)}
+
+
+def _orientation(frame, stream):
+    """(rotation, (swap, flip_rows, flip_cols)) that make `frame` upright, from its display matrix or the legacy tag.
+
+    The display matrix (FFmpeg's convention: counter-clockwise degrees, `ffmpeg -display_rotation`) wins; else the
+    legacy `rotate` tag (clockwise degrees, as old phones and old FFmpeg wrote it) is used. Flips in the matrix are
+    applied as FFmpeg's CLI applies them; a matrix that is not a multiple of 90 degrees uses the nearest multiple.
+    """
+    av = _import_av()
+    try:
+        m = np.frombuffer(bytes(frame.side_data[av.sidedata.sidedata.Type.DISPLAYMATRIX]), '<i4')
+    except (KeyError, AttributeError, ValueError):
+        m = None
+    if m is not None and m.size == 9 and (m[0] or m[1]):
+        rotation = round(frame.rotation / 90) * 90 % 360
+        a, b, c, d = (int(v) for v in (m[0], m[1], m[3], m[4]))
+        if abs(b) > abs(a):
+            return rotation, (True, b < 0, c < 0)
+        return rotation, (False, d < 0, a < 0)
+    tag = {k.lower(): v for k, v in stream.metadata.items()}.get('rotate', '0')
+    try:
+        rotation = -round(float(tag) / 90) * 90 % 360
+    except ValueError:
+        rotation = 0
+    return rotation, _ROTATIONS[rotation]
+
+
+def _upright(frames, orient):
+    """Apply (swap, flip_rows, flip_cols) to uint8 frames (T, H, W, 3) -> contiguous upright frames."""
+    swap, flip_rows, flip_cols = orient
+    if swap:
+        frames = frames.swapaxes(1, 2)
+    if flip_rows:
+        frames = frames[:, ::-1]
+    if flip_cols:
+        frames = frames[:, :, ::-1]
+    return np.ascontiguousarray(frames)
+
+
+def _is_vfr(pts, time_base):
+    """True when frame durations (differences of sorted presentation timestamps) differ by more than ~1 %."""
+    if len(pts) < 3:
+        return False
+    d = np.diff(np.asarray(pts, np.int64))
+    return bool(d.max() - d.min() > 0.01 * np.median(d) + 1)  # + 1 tick: rounding of coarse time bases (mkv: 1 ms)
+
+
+def _probe(path):
+    """Header, shown packets and first frame -> (VideoInfo without times, sorted shown pts, time_base, orientation).
+
+    The frame count is the number of packets a player shows (edit lists honoured: packets the demuxer marks
+    discardable are not counted), never the container's claim. Demuxing reads the file but decodes one frame.
+    """
     av = _import_av()
     try:
         with av.open(path) as c:
@@ -127,90 +188,55 @@ def _probe_pyav(path):
                 kinds = sorted({s.type for s in c.streams}) or ['no streams']
                 raise VideoReadError(f"{path}: has no video stream (only {', '.join(kinds)}); pass a video file")
             s = c.streams.video[0]
-            rate = s.average_rate or s.guessed_rate or s.base_rate
-            n = s.frames or sum(1 for p in c.demux(s) if p.size)
-            return VideoInfo(float(rate) if rate else 0.0, int(n), s.codec_context.height, s.codec_context.width)
+            pts, first, no_pts = [], None, 0
+            for packet in c.demux(s):
+                if first is None:
+                    frames = s.decode(packet if packet.size else None)
+                    first = frames[0] if frames else None
+                if packet.size and not packet.is_discard:
+                    no_pts += packet.pts is None
+                    pts.append(packet.pts if packet.pts is not None else len(pts))
+            tb = s.time_base or Fraction(1, 1)
+            sar = s.sample_aspect_ratio or s.codec_context.sample_aspect_ratio or Fraction(1, 1)
+            h, w = s.codec_context.height, s.codec_context.width
     except VideoReadError:
         raise
     except MemoryError:
         raise
     except Exception as e:
         raise VideoReadError(f"{path}: not a readable video container ({_short(e)}); {REENCODE}") from None
-
-
-def _read_pyav(path, indices, info):
-    """Decode sequentially, keep only `indices` (sorted), stop after the last one: memory ~ len(indices) frames."""
-    av = _import_av()
-    out, j, decoded = None, 0, 0
-    with av.open(path) as c:
-        s = c.streams.video[0]
-        s.thread_type = 'AUTO'
-        for i, frame in enumerate(c.decode(s)):
-            decoded = i + 1
-            if i != indices[j]:
-                continue
-            img = frame.to_ndarray(format='rgb24')  # (H, W, 3) uint8
-            if out is None:
-                out = np.empty((len(indices), *img.shape), np.uint8)
-            elif img.shape != out.shape[1:]:
-                img = frame.to_ndarray(format='rgb24', width=out.shape[2], height=out.shape[1])
-            out[j] = img
-            j += 1
-            if j == len(indices):
-                return out
-    raise VideoReadError(f"{path}: truncated or corrupt: decoding stopped after {decoded} frames but the container "
-                         f"lists {info.num_frames} (frame {indices[j]} was needed); {REENCODE}")
-
-
-def _read_decord(path, indices, info):
-    decord = _import_decord()
-    vr = decord.VideoReader(path, ctx=decord.cpu(0))
-    if indices[-1] >= len(vr):
-        raise RuntimeError(f"decord indexes {len(vr)} frames, frame {indices[-1]} needed")
-    return vr.get_batch(list(indices)).asnumpy()  # (T, H, W, 3) uint8
-
-
-def _probe_decord(path):
-    decord = _import_decord()
-    vr = decord.VideoReader(path, ctx=decord.cpu(0))
-    h, w = vr[0].shape[:2]
-    return VideoInfo(float(vr.get_avg_fps()), len(vr), h, w)
-
-
-def _backends(backend):
-    if backend not in ('auto', 'decord', 'pyav'):
-        raise ValueError(f"backend={backend!r}; use 'auto', 'decord' or 'pyav'")
-    if backend != 'auto':
-        return [backend]
-    try:
-        _import_decord()
-        return ['decord', 'pyav']
-    except Exception:  # not installed, or a broken native library
-        return ['pyav']
-
-
-def _has_av():
-    try:
-        _import_av()
-        return True
-    except Exception:
-        return False
+    if first is None or not pts:
+        raise VideoReadError(f"{path}: truncated or corrupt: no frame could be decoded; {REENCODE}")
+    rotation, orient = _orientation(first, s)
+    h, w = first.height, first.width
+    pts.sort()
+    if no_pts or len(pts) < 2 or pts[-1] == pts[0]:
+        rate = s.average_rate or s.guessed_rate or s.base_rate
+        fps, vfr = (float(rate) if rate else 0.0), False
+    else:
+        fps, vfr = float((len(pts) - 1) / ((pts[-1] - pts[0]) * tb)), _is_vfr(pts, tb)
+        rate = s.average_rate or s.guessed_rate
+        if rate and not vfr and abs(float(rate) / fps - 1) < 0.01:
+            fps = float(rate)  # the container's exact rate over one measured from coarse (e.g. 1 ms) timestamps
+    if orient[0]:
+        h, w, sar = w, h, 1 / Fraction(sar)
+    info = VideoInfo(fps, len(pts), h, w, Fraction(sar), rotation, None, vfr)
+    return info, (None if no_pts else pts), tb, orient
 
 
 def probe_video(path, backend='auto'):
-    """fps, frame count and size of a video without decoding it (PyAV header; decord if PyAV is missing)."""
+    """VideoInfo of the whole file (times None) as a player shows it: displayed size, shown-frame count, SAR."""
     path = str(path)
+    _check_backend(backend)
     _check_file(path)
-    if backend == 'decord' or (backend == 'auto' and not _has_av()):
-        try:
-            return _probe_decord(path)
-        except Exception as e:
-            raise VideoReadError(f"{path}: not a readable video ({_short(e)}); {REENCODE}") from None
-    return _probe_pyav(path)
+    return _probe(path)[0]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Reading
+def _check_backend(backend):
+    if backend not in ('auto', 'pyav'):
+        raise ValueError(f"backend={backend!r}; use 'auto' or 'pyav' (PyAV is the only reader: decord ignores "
+                         f"display rotation and edit lists)")
+
 
 def frame_indices(num_available, num_frames=None, stride=1, start=0, path='video'):
     """Indices start, start+stride, ... (num_frames of them; None = all that fit); VideoReadError if too few."""
@@ -227,39 +253,75 @@ def frame_indices(num_available, num_frames=None, stride=1, start=0, path='video
     return list(range(start, needed, stride))
 
 
-def read_video(path, num_frames=None, stride=1, start=0, backend='auto'):
-    """Read frames start, start+stride, ... -> ((C, T, H, W) float32 in [-1, 1], VideoInfo of the whole file).
+def _decode(path, indices, pts, time_base):
+    """Decode the shown frames `indices` (sorted) -> (list of av.VideoFrame, their pts), stopping after the last.
 
-    num_frames=None reads every frame from `start` at `stride`. backend: 'auto' (decord, PyAV if decord is
-    missing or fails), 'decord' or 'pyav'. Only the needed frames are kept in memory.
+    With known timestamps the decoder seeks to the keyframe before the first wanted frame and frames are matched
+    by pts; when the seek lands after it (or on a non-keyframe) decoding restarts from the beginning.
+    """
+    av = _import_av()
+    by_pts = pts is not None
+    want = {(pts[i] if by_pts else i): j for j, i in enumerate(indices)}  # pts (or shown index) -> output slot
+    for seek in ([True, False] if by_pts and indices[0] > 0 else [False]):
+        out, found, shown = [None] * len(indices), 0, 0
+        with av.open(path) as c:
+            s = c.streams.video[0]
+            s.thread_type = 'AUTO'
+            if seek:
+                c.seek(pts[indices[0]], stream=s, backward=True)
+            for k, frame in enumerate(c.decode(s)):
+                if seek and k == 0 and not (frame.key_frame and frame.pts is not None
+                                            and frame.pts <= pts[indices[0]]):
+                    break
+                j = want.get(frame.pts if by_pts else shown)
+                shown += 1
+                if j is None or out[j] is not None:
+                    continue
+                out[j], found = frame, found + 1
+                if found == len(indices):
+                    return out
+            else:
+                if not seek:
+                    missing = next(i for i, f in zip(indices, out) if f is None)
+                    raise VideoReadError(f"{path}: truncated or corrupt: decoding stopped after {shown} frames but "
+                                         f"{len(pts) if pts else indices[-1] + 1} are listed (frame {missing} was "
+                                         f"needed); {REENCODE}")
+    raise VideoReadError(f"{path}: truncated or corrupt: frames could not be located; {REENCODE}")
+
+
+def read_frames(path, num_frames=None, stride=1, start=0, backend='auto'):
+    """Shown frames start, start+stride, ... -> (uint8 (T, H, W, 3) RGB upright, VideoInfo of the whole file).
+
+    Frames are what a player shows: display rotation applied (H, W are the displayed size), edit lists honoured,
+    YUV converted to RGB with the stream's matrix and range (untagged: BT.601, as FFmpeg assumes). info.times are
+    the returned frames' presentation times in seconds from the first shown frame of the file; info.sar is the
+    displayed frame's sample aspect ratio. backend: 'auto' or 'pyav' (the same). Memory ~ the returned frames.
     """
     path = str(path)
+    _check_backend(backend)
     _check_file(path)
-    order = _backends(backend)
-    if order == ['pyav'] and not _has_av():
-        raise ImportError("reading videos needs PyAV or decord: pip install av")
-    # PyAV opens the header first: a file it cannot parse never reaches decord (native crashes, stderr noise)
-    info = _probe_pyav(path) if (order[0] == 'pyav' or _has_av()) else None
-    errors = []
-    for name in order:
-        try:
-            if info is None:
-                info = _probe_decord(path)
-            indices = frame_indices(info.num_frames, num_frames, stride, start, path)
-            frames = (_read_decord if name == 'decord' else _read_pyav)(path, indices, info)
-            break
-        except (VideoReadError, MemoryError):
-            raise
-        except ImportError as e:
-            if backend != 'auto':
-                raise ImportError(f"backend={backend!r} needs {e.name or name}: pip install "
-                                  f"{'decord' if name == 'decord' else 'av'}, or use backend='auto'") from e
-            errors.append(f"{name}: {_short(e)}")
-        except Exception as e:
-            errors.append(f"{name}: {_short(e)}")
-    else:
-        raise VideoReadError(f"{path}: truncated or corrupt, decoding failed ({'; '.join(errors)}); {REENCODE}")
-    info = info._replace(height=frames.shape[1], width=frames.shape[2])
+    info, pts, tb, orient = _probe(path)
+    indices = frame_indices(info.num_frames, num_frames, stride, start, path)
+    try:
+        decoded = _decode(path, indices, pts, tb)
+    except (VideoReadError, MemoryError):
+        raise
+    except Exception as e:
+        raise VideoReadError(f"{path}: truncated or corrupt, decoding failed ({_short(e)}); {REENCODE}") from None
+    h, w = (info.width, info.height) if orient[0] else (info.height, info.width)  # stored size
+    frames = np.empty((len(decoded), h, w, 3), np.uint8)
+    for j, frame in enumerate(decoded):
+        size = {} if (frame.height, frame.width) == (h, w) else {'width': w, 'height': h}  # mid-stream size change
+        frames[j] = frame.to_ndarray(format='rgb24', **size)
+    t0 = pts[0] if pts is not None else 0
+    times = tuple(float((f.pts - t0) * tb) if pts is not None else i / (info.fps or 1.0)
+                  for f, i in zip(decoded, indices))
+    return _upright(frames, orient), info._replace(times=times)
+
+
+def read_video(path, num_frames=None, stride=1, start=0, backend='auto'):
+    """Read frames start, start+stride, ... -> ((C, T, H, W) float32 in [-1, 1], VideoInfo); see read_frames."""
+    frames, info = read_frames(path, num_frames, stride, start, backend)
     video = torch.empty((3, *frames.shape[:3]), dtype=torch.float32)
     video.copy_(torch.from_numpy(frames).permute(3, 0, 1, 2))  # (C, T, H, W)
     return video.div_(127.5).sub_(1.0), info
@@ -305,45 +367,95 @@ def fps_fraction(fps):
     return Fraction(fps).limit_denominator(1001)
 
 
-class VideoWriter:
-    """Streams frames into an H.264 file: memory stays flat; the file appears under its name only on success.
+TIME_BASE = Fraction(1, 90000)  # timestamps of frames written with explicit times (the MPEG clock)
+BT709 = 1                       # AVCOL_SPC/PRI/TRC_BT709
+TV_RANGE, PC_RANGE, RGB_MATRIX = 1, 2, 0
 
-    Frames go to PATH.tmp, which is renamed to PATH by close(); on an exception inside `with` (or abort()) the
-    temp file is removed and an existing PATH is left untouched. yuv420p (plays everywhere) needs even sizes:
-    an odd height/width is padded by one replicated row/column at the bottom/right (the file is one pixel larger).
-    pix_fmt='yuv444p' keeps odd sizes exactly, but some players (browsers) do not play it.
+
+class VideoWriter:
+    """Streams frames into a video file that keeps their size, SAR, times and colours; memory stays flat.
+
+    Encodings (pixel sizes are kept exactly, no padding or cropping):
+    - even H x W, yuv420p: H.264 (libx264, crf/preset), plays everywhere;
+    - odd H or W, yuv420p: VP9 (libvpx-vp9, the same crf number) — H.264 4:2:0 can only crop to even sizes;
+      browsers (Chrome, Firefox, Edge, Safari 14+) and players (VLC, mpv, ffmpeg) play it in .mp4/.mkv;
+    - pix_fmt='yuv444p': H.264 4:4:4 at any size (ffmpeg/VLC/mpv; most browsers do not play it);
+    - lossless=True: libx264rgb at qp 0, RGB stored exactly (bit-exact round trip through read_frames; for
+      metrics, not for browsers).
+    RGB -> YUV uses BT.709 limited range and the stream is tagged bt709/tv (colorspace, primaries, transfer,
+    range). `sar` (Fraction, e.g. 4/3) is written as the sample aspect ratio. write(frames, times): times (seconds,
+    strictly increasing across calls) put each frame at its source time (VFR; shifted so the first frame is at 0,
+    on a 1/90000 s clock); times=None writes a constant `fps`. Frames go to PATH.tmp, renamed to PATH by close();
+    on an exception inside `with` (or abort()) the temp file is removed and an existing PATH is left untouched.
     """
 
-    def __init__(self, path, fps, crf=18, preset='medium', pix_fmt='yuv420p'):
+    def __init__(self, path, fps, crf=18, preset='medium', pix_fmt='yuv420p', sar=None, lossless=False):
         self.path = str(path)
         ext = os.path.splitext(self.path)[1].lower()
         if ext not in WRITE_FORMATS:
             raise ValueError(f"{self.path}: cannot write '{ext}' files; use one of {'/'.join(WRITE_FORMATS)}")
+        if pix_fmt not in ('yuv420p', 'yuv444p'):
+            raise ValueError(f"{self.path}: pix_fmt={pix_fmt!r}; use 'yuv420p' or 'yuv444p'")
         self.format, self.fps, self.tmp = WRITE_FORMATS[ext], fps_fraction(fps), self.path + '.tmp'
-        self.options = {'crf': str(crf), 'preset': preset}
-        self.pix_fmt = pix_fmt
+        self.crf, self.preset, self.pix_fmt, self.lossless = crf, preset, pix_fmt, bool(lossless)
+        self.sar = Fraction(sar) if sar is not None else None
+        if self.sar is not None and self.sar <= 0:
+            raise ValueError(f"{self.path}: sar={sar}; must be a positive ratio (e.g. Fraction(4, 3))")
         self.container = self.stream = None
         self.size = None        # (H, W) of the frames given
         self.num_written = 0
+        self.timed = None       # True once frames came with times, False without
+        self.t0 = self.last_pts = None
         self.closed = False
 
-    def _open(self, h, w):
+    def _codec(self, h, w):
+        """(encoder, pix_fmt, options) for an H x W frame."""
+        if self.lossless:
+            return 'libx264rgb', 'rgb24', {'qp': '0', 'preset': self.preset}
+        if self.pix_fmt == 'yuv420p' and (h % 2 or w % 2):
+            if self.format == 'mov':
+                raise ValueError(f"{self.path}: {h}x{w} is odd; odd sizes are written as VP9, which needs .mp4 or "
+                                 f".mkv (or pass pix_fmt='yuv444p')")
+            return 'libvpx-vp9', 'yuv420p', {'crf': str(self.crf), 'b': '0', 'deadline': 'good', 'cpu-used': '4',
+                                             'row-mt': '1'}
+        return 'libx264', self.pix_fmt, {'crf': str(self.crf), 'preset': self.preset}
+
+    def _open(self, h, w, timed):
         av = _import_av()
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self.size = (h, w)
-        self.even = self.pix_fmt == 'yuv420p'
-        if self.even and (h % 2 or w % 2):
-            warnings.warn(f"{self.path}: {h}x{w} is odd; yuv420p needs even sizes, so the file is "
-                          f"{h + h % 2}x{w + w % 2} (last row/column repeated); pix_fmt='yuv444p' keeps {h}x{w}")
+        self.size, self.timed = (h, w), timed
+        codec, self.enc_fmt, options = self._codec(h, w)
         opts = {'movflags': 'faststart'} if self.format in ('mp4', 'mov') else {}
         self.container = av.open(self.tmp, mode='w', format=self.format, options=opts)
-        s = self.container.add_stream('libx264', rate=self.fps, options=self.options)
-        s.height, s.width = (h + h % 2, w + w % 2) if self.even else (h, w)
-        s.pix_fmt = self.pix_fmt
+        s = self.container.add_stream(codec, rate=self.fps, options=options)
+        s.height, s.width, s.pix_fmt = h, w, self.enc_fmt
+        cc = s.codec_context
+        if timed:
+            cc.time_base = s.time_base = TIME_BASE
+        cc.color_primaries, cc.color_trc = BT709, BT709
+        cc.colorspace, cc.color_range = (RGB_MATRIX, PC_RANGE) if self.lossless else (BT709, TV_RANGE)
+        if self.sar is not None:
+            cc.sample_aspect_ratio = s.sample_aspect_ratio = self.sar
         self.stream = s
 
-    def write(self, frames):
-        """Append frames: a (C, T, H, W) tensor in [-1, 1] or a uint8 numpy array (T, H, W, 3)."""
+    def _pts(self, times, n):
+        """Integer timestamps for the next n frames (constant rate, or `times` on the 1/90000 s clock)."""
+        if times is None:
+            return list(range(self.num_written, self.num_written + n))
+        t = np.asarray(times, np.float64).reshape(-1)
+        if len(t) != n or not np.isfinite(t).all():
+            raise ValueError(f"{self.path}: times has {len(t)} values for {n} frames; give one finite time each")
+        if self.t0 is None:
+            self.t0 = float(t[0])
+        pts = [round((x - self.t0) / TIME_BASE) for x in t]
+        prev = self.last_pts
+        if any(b <= a for a, b in zip([-1 if prev is None else prev] + pts, pts)):
+            raise ValueError(f"{self.path}: times must increase strictly (also across write() calls), got "
+                             f"{[round(float(x), 4) for x in t[:6]]}")
+        return pts
+
+    def write(self, frames, times=None):
+        """Append frames: (C, T, H, W) float in [-1, 1] or uint8 (T, H, W, 3); times: their source times (s)."""
         if self.closed:
             raise ValueError(f"{self.path}: write() after close()")
         arr = frames if isinstance(frames, np.ndarray) else to_uint8(frames)
@@ -351,18 +463,21 @@ class VideoWriter:
             raise ValueError(f"{self.path}: frames must be (C, T, H, W) float or (T, H, W, 3) uint8, got "
                              f"{arr.dtype} {arr.shape}")
         if self.container is None:
-            self._open(*arr.shape[1:3])
+            self._open(*arr.shape[1:3], timed=times is not None)
         if tuple(arr.shape[1:3]) != self.size:
             raise ValueError(f"{self.path}: frame size {arr.shape[1]}x{arr.shape[2]} differs from the first "
                              f"frames' {self.size[0]}x{self.size[1]}; resize before writing")
+        if (times is not None) != self.timed:
+            raise ValueError(f"{self.path}: give times with every write() or with none")
         av = _import_av()
-        for img in arr:
-            if self.even and (img.shape[0] % 2 or img.shape[1] % 2):
-                img = np.pad(img, ((0, img.shape[0] % 2), (0, img.shape[1] % 2), (0, 0)), mode='edge')
+        time_base = TIME_BASE if self.timed else 1 / self.fps
+        for img, pts in zip(arr, self._pts(times, len(arr))):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format='rgb24')
-            frame.pts, frame.time_base = self.num_written, 1 / self.fps
+            if not self.lossless:
+                frame = frame.reformat(format=self.enc_fmt, dst_colorspace='ITU709', dst_color_range='MPEG')
+            frame.pts, frame.time_base = pts, time_base
             self.container.mux(self.stream.encode(frame))
-            self.num_written += 1
+            self.num_written, self.last_pts = self.num_written + 1, pts
 
     def close(self):
         """Flush the encoder and move PATH.tmp to PATH."""
@@ -402,11 +517,12 @@ class VideoWriter:
         return False
 
 
-def write_video(path, video, fps, **kwargs):
-    """Write a (C, T, H, W) video in [-1, 1] as H.264 (kwargs: crf, preset, pix_fmt; see VideoWriter)."""
+def write_video(path, video, fps, times=None, **kwargs):
+    """Write a (C, T, H, W) video in [-1, 1] (times: per-frame source times in s; kwargs: crf, preset, pix_fmt,
+    sar, lossless; see VideoWriter)."""
     with VideoWriter(path, fps, **kwargs) as w:
         for t in range(0, video.shape[1], 16):  # uint8 conversion in chunks: memory flat in length
-            w.write(video[:, t:t + 16])
+            w.write(video[:, t:t + 16], None if times is None else list(times)[t:t + 16])
 
 
 # ----------------------------------------------------------------------------------------------------------------
