@@ -198,7 +198,10 @@ def _probe(path):
                     pts.append(packet.pts if packet.pts is not None else len(pts))
             tb = s.time_base or Fraction(1, 1)
             sar = s.sample_aspect_ratio or s.codec_context.sample_aspect_ratio or Fraction(1, 1)
-            h, w = s.codec_context.height, s.codec_context.width
+            rates = (s.average_rate or s.guessed_rate, s.base_rate)
+            if first is not None:  # stream objects are only valid while the container is open
+                rotation, orient = _orientation(first, s)
+                h, w = first.height, first.width
     except VideoReadError:
         raise
     except MemoryError:
@@ -207,15 +210,13 @@ def _probe(path):
         raise VideoReadError(f"{path}: not a readable video container ({_short(e)}); {REENCODE}") from None
     if first is None or not pts:
         raise VideoReadError(f"{path}: truncated or corrupt: no frame could be decoded; {REENCODE}")
-    rotation, orient = _orientation(first, s)
-    h, w = first.height, first.width
     pts.sort()
+    rate = rates[0]
     if no_pts or len(pts) < 2 or pts[-1] == pts[0]:
-        rate = s.average_rate or s.guessed_rate or s.base_rate
+        rate = rate or rates[1]
         fps, vfr = (float(rate) if rate else 0.0), False
     else:
         fps, vfr = float((len(pts) - 1) / ((pts[-1] - pts[0]) * tb)), _is_vfr(pts, tb)
-        rate = s.average_rate or s.guessed_rate
         if rate and not vfr and abs(float(rate) / fps - 1) < 0.01:
             fps = float(rate)  # the container's exact rate over one measured from coarse (e.g. 1 ms) timestamps
     if orient[0]:
@@ -253,17 +254,18 @@ def frame_indices(num_available, num_frames=None, stride=1, start=0, path='video
     return list(range(start, needed, stride))
 
 
-def _decode(path, indices, pts, time_base):
-    """Decode the shown frames `indices` (sorted) -> (list of av.VideoFrame, their pts), stopping after the last.
+def _decode(path, indices, pts, store):
+    """Decode the shown frames `indices` (sorted), calling store(slot, frame) for each; -> their pts by slot.
 
     With known timestamps the decoder seeks to the keyframe before the first wanted frame and frames are matched
-    by pts; when the seek lands after it (or on a non-keyframe) decoding restarts from the beginning.
+    by pts; when the seek lands after it (or on a non-keyframe) decoding restarts from the beginning. Decoding
+    stops after the last wanted frame.
     """
     av = _import_av()
     by_pts = pts is not None
     want = {(pts[i] if by_pts else i): j for j, i in enumerate(indices)}  # pts (or shown index) -> output slot
     for seek in ([True, False] if by_pts and indices[0] > 0 else [False]):
-        out, found, shown = [None] * len(indices), 0, 0
+        got, shown, found = [None] * len(indices), 0, 0
         with av.open(path) as c:
             s = c.streams.video[0]
             s.thread_type = 'AUTO'
@@ -275,17 +277,17 @@ def _decode(path, indices, pts, time_base):
                     break
                 j = want.get(frame.pts if by_pts else shown)
                 shown += 1
-                if j is None or out[j] is not None:
+                if j is None or got[j] is not None:
                     continue
-                out[j], found = frame, found + 1
+                store(j, frame)
+                got[j], found = frame.pts, found + 1
                 if found == len(indices):
-                    return out
-            else:
-                if not seek:
-                    missing = next(i for i, f in zip(indices, out) if f is None)
-                    raise VideoReadError(f"{path}: truncated or corrupt: decoding stopped after {shown} frames but "
-                                         f"{len(pts) if pts else indices[-1] + 1} are listed (frame {missing} was "
-                                         f"needed); {REENCODE}")
+                    return got
+        if not seek:
+            missing = next(i for i, g in zip(indices, got) if g is None)
+            raise VideoReadError(f"{path}: truncated or corrupt: decoding stopped after {shown} frames but "
+                                 f"{len(pts) if by_pts else indices[-1] + 1} are listed (frame {missing} was "
+                                 f"needed); {REENCODE}")
     raise VideoReadError(f"{path}: truncated or corrupt: frames could not be located; {REENCODE}")
 
 
@@ -302,20 +304,22 @@ def read_frames(path, num_frames=None, stride=1, start=0, backend='auto'):
     _check_file(path)
     info, pts, tb, orient = _probe(path)
     indices = frame_indices(info.num_frames, num_frames, stride, start, path)
+    h, w = (info.width, info.height) if orient[0] else (info.height, info.width)  # stored size
+    frames = np.empty((len(indices), h, w, 3), np.uint8)
+
+    def store(j, frame):
+        size = {} if (frame.height, frame.width) == (h, w) else {'width': w, 'height': h}  # mid-stream size change
+        frames[j] = frame.to_ndarray(format='rgb24', **size)
     try:
-        decoded = _decode(path, indices, pts, tb)
+        got = _decode(path, indices, pts, store)
     except (VideoReadError, MemoryError):
         raise
     except Exception as e:
         raise VideoReadError(f"{path}: truncated or corrupt, decoding failed ({_short(e)}); {REENCODE}") from None
-    h, w = (info.width, info.height) if orient[0] else (info.height, info.width)  # stored size
-    frames = np.empty((len(decoded), h, w, 3), np.uint8)
-    for j, frame in enumerate(decoded):
-        size = {} if (frame.height, frame.width) == (h, w) else {'width': w, 'height': h}  # mid-stream size change
-        frames[j] = frame.to_ndarray(format='rgb24', **size)
-    t0 = pts[0] if pts is not None else 0
-    times = tuple(float((f.pts - t0) * tb) if pts is not None else i / (info.fps or 1.0)
-                  for f, i in zip(decoded, indices))
+    if pts is not None:
+        times = tuple(float((p - pts[0]) * tb) for p in got)
+    else:
+        times = tuple(i / (info.fps or 1.0) for i in indices)
     return _upright(frames, orient), info._replace(times=times)
 
 
