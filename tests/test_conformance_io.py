@@ -150,6 +150,21 @@ def test_edit_list_trim_with_b_frames(tmp_path):
     assert np.array_equal(part, frames[-3:])
 
 
+@pytest.mark.parametrize('name,codec', [('bframes.mkv', ['-c:v', 'libx264', '-g', 12, '-bf', 3]),
+                                        ('mpeg4.avi', ['-c:v', 'mpeg4', '-bf', 2]),
+                                        ('vp9.webm', ['-c:v', 'libvpx-vp9', '-deadline', 'realtime'])])
+def test_other_containers_and_late_starts(name, codec, tmp_path):
+    """Every frame equals ffmpeg's; reads that start late (a seek) return the same frames as a full read."""
+    ffmpeg('-f', 'lavfi', '-i', 'testsrc2=size=96x64:rate=25', '-frames:v', 40, *codec, tmp_path / name)
+    frames, info = read_frames(tmp_path / name)
+    assert info.num_frames == len(frames) == 40 and info.fps == 25 and not info.vfr
+    assert max_diff(frames, ffmpeg_frames(tmp_path / name, 64, 96)) <= 1
+    for start in (1, 13, 34):
+        part, pinfo = read_frames(tmp_path / name, num_frames=3, stride=2, start=start)
+        assert np.array_equal(part, frames[start:start + 6:2]), start
+        assert pinfo.times == pytest.approx([(start + k) / 25 for k in (0, 2, 4)], abs=1e-3)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Sample aspect ratio
 

@@ -3,6 +3,7 @@
 Reading never hands a file to a decoder before cheap checks (exists, not empty, not text, MP4 boxes complete), and
 every failure surfaces as one `VideoReadError` whose message is "PATH: reason; fix".
 """
+import functools
 import math
 import os
 import re
@@ -176,6 +177,13 @@ def _is_vfr(pts, time_base):
 
 
 def _probe(path):
+    """_probe_file, remembered per (path, size, modification time): chunked reads of one clip probe it once."""
+    st = os.stat(path)
+    return _probe_file(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _probe_file(path, size, mtime_ns):
     """Header, shown packets and first frame -> (VideoInfo without times, sorted shown pts, time_base, orientation).
 
     The frame count is the number of packets a player shows (edit lists honoured: packets the demuxer marks
@@ -222,7 +230,7 @@ def _probe(path):
     if orient[0]:
         h, w, sar = w, h, 1 / Fraction(sar)
     info = VideoInfo(fps, len(pts), h, w, Fraction(sar), rotation, None, vfr)
-    return info, (None if no_pts else pts), tb, orient
+    return info, (None if no_pts else tuple(pts)), tb, orient
 
 
 def probe_video(path, backend='auto'):
@@ -235,8 +243,8 @@ def probe_video(path, backend='auto'):
 
 def _check_backend(backend):
     if backend not in ('auto', 'pyav'):
-        raise ValueError(f"backend={backend!r}; use 'auto' or 'pyav' (PyAV is the only reader: decord ignores "
-                         f"display rotation and edit lists)")
+        raise ValueError(f"backend={backend!r}; use 'auto' or 'pyav' (PyAV is the only reader; decord does not "
+                         f"honour edit lists)")
 
 
 def frame_indices(num_available, num_frames=None, stride=1, start=0, path='video'):
