@@ -41,7 +41,7 @@ class VideoWriter:
     Encodings (pixel sizes are kept exactly, no padding or cropping):
     - even H x W, yuv420p: H.264 (libx264, crf/preset), plays everywhere;
     - odd H or W, yuv420p: VP9 (libvpx-vp9, the same crf number) — H.264 4:2:0 can only crop to even sizes;
-      browsers (Chrome, Firefox, Edge, Safari 14+) and players (VLC, mpv, ffmpeg) play it in .mp4/.mkv;
+      .mp4/.mkv only; ffmpeg and FFmpeg-based players decode it, Chrome/Firefox/Edge support VP9 in MP4;
     - pix_fmt='yuv444p': H.264 4:4:4 at any size (ffmpeg/VLC/mpv; most browsers do not play it);
     - lossless=True: libx264rgb at qp 0, RGB stored exactly (bit-exact round trip through read_frames; for
       metrics, not for browsers).
