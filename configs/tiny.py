@@ -25,7 +25,7 @@ vae = dict(
     decode_chunk=4,
 )
 data = dict(num_frames_per_video=4, time_stride=2, sample_size=64, num_workers=0)
-optimizer = dict(auto_lr=None)   # the lr as given: tiny runs are short tests, not batch-size studies
+optimizer = dict(auto_lr=dict(rule='sqrt', base_batch_size=1))   # the released rule; at tiny's batch 1 the lr as given
 train = dict(batch_size=1, max_steps=10, mixed_precision='no', save_model_steps=5,
              eval_every=0, log_every=1, load_from=None)
 sampling = dict(steps=2)
