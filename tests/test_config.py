@@ -207,6 +207,14 @@ def test_attn_strides_none_is_full_attention(tiny_path):
     assert load_config(tiny_path, ['model.attn_strides=None']).model.attn_strides is None
 
 
+def test_attn_strides_minus_one_is_one_window_per_position(tiny_path):
+    from models.dit import build_dit
+    cfg = load_config(tiny_path, ['model.attn_strides=[[-1,1],[1,-1],None,[-1,-1]]'])
+    assert build_dit(cfg.model).windows == [(1, 4, 4), (4, 1, 1), (None, None, None), (1, 1, 1)]
+    with pytest.raises(ConfigError, match=r'attn_strides\[0\]'):
+        load_config(tiny_path, ['model.attn_strides=[[-2,1],None,None,None]'])
+
+
 def test_missing_required_key(tmp_path):
     cfg = tmp_path / 'incomplete.py'
     cfg.write_text("model = dict(depth=2)\n")
