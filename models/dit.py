@@ -320,9 +320,9 @@ class VideoDiT(nn.Module):
 
     `attn_strides[i]` = [ts, xs] makes layer i attend inside contiguous windows of lats_per_vid/ts frames ×
     (G/xs)² tokens (G = input_size/patch_size), -1 = windows 1 frame / 1 token wide; None = full 3D attention
-    over the clip. forward() takes any
-    T, H, W (multiples of the patch): windows keep that token size (the last one along an axis is shorter
-    where it does not divide) and the position embedding is the actual grid's (see video_pos_embed).
+    over the clip. forward() takes any T, H, W (multiples of the patch): windows keep that token size (the last
+    one along an axis is shorter where it does not divide) and the position embedding is the actual grid's
+    (see video_pos_embed).
     """
 
     def __init__(self, input_size, patch_size=2, in_channels=20, hidden_size=1152, depth=28, num_heads=16,
