@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tools.config import ConfigError, load_config
+from tools.config import ConfigError, add_cfg_options, load_config
 from tools.files import atomic_write, write_text_atomic
 
 OUTPUT_FILES = ('latent.safetensors', 'preview.mp4', 'rec.mp4', 'cmp.mp4', 'cmp.png')
@@ -69,7 +69,9 @@ def build_parser():
                    help='frames read/decoded/written at a time (memory flat in clip length; default 16)')
     g.add_argument('--overwrite', action='store_true', help='redo videos whose outputs are already complete')
     g.add_argument('--eval', action='store_true', help='after the batch, run tools/eval.py on the outputs')
-    g.add_argument('--cfg-options', nargs='+', default=None, metavar='KEY=VALUE', help='config overrides')
+    g.add_argument('--dit-checkpoint', default=None, metavar='PATH',
+                   help="DiT weights (a training checkpoint's model.safetensors, a .pth): weights.dit=PATH")
+    add_cfg_options(g)
     return p
 
 
@@ -398,6 +400,7 @@ def main(argv=None):
     try:
         validate_args(args)
         cfg = load_config(args.config, args.cfg_options)
+        cfg.weights.dit = args.dit_checkpoint or cfg.weights.dit
         args.scheduler = args.scheduler or cfg.sampling.scheduler
         args.steps = args.steps or cfg.sampling.steps
         args.seed = cfg.sampling.seed if args.seed is None else args.seed

@@ -1,28 +1,30 @@
-"""Train the CascadeV refiner DiT (the decoder half of the video autoencoder).
+"""Train the CascadeV refiner DiT (the decoder half of the video autoencoder) with the released model's recipe.
 
     python train_vae.py CONFIG --work-dir DIR [--cfg-options k=v ...] [--resume PATH|auto] [--dry-run]
     accelerate launch --num_processes 8 train_vae.py CONFIG --work-dir DIR     # multi-GPU (bash train_vae.sh)
 
-One optimizer step, as the released model was trained: a clip of num_frames_per_video frames at
-time_stride → random flip → short side to sample_size, center crop → SVD-VAE posterior (mean, or a sample
-with vae.sample_posterior) × scale_factor = x0 (4 ch) → compressor latent, ×sr_scale bilinear, × scale_factor
-= x_ref (16 ch) → one timestep per clip → IDDPM loss (MSE(ε) + VB, diffusion/) on cat[x_t, x_ref]. With
-probability train.joint_training the batch is trained "as images" (attention inside each frame). The frozen
-encoders run without gradients in the mixed-precision dtype, or are skipped with data.cached_latents.
+One optimizer step, as the release was trained (README "Training"): a clip of num_frames_per_video frames at
+time_stride, its start uniform over [0, N − stride·frames] → data.transform ('crop': the centred sample_size²
+window at native scale, zero-padded where smaller) → random flip of the whole clip → SVD-VAE posterior sample
+(vae.sample_posterior; else the mean) × scale_factor = x0 (4 ch) → compressor latent, ×sr_scale bilinear,
+× scale_factor = x_ref (16 ch) → one timestep per clip → IDDPM loss (MSE(ε) + VB, diffusion/) on
+cat[x_t, x_ref]. With probability train.joint_training the batch trains "as images" (attention inside each
+frame). The lr is optimizer.lr scaled to the effective batch by optimizer.auto_lr (PixArt's sqrt rule), with
+a linear warm-up; the DiT starts from train.load_from (the release) or, with None, from scratch.
 
-main(cfg) reads straight through: accelerator → work dir → models (+EMA) → data → loop (log / checkpoint /
-preview). Every random draw of the loop comes from a generator seeded by (train.seed, iteration, rank), and
-the data order from (train.seed, epoch), so a resumed run repeats an uninterrupted one exactly.
+main(cfg) reads straight through: set up the run → data → models → resume → loop (train_step → non-finite
+policy → log → checkpoint / preview). Every random draw of a step comes from a generator seeded by
+(train.seed, iteration, rank) and the data order from (train.seed, epoch), so a resumed run repeats an
+uninterrupted one exactly.
 """
 import argparse
 import copy
-import json
 import logging
 import math
-import signal
+import os
 import sys
-import threading
-import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,18 +34,24 @@ from accelerate.utils import DistributedType, set_seed
 from diffusion import create_diffusion
 from models.dit import build_dit, load_dit_checkpoint
 from models.pipeline import CascadeV, upsample_latent
-from models.weights import WeightsFormatError, build_compressor, build_vae
+from models.weights import WeightsFormatError, build_compressor, build_vae, check_weights, resolve_path
 from tools import checkpoint as ckpt
-from tools.config import ConfigError, load_config
+from tools.config import ConfigError, add_cfg_options, load_config
 from tools.data import BadSamples, DataError, build_dataset, build_loader, derive_seed, load_clip
+from tools.train_log import RunLog, StopSignal, setup_logging
 from tools.video_io import VideoReadError, side_by_side, write_video
 
 log = logging.getLogger('cascadev.train')
 MP_DTYPES = {'no': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+RANK_DUMP_ENV = 'CASCADEV_TEST_RANK_DUMP'   # test hook: when set, every rank writes its final weights to WORK_DIR
 
 
 class TrainingError(RuntimeError):
     """The run cannot go on (repeated non-finite steps, ...); the message says why and what to change."""
+
+
+class UsageError(ValueError):
+    """The run cannot start: the config, weights, data lists or --resume need fixing (exit code 2)."""
 
 
 # ---- pieces of one step ------------------------------------------------------------------------------
@@ -68,7 +76,7 @@ def draw_step(moments, cfg, seed):
     t = torch.randint(0, cfg.diffusion.num_timesteps, (B,), generator=g).to(mean.device)
     noise = torch.randn(mean.shape, generator=g).to(mean.device)
     x0 = mean
-    if cfg.vae.get('sample_posterior', False):
+    if cfg.vae.get('sample_posterior', False):                     # x0 = mean + std·ε, ε from this step's draws
         x0 = mean + std * torch.randn(mean.shape, generator=g).to(mean.device)
     x_ref = upsample_latent(ref, cfg.sr_scale, cfg.scale_factor)   # (B, 16, T, H/8, W/8)
     return dict(x0=x0, x_ref=x_ref, t=t, noise=noise, as_images=as_images)
@@ -80,22 +88,35 @@ def compute_losses(model, diffusion, inputs):
                                      model_kwargs={'as_images': inputs['as_images']})
 
 
-def lr_at(step, cfg):
-    """Linear warm-up to optimizer.lr over lr_schedule.warmup_steps optimizer steps, then constant."""
-    warmup = cfg.lr_schedule.get('warmup_steps', 0) or 0
-    return cfg.optimizer.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+def effective_lr(cfg, world_size):
+    """(lr, effective batch): optimizer.lr scaled by optimizer.auto_lr to world_size × train.batch_size.
+
+    PixArt's auto_lr: rule 'sqrt' gives lr·√(B / base_batch_size) (the release: 2e-5 → 2.5e-6 at B = 4,
+    7.1e-6 at B = 32), 'linear' lr·B / base_batch_size; auto_lr None leaves optimizer.lr as it is.
+    """
+    batch = world_size * cfg.train.batch_size
+    auto = cfg.optimizer.get('auto_lr')
+    if not auto:
+        return float(cfg.optimizer.lr), batch
+    ratio = batch / auto['base_batch_size']
+    return float(cfg.optimizer.lr) * (math.sqrt(ratio) if auto['rule'] == 'sqrt' else ratio), batch
 
 
-def build_optimizer(params, cfg):
+def lr_at(step, lr, warmup_steps):
+    """Linear warm-up to `lr` over warmup_steps optimizer steps, then constant."""
+    return lr * (min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
+
+
+def build_optimizer(params, cfg, lr):
     """CAME (Luo et al. 2023; betas/eps from the config) or AdamW (betas[:2]; eps[0] when a tuple is given)."""
     o = cfg.optimizer
     if o.type == 'CAME':
         from came_pytorch import CAME
-        return CAME(params, lr=o.lr, betas=tuple(o.betas), eps=tuple(o.eps), weight_decay=o.weight_decay)
+        return CAME(params, lr=lr, betas=tuple(o.betas), eps=tuple(o.eps), weight_decay=o.weight_decay)
     if o.type == 'AdamW':
         eps = o.eps[0] if isinstance(o.eps, (list, tuple)) else o.eps
         eps = eps if eps >= 1e-12 else 1e-8   # CAME's 1e-30 would make Adam's update unbounded
-        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas[:2]), eps=eps, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(o.betas[:2]), eps=eps, weight_decay=o.weight_decay)
     raise ConfigError(f"{cfg.get('config_path', 'config')}: optimizer.type={o.type!r}; use 'CAME' or 'AdamW'")
 
 
@@ -106,57 +127,18 @@ def ema_update(ema, model, decay):
         e.lerp_(p.detach().to(e.dtype), 1 - decay)
 
 
-# ---- checkpoints ------------------------------------------------------------------------------------
+def nonfinite_policy(loss_ok, grad_ok, scaler_skipped, in_row, max_in_row):
+    """What a step's finiteness means -> (action, non-finite steps in a row).
 
-def optimizer_file(accelerator):
-    """optimizer.safetensors, or one file per rank when FSDP shards the optimizer state."""
-    sharded = accelerator.distributed_type == DistributedType.FSDP
-    return f'optimizer_{accelerator.process_index}.safetensors' if sharded else 'optimizer.safetensors'
+    'step': the update counts. 'overflow': fp16's GradScaler skipped it and lowered its scale (not a fault).
+    'skip': a non-finite loss (on any rank) or gradient norm; no update. 'stop': max_in_row skips in a row.
+    """
+    if loss_ok and grad_ok and not scaler_skipped:
+        return 'step', 0
+    if loss_ok and scaler_skipped:
+        return 'overflow', in_row
+    return ('stop' if in_row + 1 >= max_in_row else 'skip'), in_row + 1
 
-
-def save_checkpoint(accelerator, root, step, model, ema, optimizer, state, keep_last):
-    """All ranks: model (+EMA) and state by the main process, RNG (and FSDP optimizer shards) per rank; atomic."""
-    weights = accelerator.get_state_dict(model)          # collective under FSDP; the full state on the main rank
-    tmp = ckpt.step_dir(root, step).with_name(f'step_{step:08d}.tmp')
-    if accelerator.is_main_process:
-        ckpt.begin(root, step)
-    accelerator.wait_for_everyone()
-    ckpt.write_tensors(tmp, f'rng_{accelerator.process_index}.safetensors', ckpt.rng_state())
-    name = optimizer_file(accelerator)
-    if accelerator.is_main_process or name != 'optimizer.safetensors':
-        ckpt.write_state(tmp, name, optimizer.state_dict())
-    if accelerator.is_main_process:
-        ckpt.write_tensors(tmp, 'model.safetensors', weights)
-        if ema is not None:
-            ckpt.write_tensors(tmp, 'ema.safetensors', ema.state_dict())
-        if accelerator.scaler is not None:
-            state = dict(state, scaler=accelerator.scaler.state_dict())
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        final = ckpt.commit(tmp, state, keep_last)
-        log.info(f"saved checkpoint {final}")
-    accelerator.wait_for_everyone()
-
-
-def load_weights(folder, model, ema):
-    """Model (+EMA) weights of a checkpoint into the plain (not yet wrapped) modules."""
-    model.load_state_dict(ckpt.read_tensors(folder, 'model.safetensors'))
-    if ema is not None:
-        if (Path(folder) / 'ema.safetensors').is_file():
-            ema.load_state_dict(ckpt.read_tensors(folder, 'ema.safetensors'))
-        else:
-            ema.load_state_dict(model.state_dict())
-            log.warning(f"{folder}: has no ema.safetensors; the EMA starts from the model weights")
-
-
-def load_training_state(accelerator, folder, state, optimizer):
-    """Optimizer, loss scaler and this rank's RNG of a checkpoint (after accelerator.prepare)."""
-    optimizer.load_state_dict(ckpt.read_state(folder, optimizer_file(accelerator)))
-    if accelerator.scaler is not None and 'scaler' in state:
-        accelerator.scaler.load_state_dict(state['scaler'])
-    rng = f'rng_{accelerator.process_index}.safetensors'
-    if (Path(folder) / rng).is_file():
-        ckpt.set_rng_state(ckpt.read_tensors(folder, rng))
 
 
 # ---- preview ----------------------------------------------------------------------------------------
@@ -178,55 +160,43 @@ def write_preview(path, model, stages, clip, cfg, step):
     write_video(path, panel, fps=8)
 
 
-# ---- setup helpers ----------------------------------------------------------------------------------
+# ---- the run: set up, data, models, resume ------------------------------------------------------------
 
-def setup_logging(work_dir, is_main):
-    """Log lines of the `cascadev` loggers to stdout and, on the main process, WORK_DIR/train.log."""
-    fmt = logging.Formatter('%(asctime)s %(levelname)s %(message)s', '%H:%M:%S')
-    root = logging.getLogger('cascadev')
-    for handler in list(root.handlers):  # a previous run in this process
-        root.removeHandler(handler)
-        handler.close()
-    root.setLevel(logging.INFO if is_main else logging.WARNING)
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(fmt)
-    root.addHandler(console)
-    if is_main:
-        file = logging.FileHandler(Path(work_dir) / 'train.log')
-        file.setFormatter(fmt)
-        root.addHandler(file)
+@dataclass
+class Run:
+    """Everything a step needs: the config, the accelerator, the work dir, the effective lr and the modules."""
+    cfg: object
+    accelerator: Accelerator
+    work_dir: Path
+    dtype: torch.dtype                    # the frozen encoders' dtype (mixed precision)
+    lr: float                             # effective lr (optimizer.lr after auto_lr), before warm-up
+    model: torch.nn.Module = None         # the DiT being trained (wrapped by accelerate after resume_or_start)
+    ema: torch.nn.Module = None
+    optimizer: torch.optim.Optimizer = None
+    stages: dict = None                   # frozen 'compressor' and 'vae' (absent with cached latents), 'dtype'
+    diffusion: object = None
 
-
-class StopSignal:
-    """SIGTERM / SIGINT set a flag; the loop saves a checkpoint and exits at the end of the current step."""
-
-    def __init__(self):
-        self.received = None
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self.previous[sig] = signal.signal(sig, self.handle)
-
-    def handle(self, signum, frame):
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt   # a second Ctrl-C stops at once
-        self.received = signal.Signals(signum).name
-
-    def restore(self):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+    @property
+    def is_main(self):
+        return self.accelerator.is_main_process
 
 
-# ---- main -------------------------------------------------------------------------------------------
+@contextmanager
+def usage_errors():
+    """Errors while setting up (config, weights, data lists, --resume) are the user's to fix: UsageError."""
+    try:
+        yield
+    except (ConfigError, DataError, ckpt.CheckpointError, FileNotFoundError, WeightsFormatError,
+            VideoReadError) as e:
+        raise UsageError(str(e)) from e
 
-def main(cfg, work_dir, resume=None):
-    """Train; return {'step', 'iteration', 'losses': [(iteration, loss)], 'checkpoint'}."""
+
+def set_up_run(cfg, work_dir):
+    """Accelerator (DDP / FSDP, or gloo processes on CPU), work dir with the final config.py, logging, seeds."""
     tc = cfg.train
-    # -- accelerator, work dir
     # cpu=True without CUDA also makes several launched CPU processes one gloo group (accelerate's MULTI_CPU)
     use_cpu = cfg.get('device', 'auto') == 'cpu' or not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=use_cpu)
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     work_dir = Path(work_dir)
     if accelerator.is_main_process:
         (work_dir / 'checkpoints').mkdir(parents=True, exist_ok=True)
@@ -234,217 +204,244 @@ def main(cfg, work_dir, resume=None):
     setup_logging(work_dir, accelerator.is_main_process)
     if accelerator.is_main_process:
         cfg.dump(str(work_dir / 'config.py'))
-    ckpt_root = work_dir / 'checkpoints'
-    dtype = MP_DTYPES[accelerator.mixed_precision] if accelerator.mixed_precision in MP_DTYPES else torch.float32
-    if device.type == 'cpu' and tc.mixed_precision == 'fp16':
+    if accelerator.device.type == 'cpu' and tc.mixed_precision == 'fp16':
         log.warning("train.mixed_precision='fp16' on CPU is slow and has no loss scaling (gradients may "
                     "underflow); use 'no' or 'bf16' on CPU")
     set_seed(tc.seed)
+    lr, _ = effective_lr(cfg, accelerator.num_processes)
+    return Run(cfg, accelerator, work_dir, MP_DTYPES.get(accelerator.mixed_precision, torch.float32), lr)
 
-    # -- data (the preview clip is held out of training unless data.eval_video names one)
-    hold_out = bool(tc.eval_every) and not cfg.data.get('eval_video')
+
+def build_data(run):
+    """(dataset, bad-file tracker, preview clip or None); the preview clip is held out of training unless
+    data.eval_video names one."""
+    cfg = run.cfg
+    hold_out = bool(cfg.train.eval_every) and not cfg.data.get('eval_video')
     dataset, missing, total, held_out = build_dataset(cfg, hold_out_last=hold_out)
-    bad = BadSamples(total, cfg.data.max_bad_fraction, work_dir / 'bad_videos.txt')
+    bad = BadSamples(total, cfg.data.max_bad_fraction, run.work_dir / 'bad_videos.txt')
     bad.add(missing)
     eval_clip = None
-    if tc.eval_every and accelerator.is_main_process:
-        eval_path = cfg.data.get('eval_video') or held_out or dataset.paths[0]
-        eval_clip = load_clip(eval_path, cfg.data.num_frames_per_video, cfg.data.time_stride,
-                              cfg.data.sample_size, 0, False)
-        log.info(f"preview clip: {eval_path}" + ('' if eval_path != dataset.paths[0] else
-                                                 ' (the only video, so it is also trained on)'))
+    if cfg.train.eval_every and run.is_main:
+        path = cfg.data.get('eval_video') or held_out or dataset.paths[0]
+        eval_clip = load_clip(path, cfg.data, 0, False)
+        log.info(f"preview clip: {path}" + ('' if path != dataset.paths[0] else
+                                            ' (the only video, so it is also trained on)'))
+    return dataset, bad, eval_clip
 
-    # -- models: trainable DiT (+EMA), frozen encoders unless the latents are cached, diffusion
+
+def build_models(run):
+    """Fill run.model (train.load_from, else random init), run.ema, the frozen encoders (skipped for cached
+    latents without previews), the diffusion and the optimizer; every missing weight file is named at once."""
+    cfg, tc, acc = run.cfg, run.cfg.train, run.accelerator
+    cached = bool(cfg.data.get('cached_latents'))
+    encoders = ('compressor', 'vae') if not cached or (tc.eval_every and run.is_main) else ()
+    load_from = tc.get('load_from')
+    check_weights(cfg, encoders, {'train.load_from': (load_from, 'dit', 'or train from scratch with '
+                                                      'train.load_from=None')} if load_from else None)
     model = build_dit(cfg.model)
-    if tc.get('load_from'):
+    if load_from:
         try:
-            load_dit_checkpoint(model, tc.load_from)
+            load_dit_checkpoint(model, resolve_path(load_from))
         except ValueError as e:  # wrong format or a checkpoint of another model size: one line
             raise ConfigError(f"train.load_from: {e}") from None
-        log.info(f"initialised the DiT from {tc.load_from}")
-    model.to(device).train()
-    ema = copy.deepcopy(model).requires_grad_(False).eval() if tc.get('ema_decay') else None
-    cached = bool(cfg.data.get('cached_latents'))
-    stages = {'device': device, 'dtype': dtype}
-    if not cached or (tc.eval_every and accelerator.is_main_process):
-        stages['compressor'] = build_compressor(cfg, device, dtype)
-        stages['vae'] = build_vae(cfg, device, dtype)
-    diffusion = create_diffusion(**{k: cfg.diffusion[k] for k in ('num_timesteps', 'beta_start', 'beta_end',
-                                                                   'learn_sigma')})
-    if ema is not None and accelerator.distributed_type == DistributedType.FSDP:
+        log.info(f"initialised the DiT from {load_from}")
+    if tc.get('ema_decay') and acc.distributed_type == DistributedType.FSDP:
         raise ConfigError(f"{cfg.get('config_path', 'config')}: train.ema_decay is not supported with FSDP "
                           f"(the EMA would need the full weights on every rank); set train.ema_decay=None or use DDP")
-    optimizer = build_optimizer(model.parameters(), cfg)
-    n_params = sum(p.numel() for p in model.parameters())
+    run.model = model.to(acc.device).train()
+    run.ema = copy.deepcopy(run.model).requires_grad_(False).eval() if tc.get('ema_decay') else None
+    run.stages = {'dtype': run.dtype, **{name: build(cfg, acc.device, run.dtype) for name, build in
+                                         (('compressor', build_compressor), ('vae', build_vae)) if name in encoders}}
+    run.diffusion = create_diffusion(**{k: cfg.diffusion[k] for k in ('num_timesteps', 'beta_start', 'beta_end',
+                                                                       'learn_sigma')})
+    run.optimizer = build_optimizer(run.model.parameters(), cfg, run.lr)
 
-    # -- resume: weights into the plain modules, then wrap (DDP / FSDP), then the optimizer state
+
+def resume_or_start(run, resume):
+    """Checkpoint weights into the plain modules, wrap them (DDP / FSDP), then the optimizer, scaler and RNG
+    state -> {'step', 'iteration', 'nonfinite_in_row', 'resumed'}."""
+    acc, root = run.accelerator, run.work_dir / 'checkpoints'
     start = {'step': 0, 'iteration': 0, 'nonfinite_in_row': 0}
-    found = ckpt.resolve_resume(ckpt_root, resume, log.warning) if resume else None
+    found = ckpt.resolve_resume(root, resume, log.warning) if resume else None
     if resume == 'auto' and found is None:
-        log.info(f"--resume auto: no checkpoint in {ckpt_root}; starting from scratch")
+        log.info(f"--resume auto: no checkpoint in {root}; starting from scratch")
     if found:
         folder, state, broken = found
-        load_weights(folder, model, ema)
-        accelerator.wait_for_everyone()  # every rank has chosen before broken checkpoints move
-        if accelerator.is_main_process:
+        ckpt.load_weights(folder, run.model, run.ema)
+        acc.wait_for_everyone()  # every rank has chosen before broken checkpoints move
+        if run.is_main:
             for bad_folder, _ in broken:
                 log.warning(f"moved the broken checkpoint to {ckpt.set_aside(bad_folder)}")
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if found:
-        load_training_state(accelerator, folder, state, optimizer)
-        start = {k: state[k] for k in start}
-        if state.get('world_batch') != world * tc.batch_size:
-            log.warning(f"{folder}: saved with a global batch of {state.get('world_batch')}, now "
-                        f"{world * tc.batch_size}: the data order after the resume differs from the original run")
-        log.info(f"resumed from {folder} at step {start['step']} (iteration {start['iteration']})")
+    run.model, run.optimizer = acc.prepare(run.model, run.optimizer)
+    if not found:
+        return dict(start, resumed=False)
+    ckpt.load_training_state(acc, folder, state, run.optimizer)
+    world_batch = acc.num_processes * run.cfg.train.batch_size
+    if state.get('world_batch') != world_batch:
+        log.warning(f"{folder}: saved with a global batch of {state.get('world_batch')}, now {world_batch}: the "
+                    f"data order (and the auto_lr-scaled lr) after the resume differ from the original run")
+    log.info(f"resumed from {folder} at step {state['step']} (iteration {state['iteration']})")
+    return dict({k: state[k] for k in start}, resumed=True)
 
-    loader, sampler = build_loader(dataset, cfg, rank, world, start['iteration'])
-    per_epoch = sampler.batches_per_epoch
-    # train.max_steps, when set, replaces num_epochs as the length of the run
-    max_steps = tc.max_steps if tc.max_steps is not None else math.inf
-    total_iters = tc.num_epochs * per_epoch if tc.max_steps is None else math.inf
-    log.info(f"{len(dataset)} training videos ({'cached latents' if cached else 'decoded on the fly'}); "
-             f"{per_epoch} batches per epoch; DiT {n_params / 1e6:.1f} M parameters; {world} process(es) × "
-             f"batch {tc.batch_size} = effective batch {world * tc.batch_size}; lr {cfg.optimizer.lr:g} "
-             f"({cfg.optimizer.type}, warm-up {cfg.lr_schedule.get('warmup_steps', 0)} steps); "
-             f"mixed precision {accelerator.mixed_precision}")
 
-    # -- logging
-    writer, progress = None, None
-    if accelerator.is_main_process:
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm.auto import tqdm
-        writer = SummaryWriter(str(work_dir / 'tb'))
-        goal = min(max_steps, total_iters)
-        progress = tqdm(total=None if goal == math.inf else goal, initial=start['step'], desc='train',
-                        dynamic_ncols=True, disable=None)
-    metrics_file = open(work_dir / 'log.jsonl', 'a') if accelerator.is_main_process else None
+def log_start(run, dataset, per_epoch):
+    """The start-up lines: data, model size, and how the lr follows from the effective batch."""
+    cfg, acc = run.cfg, run.accelerator
+    n_params = sum(p.numel() for p in run.model.parameters())
+    cached = bool(cfg.data.get('cached_latents'))
+    source = 'cached latents' if cached else f"decoded on the fly, data.transform={cfg.data.get('transform', 'crop')!r}"
+    log.info(f"{len(dataset)} training videos ({source}); {per_epoch} batches per epoch; DiT {n_params / 1e6:.1f} M "
+             f"parameters; mixed precision {acc.mixed_precision}")
+    auto = cfg.optimizer.get('auto_lr')
+    _, batch = effective_lr(cfg, acc.num_processes)
+    rule = (f"auto_lr rule {auto['rule']!r} (base batch {auto['base_batch_size']})" if auto else
+            "auto_lr None (lr as given)")
+    log.info(f"lr: base {cfg.optimizer.lr:g}, {rule}, {acc.num_processes} process(es) × batch "
+             f"{cfg.train.batch_size} = effective batch {batch}, effective lr {run.lr:.4g} ({cfg.optimizer.type}, "
+             f"warm-up {cfg.lr_schedule.get('warmup_steps', 0)} steps)")
 
-    # -- loop
-    step, iteration, nonfinite = start['step'], start['iteration'], start['nonfinite_in_row']
-    losses, last_saved = [], step if found else None
-    stop = StopSignal()
-    nan_steps = set(tc.get('debug_nan_steps') or [])
-    data_error = None
-    t_last = time.perf_counter()
 
-    def save():
-        nonlocal last_saved
-        if last_saved == step:
-            return
-        state = {'step': step, 'iteration': iteration, 'nonfinite_in_row': nonfinite,
-                 'epoch': iteration // per_epoch, 'world_batch': world * tc.batch_size, 'seed': tc.seed,
-                 'scheduler': {'type': 'linear_warmup', 'warmup_steps': cfg.lr_schedule.get('warmup_steps', 0),
-                               'base_lr': cfg.optimizer.lr, 'lr': lr_at(step, cfg)}}
-        save_checkpoint(accelerator, ckpt_root, step, model, ema, optimizer, state, tc.get('keep_last', 3))
-        last_saved = step
+# ---- one step, its log, checkpoints and previews -----------------------------------------------------
 
+@dataclass
+class StepResult:
+    terms: dict                           # per-clip 'loss', 'mse', 'vb' (B,) of this rank
+    loss: float                           # this rank's mean loss
+    grad_norm: float
+    lr: float
+    loss_ok: bool                         # finite on every rank
+    grad_ok: bool
+    scaler_skipped: bool                  # fp16: the GradScaler skipped the update
+
+
+def train_step(run, batch, step, iteration):
+    """Forward and backward on this rank's batch, then the optimizer step unless a loss (any rank) or the
+    gradient norm is non-finite (under fp16 the GradScaler decides) -> StepResult."""
+    cfg, acc = run.cfg, run.accelerator
+    lr = lr_at(step, run.lr, cfg.lr_schedule.get('warmup_steps', 0) or 0)
+    for group in run.optimizer.param_groups:
+        group['lr'] = lr
+    moments = encode_batch(batch, run.stages, acc.device)
+    inputs = draw_step(moments, cfg, derive_seed(cfg.train.seed, iteration, acc.process_index))
+    with acc.autocast():
+        terms = compute_losses(run.model, run.diffusion, inputs)
+    loss = terms['loss'].mean()
+    acc.backward(loss)   # every rank, always: DDP ranks stay in lock-step
+    grad_norm = acc.clip_grad_norm_(run.model.parameters(), cfg.train.grad_clip or math.inf)
+    loss_ok = torch.isfinite(acc.reduce(loss.detach(), 'sum')).item()
+    grad_ok = torch.isfinite(torch.as_tensor(grad_norm)).item()
+    if acc.scaler is not None or (loss_ok and grad_ok):
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    skipped = acc.scaler is not None and acc.optimizer_step_was_skipped
+    return StepResult(terms, loss.item(), float(grad_norm), lr, loss_ok, grad_ok, skipped)
+
+
+def save(run, step, iteration, in_row, per_epoch):
+    """A checkpoint of this step on all ranks (see save_checkpoint); returns `step`."""
+    cfg = run.cfg
+    warmup = cfg.lr_schedule.get('warmup_steps', 0) or 0
+    state = {'step': step, 'iteration': iteration, 'nonfinite_in_row': in_row, 'epoch': iteration // per_epoch,
+             'world_batch': run.accelerator.num_processes * cfg.train.batch_size, 'seed': cfg.train.seed,
+             'scheduler': {'type': 'linear_warmup', 'warmup_steps': warmup, 'base_lr': cfg.optimizer.lr,
+                           'auto_lr': cfg.optimizer.get('auto_lr'), 'effective_lr': run.lr,
+                           'lr': lr_at(step, run.lr, warmup)}}
+    ckpt.save_checkpoint(run.accelerator, run.work_dir / 'checkpoints', step, run.model, run.ema, run.optimizer,
+                         state, cfg.train.get('keep_last', 3))
+    return step
+
+
+def preview(run, clip, step):
+    """WORK_DIR/previews/step_N.mp4 of the held-out clip with the EMA (or the model) being trained."""
+    path = run.work_dir / 'previews' / f'step_{step:08d}.mp4'
+    path.parent.mkdir(exist_ok=True)
+    model = run.ema if run.ema is not None else run.accelerator.unwrap_model(run.model)
+    write_preview(path, model, dict(run.stages, device=run.accelerator.device), clip, run.cfg, step)
+    log.info(f"wrote preview {path}")
+
+
+def stop_requested(run, stop, data_error):
+    """True on every rank once any rank got SIGTERM / SIGINT; every rank raises once any found too many bad videos."""
+    flags = torch.tensor([float(stop.received is not None), float(data_error is not None)],
+                         device=run.accelerator.device)
+    flags = run.accelerator.reduce(flags, 'sum')
+    if flags[1] > 0:
+        raise data_error or DataError("another rank found too many bad videos (see its log and "
+                                      f"{run.work_dir / 'bad_videos.txt'})")
+    if flags[0] > 0:
+        log.warning(f"{stop.received or 'stop signal on another rank'}: saving a checkpoint and exiting")
+    return bool(flags[0] > 0)
+
+
+def note_bad_files(bad, batch):
+    """Count the batch's replaced bad files; the DataError once there are too many (raised on every rank later)."""
     try:
-        data_iter = iter(loader)
+        bad.add(batch['bad'])
+    except DataError as e:
+        return e
+    return None
+
+
+# ---- main -------------------------------------------------------------------------------------------
+
+def main(cfg, work_dir, resume=None):
+    """Train; return {'step', 'iteration', 'losses': [(iteration, loss)], 'checkpoint'}."""
+    tc = cfg.train
+    with usage_errors():
+        run = set_up_run(cfg, work_dir)
+        dataset, bad, eval_clip = build_data(run)
+        build_models(run)
+        start = resume_or_start(run, resume)
+    loader, sampler = build_loader(dataset, cfg, run.accelerator.process_index, run.accelerator.num_processes,
+                                   start['iteration'])
+    per_epoch = sampler.batches_per_epoch
+    max_steps = tc.max_steps if tc.max_steps is not None else math.inf   # when set, replaces num_epochs
+    total_iters = tc.num_epochs * per_epoch if tc.max_steps is None else math.inf
+    log_start(run, dataset, per_epoch)
+
+    step, iteration, in_row = start['step'], start['iteration'], start['nonfinite_in_row']
+    last_saved = step if start['resumed'] else None
+    losses, data_error = [], None
+    runlog, stop = RunLog(run, step, min(max_steps, total_iters)), StopSignal()
+    try:
+        batches = iter(loader)
         while step < max_steps and iteration < total_iters:
-            batch = next(data_iter)
-            try:
-                bad.add(batch['bad'])  # the bad files were already replaced: this step still runs
-            except DataError as e:
-                data_error = e
-            if iteration in nan_steps:  # test hook: a corrupt batch
-                for k in ('video', 'mean'):
-                    if k in batch:
-                        batch[k] = batch[k] * float('nan')
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group['lr'] = lr
-            inputs = draw_step(encode_batch(batch, stages, device), cfg, derive_seed(tc.seed, iteration, rank))
-            with accelerator.autocast():
-                terms = compute_losses(model, diffusion, inputs)
-            loss = terms['loss'].mean()
-            accelerator.backward(loss)   # every rank, always: DDP ranks stay in lock-step
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
-            loss_ok = torch.isfinite(accelerator.reduce(loss.detach(), 'sum')).item()
-            grad_ok = torch.isfinite(torch.as_tensor(grad_norm)).item()
-            if accelerator.scaler is not None:
-                optimizer.step()         # fp16: the GradScaler skips non-finite gradients and lowers its scale
-                took = loss_ok and not accelerator.optimizer_step_was_skipped
-            else:
-                took = loss_ok and grad_ok
-                if took:
-                    optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            batch = next(batches)
+            data_error = data_error or note_bad_files(bad, batch)   # bad files were replaced: the step still runs
+            result = train_step(run, batch, step, iteration)
+            action, in_row = nonfinite_policy(result.loss_ok, result.grad_ok, result.scaler_skipped, in_row,
+                                              tc.max_nonfinite)
             iteration += 1
-            if took:
+            if action == 'step':
                 step += 1
-                nonfinite = 0
-                if ema is not None:
-                    ema_update(ema, accelerator.unwrap_model(model), tc.ema_decay)
-            elif loss_ok and accelerator.scaler is not None:
-                log.info(f"iteration {iteration}: fp16 gradient overflow, loss scale lowered to "
-                         f"{accelerator.scaler.get_scale():g}")
-            else:
-                nonfinite += 1
-                log.warning(f"iteration {iteration}: non-finite loss or gradient (loss {loss.item():.4g}, "
-                            f"grad-norm {float(grad_norm):.4g}); optimizer step skipped "
-                            f"({nonfinite}/{tc.max_nonfinite} in a row)")
-                if nonfinite >= tc.max_nonfinite:
-                    raise TrainingError(f"{nonfinite} non-finite steps in a row (train.max_nonfinite): lower "
-                                        f"optimizer.lr or train.grad_clip, try mixed_precision='bf16', or check "
-                                        f"the data; resume from the last checkpoint in {ckpt_root}")
-            losses.append((iteration, loss.item()))
-
-            # -- log
-            step_time = time.perf_counter() - t_last
-            if accelerator.is_main_process:
-                progress.update(int(took))
-                progress.set_postfix(loss=f'{loss.item():.4f}', lr=f'{lr:.2e}', s_per_step=f'{step_time:.2f}',
-                                     refresh=False)
-            if took and step % tc.log_every == 0:
-                values = {k: accelerator.reduce(v.detach().mean(), 'mean').item() for k, v in terms.items()}
-                values.update(grad_norm=float(grad_norm), lr=lr, samples_per_s=world * tc.batch_size / step_time,
-                              step_time=step_time)
-                if accelerator.is_main_process:
-                    if progress.disable:  # no terminal: a log line instead of the progress bar
-                        log.info(f"step {step}: loss {values['loss']:.4f} (mse {values['mse']:.4f}, vb "
-                                 f"{values['vb']:.4f}), grad-norm {values['grad_norm']:.3g}, lr {lr:.3g}, "
-                                 f"{step_time:.2f} s/step")
-                    for k, v in values.items():
-                        writer.add_scalar(f'train/{k}', v, step)
-                    metrics_file.write(json.dumps(dict(step=step, iteration=iteration, **values)) + '\n')
-                    metrics_file.flush()
-
-            # -- checkpoint, preview, stop
+                if run.ema is not None:
+                    ema_update(run.ema, run.accelerator.unwrap_model(run.model), tc.ema_decay)
+            losses.append((iteration, result.loss))
+            runlog.step(step, iteration, result, action, in_row)
+            if action == 'stop':
+                raise TrainingError(f"{in_row} non-finite steps in a row (train.max_nonfinite): lower optimizer.lr "
+                                    f"or train.grad_clip, try mixed_precision='bf16', or check the data; resume "
+                                    f"from the last checkpoint in {run.work_dir / 'checkpoints'} (--resume auto)")
             epoch_end = iteration % per_epoch == 0 and tc.get('save_epoch_end', True)
-            if took and (step % tc.save_model_steps == 0 or epoch_end):
-                save()
-            if took and tc.eval_every and step % tc.eval_every == 0 and accelerator.is_main_process:
-                path = work_dir / 'previews' / f'step_{step:08d}.mp4'
-                path.parent.mkdir(exist_ok=True)
-                write_preview(path, ema if ema is not None else accelerator.unwrap_model(model), stages,
-                              eval_clip, cfg, step)
-                log.info(f"wrote preview {path}")
-            t_last = time.perf_counter()  # saves and previews do not count as step time
-            flags = torch.tensor([float(stop.received is not None), float(data_error is not None)], device=device)
-            flags = accelerator.reduce(flags, 'sum')
-            if flags[1] > 0:  # too many bad videos on some rank: every rank stops
-                raise data_error or DataError("another rank found too many bad videos (see its log and "
-                                              f"{work_dir / 'bad_videos.txt'})")
-            if flags[0] > 0:
-                log.warning(f"{stop.received or 'stop signal on another rank'}: saving a checkpoint and exiting")
-                save()
+            if action == 'step' and (step % tc.save_model_steps == 0 or epoch_end):
+                last_saved = save(run, step, iteration, in_row, per_epoch)
+            if action == 'step' and tc.eval_every and step % tc.eval_every == 0 and run.is_main:
+                preview(run, eval_clip, step)
+            runlog.restart_clock()
+            if stop_requested(run, stop, data_error):
                 break
-        else:
-            save()
+        if last_saved != step:
+            last_saved = save(run, step, iteration, in_row, per_epoch)
     finally:
         stop.restore()
-        if metrics_file:
-            metrics_file.close()
-        if writer:
-            writer.close()
-        if progress:
-            progress.close()
-    if tc.get('debug_rank_dump'):  # test hook: every rank's final weights, to compare ranks
-        ckpt.write_tensors(work_dir, f'debug_rank{rank}.safetensors', accelerator.unwrap_model(model).state_dict())
-    accelerator.wait_for_everyone()
+        runlog.close()
+    if os.environ.get(RANK_DUMP_ENV):
+        ckpt.write_tensors(run.work_dir, f'debug_rank{run.accelerator.process_index}.safetensors',
+                           run.accelerator.unwrap_model(run.model).state_dict())
+    run.accelerator.wait_for_everyone()
     return {'step': step, 'iteration': iteration, 'losses': losses,
-            'checkpoint': str(ckpt.step_dir(ckpt_root, last_saved)) if last_saved is not None else None}
+            'checkpoint': str(ckpt.step_dir(run.work_dir / 'checkpoints', last_saved)) if last_saved is not None
+            else None}
 
 
 def parse_args(argv=None):
@@ -452,8 +449,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('config', help='config file, e.g. configs/s1024.effn-f32.py')
     p.add_argument('--work-dir', help='run folder: config.py, checkpoints/, tb/, previews/, logs')
-    p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
-                   help='override config keys, e.g. train.max_steps=100 "data.video_list=[\'data/train.txt\']"')
+    add_cfg_options(p)
     p.add_argument('--resume', metavar='PATH|auto',
                    help="a checkpoint folder (WORK_DIR/checkpoints/step_N), or 'auto' for the newest complete one")
     p.add_argument('--dry-run', action='store_true', help='print the final config and exit')
@@ -464,6 +460,7 @@ def parse_args(argv=None):
 
 
 def cli(argv=None):
+    """Exit codes: 0 done, 2 the run cannot start (config, weights, data lists, --resume), 1 it failed later."""
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.cfg_options)
@@ -471,8 +468,10 @@ def cli(argv=None):
             print(cfg.pretty_text)
             return 0
         main(cfg, args.work_dir, args.resume)
-    except (ConfigError, DataError, ckpt.CheckpointError, TrainingError, FileNotFoundError, WeightsFormatError,
-            VideoReadError) as e:
+    except (ConfigError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, ckpt.CheckpointError, TrainingError, VideoReadError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

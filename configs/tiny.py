@@ -1,5 +1,6 @@
 # Toy-size config with the released structure: tests and CI run it end to end on CPU in seconds.
-# Every stage gets seeded random weights (random_init): outputs are meaningless by design.
+# The released files get seeded random weights (random_init): outputs are meaningless by design. A DiT you
+# trained with this config is loaded when you name it (weights.dit=WORK_DIR/checkpoints/step_N/model.safetensors).
 _base_ = ['./s1024.effn-f32.py']
 
 random_init = True
@@ -24,6 +25,7 @@ vae = dict(
     decode_chunk=4,
 )
 data = dict(num_frames_per_video=4, time_stride=2, sample_size=64, num_workers=0)
+optimizer = dict(auto_lr=dict(rule='sqrt', base_batch_size=1))   # the released rule; at tiny's batch 1 the lr as given
 train = dict(batch_size=1, max_steps=10, mixed_precision='no', save_model_steps=5,
-             eval_every=0, log_every=1)
+             eval_every=0, log_every=1, load_from=None)
 sampling = dict(steps=2)

@@ -306,8 +306,12 @@ def tile_weights_1d(starts, tile, size, device=None, dtype=torch.float32):
 # Model
 # --------------------------------------------------------------------------------------------------
 def attention_windows(attn_strides, lats_per_vid, grid):
-    """Per layer [ts, xs] -> contiguous windows (L/ts frames, G/xs rows, G/xs cols) of tokens; None -> whole axes."""
-    return [(None, None, None) if s is None else (lats_per_vid // s[0], grid // s[1], grid // s[1])
+    """Per layer [ts, xs] -> contiguous windows (L/ts frames, G/xs rows, G/xs cols) of tokens; None -> whole axes.
+
+    ts or xs = -1 puts one window on every position of that axis (windows of 1 frame / 1 token) at any L and G.
+    """
+    size = lambda n, s: 1 if s == -1 else n // s  # noqa: E731
+    return [(None, None, None) if s is None else (size(lats_per_vid, s[0]), size(grid, s[1]), size(grid, s[1]))
             for s in attn_strides]
 
 
@@ -315,9 +319,10 @@ class VideoDiT(nn.Module):
     """PixArt-Σ-style DiT on video latents: x (B, C_in, T, H, W), t (B,) -> (B, 8, T, H, W) = [eps | v].
 
     `attn_strides[i]` = [ts, xs] makes layer i attend inside contiguous windows of lats_per_vid/ts frames ×
-    (G/xs)² tokens (G = input_size/patch_size); None = full 3D attention over the clip. forward() takes any
-    T, H, W (multiples of the patch): windows keep that token size (the last one along an axis is shorter
-    where it does not divide) and the position embedding is the actual grid's (see video_pos_embed).
+    (G/xs)² tokens (G = input_size/patch_size), -1 = windows 1 frame / 1 token wide; None = full 3D attention
+    over the clip. forward() takes any T, H, W (multiples of the patch): windows keep that token size (the last
+    one along an axis is shorter where it does not divide) and the position embedding is the actual grid's
+    (see video_pos_embed).
     """
 
     def __init__(self, input_size, patch_size=2, in_channels=20, hidden_size=1152, depth=28, num_heads=16,
@@ -506,9 +511,11 @@ def _check_config(input_size, patch_size, in_channels, hidden_size, depth, num_h
                          f"entry ([ts, xs] or None) per layer")
     grid = input_size // patch_size
     for i, s in enumerate(strides):
-        if s is not None and (len(s) != 2 or lats_per_vid % s[0] or grid % s[1] or min(s) < 1):
+        bad = lambda v, n: v != -1 and (v < 1 or n % v)  # noqa: E731
+        if s is not None and (len(s) != 2 or bad(s[0], lats_per_vid) or bad(s[1], grid)):
             raise ValueError(f"{where}: attn_strides[{i}]={list(s)} must be [ts, xs] with ts dividing "
-                             f"lats_per_vid={lats_per_vid} and xs dividing the token grid {grid}; change the stride")
+                             f"lats_per_vid={lats_per_vid} and xs dividing the token grid {grid} (or -1: one "
+                             f"window per frame / token); change the stride")
     if attn_backend not in ATTN_BACKENDS:
         raise ValueError(f"{where}: attn_backend={attn_backend!r} is unknown; use one of {ATTN_BACKENDS}")
 

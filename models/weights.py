@@ -1,13 +1,16 @@
 """One place that finds the released weights, says what is missing, and builds every stage from a config.
 
 Paths in `cfg.weights` are relative to the repository root (not the working directory) unless absolute.
-With `cfg.random_init` every stage gets seeded random weights (seed `cfg.init_seed`) and no file is read.
+`cfg.random_init` (True: every stage; or a list of stage names) puts seeded random weights (seed
+`cfg.init_seed`) in place of the released files; a `weights` entry that names another file (a DiT you
+trained, say) is always loaded (random_stages).
 
 Command line: `python -m models.weights convert-dit SRC.pth DST.safetensors` (used by
 `bash pretrained/download.sh --convert`) and `python -m models.weights check CONFIG`.
 """
 import sys
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -72,20 +75,50 @@ def required_files(cfg, stage):
     return [tuple(path / f for f in VAE_WEIGHT_FILES)]
 
 
-def check_weights(cfg, stages=STAGES):
-    """Raise MissingWeightsError naming every missing file and the fetch command; return {stage: path}."""
-    if cfg.get('random_init', False):
-        return {}
-    missing = []
-    for stage in stages:
+@lru_cache(maxsize=1)
+def released_weights():
+    """{stage: path} of the released files: `weights` in configs/_base_/model.py, resolved."""
+    from mmengine.config import Config
+    base = Config.fromfile(str(REPO_ROOT / 'configs' / '_base_' / 'model.py'))
+    return {stage: resolve_path(base.weights[stage]) for stage in STAGES}
+
+
+def random_stages(cfg):
+    """Stages built with seeded random weights: those `random_init` names (True: all four) whose `weights`
+    entry is still the released file. An entry naming any other file is loaded, so `weights.dit=` a trained
+    checkpoint is never ignored."""
+    chosen = cfg.get('random_init', False)
+    named = set(STAGES) if chosen is True else set(chosen or ())
+    return {s for s in named if resolve_path(cfg.weights[s]) == released_weights()[s]}
+
+
+def check_weights(cfg, stages=STAGES, files=None):
+    """Raise MissingWeightsError naming every missing file at once and the fetch command; return {stage: path}.
+
+    `files`: more weight files the caller reads, {config key: (path, stage, hint)} (e.g. train.load_from, a
+    DiT checkpoint: stage 'dit', hint 'train from scratch with train.load_from=None').
+    """
+    random = random_stages(cfg)
+    needed = [s for s in stages if s not in random]
+    missing, fetch, hints = [], [], []
+    for stage in needed:
         for options in required_files(cfg, stage):
             if not any(p.is_file() for p in options):
                 missing.append(' or '.join(str(p) for p in options) + f' ({stage})')
+                fetch.append(stage)
+    for key, (path, stage, hint) in (files or {}).items():
+        if not resolve_path(path).is_file():
+            missing.append(f'{resolve_path(path)} ({key})')
+            fetch.append(stage)
+            hints.append(hint)
     if missing:
+        only = [s for s in STAGES if s in fetch]
+        command = DOWNLOAD_CMD + ('' if len(only) == len(STAGES) else f" --only {','.join(only)}")
         raise MissingWeightsError(
-            f"missing weights: {'; '.join(missing)}. Fetch them with `{DOWNLOAD_CMD}` (paths come from "
-            f"`weights` in the config; random_init=True runs without weights, with meaningless outputs)")
-    return {stage: resolve_path(cfg.weights[stage]) for stage in stages}
+            f"missing weights: {'; '.join(missing)}. Fetch them with `{command}` (paths come from `weights` in "
+            f"the config; random_init=True runs without weights, with meaningless outputs)"
+            + ''.join(f'; {h}' for h in hints))
+    return {stage: resolve_path(cfg.weights[stage]) for stage in needed}
 
 
 def load_state_dict_strict(module, path, what):
@@ -157,7 +190,7 @@ def seeded(cfg, stage):
 def build_compressor(cfg, device='cpu', dtype=torch.float32):
     """The frozen semantic compressor: released weights, or seeded random ones with calibrated BatchNorm."""
     chunk_size = cfg.compressor.get('chunk_size', 8)
-    if cfg.get('random_init', False):
+    if 'compressor' in random_stages(cfg):
         with seeded(cfg, 'compressor'):
             model = SemanticCompressor(chunk_size=chunk_size)
             damp_residual_branches_(model.backbone)
@@ -172,7 +205,7 @@ def build_compressor(cfg, device='cpu', dtype=torch.float32):
 def build_previewer(cfg, device='cpu', dtype=torch.float32):
     """The frozen previewer: released weights, or seeded random ones with calibrated BatchNorm."""
     chunk_size = cfg.previewer.get('chunk_size', 8)
-    if cfg.get('random_init', False):
+    if 'previewer' in random_stages(cfg):
         with seeded(cfg, 'previewer'):
             model = Previewer(chunk_size=chunk_size)
             calibrate_batchnorm_(model.blocks, torch.randn(8, 16, 8, 8))
@@ -191,7 +224,7 @@ def build_vae(cfg, device='cpu', dtype=torch.float32):
               encode_chunk=vcfg.get('encode_chunk', 8), decode_chunk=vcfg.get('decode_chunk', 4),
               tile_size=vcfg.get('tile_size', 0), tile_overlap=vcfg.get('tile_overlap', 16))
     config = _vae_config(cfg)
-    if cfg.get('random_init', False):
+    if 'vae' in random_stages(cfg):
         with seeded(cfg, 'vae'):
             model = SVDVAE.from_config(config or SVD_VAE_CONFIG, **kw)
     elif config:
@@ -211,7 +244,7 @@ def build_dit(cfg, device='cpu', dtype=torch.float32):
     """The refiner DiT from cfg.model: the released checkpoint, or seeded random weights (models.dit)."""
     from models.dit import build_dit as _build, init_random_weights_, load_dit_checkpoint
     model = _build(cfg.model)
-    if cfg.get('random_init', False):
+    if 'dit' in random_stages(cfg):
         init_random_weights_(model, seed=int(cfg.get('init_seed', 0)) + SEED_OFFSET['dit'])
     else:
         path = check_weights(cfg, ('dit',))['dit']
@@ -278,14 +311,13 @@ def main(argv=None):
         else:
             from tools.config import load_config
             cfg = load_config(args.config)
-            if cfg.get('random_init', False):
-                print(f"{args.config}: random_init=True, no weight files needed")
-            else:
-                paths = check_weights(cfg)
-                print('all weights present' + ''.join(f"\n  {k}: {v}" for k, v in paths.items()))
-    except (FileNotFoundError, ValueError) as e:
+            paths = check_weights(cfg)
+            random = ', '.join(s for s in STAGES if s in random_stages(cfg))
+            print('all weights present' + ''.join(f"\n  {k}: {v}" for k, v in paths.items())
+                  + (f"\n  random_init: {random}" if random else ''))
+    except (FileNotFoundError, ValueError) as e:   # missing or unreadable weights, a bad config: usage errors
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -1,7 +1,9 @@
 """tools/config.py: loading, `_base_` inheritance, `--cfg-options` overrides and one-line errors for bad keys."""
+import argparse
+
 import pytest
 
-from tools.config import ConfigError, load_config, parse_overrides
+from tools.config import ConfigError, add_cfg_options, load_config, parse_cfg_options
 
 
 @pytest.fixture(scope='module')
@@ -83,12 +85,69 @@ def test_override_as_dict_and_empty_dict(tiny_path):
     assert load_config(tiny_path, ['vae.config={}']).vae.config.to_dict() == {}
 
 
-def test_parse_overrides():
-    assert parse_overrides(['a.b=1', 'c=[1, 2]', 'd=text', 'e=false', 'f=none', 'g=a=b']) == {
-        'a.b': 1, 'c': [1, 2], 'd': 'text', 'e': False, 'f': None, 'g': 'a=b'}
-    assert parse_overrides(None) == {}
-    with pytest.raises(ConfigError, match='key=value'):
-        parse_overrides(['train.max_steps'])
+@pytest.mark.parametrize('item, value', [
+    ('data.video_list=[a.txt,b.txt]', ['a.txt', 'b.txt']),            # the mmcv/mmengine list form
+    ("data.video_list=['a.txt','b.txt']", ['a.txt', 'b.txt']),        # quoted items
+    ('data.video_list=a.txt,b.txt', ['a.txt', 'b.txt']),              # bare commas
+    ('data.video_list=[a.txt]', ['a.txt']),
+    ('model.attn_strides=[[1,4],None,[-1,1],(2,2)]', [[1, 4], None, [-1, 1], (2, 2)]),   # nested lists, tuples
+    ('train.ema_decay=None', None),
+    ('data.random_flip=False', False),
+    ('data.random_flip=true', True),
+    ('train.max_steps=12', 12),
+    ('optimizer.lr=1e-4', 1e-4),
+    ('data.transform=resize_crop', 'resize_crop'),
+    ('data.eval_video=a=b.mp4', 'a=b.mp4'),                            # split on the first '=' only
+])
+def test_cfg_options_forms(item, value):
+    parser = add_cfg_options(argparse.ArgumentParser())
+    parsed = parser.parse_args(['--cfg-options', item]).cfg_options
+    key = item.split('=', 1)[0]
+    assert parsed == {key: value} and parse_cfg_options([item]) == parsed
+
+
+def test_cfg_options_on_a_real_config(tiny_path):
+    parser = add_cfg_options(argparse.ArgumentParser())
+    args = parser.parse_args(['--cfg-options', 'data.video_list=[a.txt,b.txt]', 'optimizer.auto_lr=None',
+                              'vae.sample_posterior=False', 'train.load_from=None'])
+    cfg = load_config(tiny_path, args.cfg_options)
+    assert list(cfg.data.video_list) == ['a.txt', 'b.txt'] and cfg.optimizer.auto_lr is None
+    assert cfg.vae.sample_posterior is False and cfg.train.load_from is None
+    assert parser.parse_args([]).cfg_options == {}
+    with pytest.raises(ConfigError, match=r"'train.max_steps': expected KEY=VALUE"):
+        parse_cfg_options(['train.max_steps'])
+
+
+def test_cfg_options_without_equals_is_a_usage_error(capsys):
+    parser = add_cfg_options(argparse.ArgumentParser(prog='x'))
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(['--cfg-options', 'train.max_steps'])
+    assert e.value.code == 2 and 'expected KEY=VALUE' in capsys.readouterr().err
+
+
+def test_released_training_recipe(s1024_path):
+    cfg = load_config(s1024_path)
+    assert cfg.data.transform == 'crop' and cfg.vae.sample_posterior is True
+    assert cfg.optimizer.lr == 2e-5 and cfg.optimizer.auto_lr.to_dict() == {'rule': 'sqrt', 'base_batch_size': 256}
+    assert cfg.train.load_from == 'pretrained/s1024.effn-f32.pth' and cfg.train.batch_size == 4
+    assert cfg.optimizer.type == 'CAME' and cfg.train.grad_clip == 0.01 and cfg.data.random_flip is True
+    assert list(cfg.data.video_list) == ['data/train.txt']           # set in the released config itself
+    text = open(s1024_path).read()
+    assert 'video_list=' in text and 'debug' not in text
+    for key in ('debug_nan_steps', 'debug_rank_dump'):               # no test hooks in user configs
+        assert key not in cfg.train
+
+
+@pytest.mark.parametrize('override, needle', [
+    ({'data.transform': 'resize'}, 'data.transform'),
+    ({'optimizer.auto_lr': {'rule': 'cube', 'base_batch_size': 256}}, 'optimizer.auto_lr'),
+    ({'optimizer.auto_lr': {'rule': 'sqrt', 'base_batch_size': 0}}, 'optimizer.auto_lr'),
+    ({'random_init': ['dit', 'unet']}, 'random_init'),
+])
+def test_training_keys_validated(s1024_path, override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(s1024_path, override)
+    assert needle in _one_line(e) and s1024_path in str(e.value)
 
 
 def test_unknown_override_key(tiny_path):
@@ -146,6 +205,14 @@ def test_invalid_values(tiny_path, overrides, needle):
 
 def test_attn_strides_none_is_full_attention(tiny_path):
     assert load_config(tiny_path, ['model.attn_strides=None']).model.attn_strides is None
+
+
+def test_attn_strides_minus_one_is_one_window_per_position(tiny_path):
+    from models.dit import build_dit
+    cfg = load_config(tiny_path, ['model.attn_strides=[[-1,1],[1,-1],None,[-1,-1]]'])
+    assert build_dit(cfg.model).windows == [(1, 4, 4), (4, 1, 1), (None, None, None), (1, 1, 1)]
+    with pytest.raises(ConfigError, match=r'attn_strides\[0\]'):
+        load_config(tiny_path, ['model.attn_strides=[[-2,1],None,None,None]'])
 
 
 def test_missing_required_key(tmp_path):

@@ -1,12 +1,19 @@
 """Training data (tools/data.py): video lists, clips from the real test videos, bad files, resumable batches."""
 import json
 import logging
+import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from tools.data import (BadSamples, ClipSampler, DataError, VideoClips, build_dataset, build_loader,
-                        collect_videos, derive_seed, load_clip, random_clip, read_video_list)
+                        collect_videos, derive_seed, frames_to_clip, load_clip, random_clip, read_frames,
+                        read_video_list)
+
+GOLDEN_PREPROCESS = Path(os.environ.get('GOLDEN_PREPROCESS_FILE', Path(__file__).resolve().parents[2] / 'shared'
+                                        / 'golden' / 'golden_preprocess_a.safetensors'))
 
 
 @pytest.fixture
@@ -68,14 +75,72 @@ def test_clip_shape_range_and_seeding(cfg, videos):
     assert any(not torch.equal(a['video'], o) for o in others)   # starts / flips vary with the seed
 
 
-def test_flip_and_crop_match_the_recipe(cfg, videos):
-    path = videos['carphone_pristine']
-    seed = next(s for s in range(100) if random_clip(path, cfg.data, s)[2])  # a seed that flips
-    video, start, flip = random_clip(path, cfg.data, seed)
-    plain = load_clip(path, 4, cfg.data.time_stride, cfg.data.sample_size, start, False)
-    # 144x176 -> short side 64 -> 64x78 -> center crop; flipping first mirrors the crop window (off by <= 1 px)
-    assert flip and video.shape == plain.shape
-    assert (video - plain.flip(-1)).abs().mean() < 0.1 < (video - plain).abs().mean()
+def _to_unit(frames):
+    """RGB uint8 (T, H, W, 3) -> (3, T, H, W) with the original's mapping (x/255 − 0.5)/0.5."""
+    return ((torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float() / 255) - 0.5) / 0.5
+
+
+def test_training_transform_matches_the_original_golden_cases():
+    """data.transform='crop' (+ flip, + the [-1, 1] mapping) against every training case of the golden file,
+    rebuilt from its metadata alone."""
+    if not GOLDEN_PREPROCESS.is_file():
+        pytest.skip(f'{GOLDEN_PREPROCESS} not found (set GOLDEN_PREPROCESS_FILE or put ../shared beside the repo)')
+    from safetensors import safe_open
+    with safe_open(str(GOLDEN_PREPROCESS), 'np') as f:
+        cases = [c for c in json.loads(f.metadata()['meta'])['cases'] if c['path'] == 'train']
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert cases
+    for case in cases:
+        src, want = tensors[case['src']], _to_unit(tensors[case['key']])
+        for flip in (False, True):
+            got = frames_to_clip(src, case['resolution'], 'crop', flip=flip)
+            assert got.shape == (3, *case['shape'][:3]) and got.dtype == torch.float32
+            assert torch.equal(got, want.flip(-1) if flip else want), (case['key'], flip)
+        assert got.min() >= -1 and got.max() <= 1
+
+
+def test_crop_is_native_scale_and_pads_with_black(cfg, videos):
+    path = videos['carphone_pristine']                                  # 176 x 144
+    frames = read_frames(path, 4, cfg.data.time_stride, 3)
+    clip = load_clip(path, cfg.data, 3, False)                          # sample_size 64, transform 'crop'
+    assert torch.equal(clip, _to_unit(frames[:, 40:104, 56:120]))      # centred window, no resize
+    assert torch.equal(load_clip(path, cfg.data, 3, True), clip.flip(-1))   # the whole clip mirrored
+    cfg.data.sample_size = 160                                          # wider than the 144 rows: zero pad
+    big = load_clip(path, cfg.data, 3, False)
+    assert big.shape == (3, 4, 160, 160)
+    assert (big[:, :, :8] == -1).all() and (big[:, :, -8:] == -1).all()        # (160 − 144) / 2 black rows
+    assert torch.equal(big[:, :, 8:152], _to_unit(frames[:, :, 8:168]))
+    cfg.data.update(sample_size=64, transform='resize_crop')            # short side 144 -> 64 first
+    small = load_clip(path, cfg.data, 3, False)
+    assert small.shape == clip.shape and (small - clip).abs().mean() > 0.05
+    cfg.data.transform = 'zoom'
+    with pytest.raises(DataError, match='data.transform'):
+        load_clip(path, cfg.data, 3, False)
+
+
+def test_clip_start_is_uniform_over_the_originals_range(cfg, tmp_path):
+    """Starts cover [0, N − stride·frames] inclusive (RECIPE.md §12): frame k of the test video has grey k·20."""
+    import av
+    path = tmp_path / 'ramp.mp4'
+    with av.open(str(path), 'w') as out:
+        stream = out.add_stream('libx264', rate=8, options={'crf': '0'})
+        stream.width = stream.height = 32
+        stream.pix_fmt = 'yuv444p'
+        for k in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), k * 20, np.uint8), format='rgb24')
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    cfg.data.update(sample_size=16, random_flip=False)                  # 4 frames at stride 2 need 8 of 10
+    starts = set()
+    for seed in range(40):
+        clip, start, _ = random_clip(str(path), cfg.data, seed)
+        grey = ((clip.mean(dim=(0, 2, 3)) * 0.5 + 0.5) * 255 / 20).round().int().tolist()
+        assert grey == [start, start + 2, start + 4, start + 6]
+        starts.add(start)
+    assert starts == {0, 1, 2}
+    cfg.data.time_stride = 3                                            # needs 12 > 10: too short
+    with pytest.raises(Exception, match='too short'):
+        random_clip(str(path), cfg.data, 0)
 
 
 def test_bad_files_are_replaced_and_logged_once(cfg, videos, tmp_path, caplog):
@@ -83,7 +148,7 @@ def test_bad_files_are_replaced_and_logged_once(cfg, videos, tmp_path, caplog):
     text.write_text('not a video')
     empty = tmp_path / 'empty.mp4'
     empty.write_bytes(b'')
-    cfg.data.time_stride = 3  # side_by_side_3 has 8 frames; 4 frames at stride 3 need 10: too short
+    cfg.data.time_stride = 3  # side_by_side_3 has 8 frames; 4 frames at stride 3 need 12: too short
     ds = VideoClips([videos['carphone_pristine'], str(text), str(empty), videos['side_by_side_3']], cfg.data)
     bad = BadSamples(total=4, max_fraction=0.9)
     for seed in range(3):

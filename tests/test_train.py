@@ -51,7 +51,11 @@ def tiny_cfg(**overrides):
 
 
 def overrides_argv(overrides):
-    return [f'{k}={v!r}' for k, v in {**BASE, **overrides}.items()]
+    """The overrides as `--cfg-options` items; a dict value becomes one item per key (key.sub=value)."""
+    flat = {}
+    for k, v in {**BASE, **overrides}.items():
+        flat.update({f'{k}.{sub}': x for sub, x in v.items()} if isinstance(v, dict) else {k: v})
+    return [f'{k}={v!r}' for k, v in flat.items()]
 
 
 @pytest.fixture(scope='module')
@@ -68,11 +72,12 @@ def cache(clip, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def full_run(clip, tmp_path_factory):
-    """10 steps on the fly with EMA, posterior sampling and joint image training; saves every 2 steps, keeps 2."""
+    """10 steps on the fly with EMA, posterior sampling, joint image training and the released auto_lr rule
+    (lr 1e-3 × √(1/256)); saves every 2 steps, keeps 2."""
     work = tmp_path_factory.mktemp('full')
     over = {'data.video_list': [clip], 'train.max_steps': 10, 'train.save_model_steps': 2, 'train.keep_last': 2,
             'train.ema_decay': 0.9, 'train.joint_training': 0.5, 'vae.sample_posterior': True,
-            'optimizer.lr': 1e-3}
+            'optimizer.lr': 1e-3, 'optimizer.auto_lr': {'rule': 'sqrt', 'base_batch_size': 256}}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     result = train_vae.main(tiny_cfg(**over), work)
@@ -102,11 +107,16 @@ def test_ten_steps_write_checkpoints_and_prune(full_run):
     logged = [json.loads(l) for l in (work / 'log.jsonl').read_text().splitlines()]
     assert [r['step'] for r in logged] == list(range(1, 11))
     assert {'loss', 'mse', 'vb', 'grad_norm', 'lr', 'samples_per_s'} <= logged[0].keys()
+    assert all(r['lr'] == pytest.approx(1e-3 / 16, rel=1e-12) for r in logged)    # the effective lr is logged
+    assert 'lr: base 0.001, auto_lr rule \'sqrt\' (base batch 256), 1 process(es) × batch 1 = effective batch 1, ' \
+           'effective lr 6.25e-05' in (work / 'train.log').read_text()
+    assert state['scheduler']['effective_lr'] == pytest.approx(1e-3 / 16)
     assert list((work / 'tb').iterdir())
 
 
 def test_exact_resume(full_run, tmp_path):
-    """5 steps, stop, resume, 5 steps == 10 straight steps: the same losses and bit-identical weights."""
+    """5 steps, stop, resume, 5 steps == 10 straight steps: the same losses and bit-identical weights, with
+    the posterior sample drawn from each step's seeded generator and the auto_lr-scaled lr."""
     over, work, result = full_run
     first = train_vae.main(tiny_cfg(**{**over, 'train.max_steps': 5}), tmp_path)
     assert _steps(tmp_path) == [4, 5]
@@ -125,7 +135,7 @@ def test_corrupt_checkpoint_one_line_and_auto_fallback(full_run, cache, tmp_path
     broken.write_bytes(broken.read_bytes()[:1000])                  # truncated
     argv = [TINY, '--work-dir', str(tmp_path), '--cfg-options', *overrides_argv(
         {**over, 'data.video_list': [], 'data.cached_latents': cache, 'train.max_steps': 11})]
-    assert train_vae.cli(argv + ['--resume', str(broken.parent)]) == 1
+    assert train_vae.cli(argv + ['--resume', str(broken.parent)]) == 2
     err = capsys.readouterr().err.strip()
     assert '\n' not in err and str(broken) in err and 'corrupt or truncated' in err
     assert train_vae.cli(argv + ['--resume', 'auto']) == 0           # falls back to step 8 and goes on
@@ -136,8 +146,29 @@ def test_corrupt_checkpoint_one_line_and_auto_fallback(full_run, cache, tmp_path
     ckpt.read_manifest(tmp_path / 'checkpoints' / 'step_00000010')
 
 
-def test_nan_batch_is_skipped_and_repeated_nans_stop(cache, tmp_path):
-    over = {'data.cached_latents': cache, 'train.max_steps': 3, 'train.debug_nan_steps': [1]}
+def nan_batches_at(monkeypatch, iterations):
+    """Make the encoded batches of these 0-based iterations NaN (a corrupt batch)."""
+    encode, calls = train_vae.encode_batch, iter(range(10 ** 6))
+
+    def corrupt(batch, stages, device):
+        moments = encode(batch, stages, device)
+        return tuple(m * float('nan') for m in moments) if next(calls) in iterations else moments
+    monkeypatch.setattr(train_vae, 'encode_batch', corrupt)
+
+
+def test_nonfinite_policy():
+    policy = train_vae.nonfinite_policy
+    assert policy(True, True, False, 3, 10) == ('step', 0)              # a good step resets the count
+    assert policy(False, True, False, 3, 10) == ('skip', 4)              # NaN loss on some rank
+    assert policy(True, False, False, 0, 10) == ('skip', 1)              # NaN / inf gradient norm
+    assert policy(True, False, True, 2, 10) == ('overflow', 2)           # fp16 scaler skip: not a fault
+    assert policy(False, False, True, 2, 10) == ('skip', 3)
+    assert policy(False, True, False, 9, 10) == ('stop', 10)
+
+
+def test_nan_batch_is_skipped_and_repeated_nans_stop(cache, tmp_path, monkeypatch):
+    over = {'data.cached_latents': cache, 'train.max_steps': 3}
+    nan_batches_at(monkeypatch, {1})
     result = train_vae.main(tiny_cfg(**over), tmp_path / 'a')
     losses = [l for _, l in result['losses']]
     assert result['step'] == 3 and result['iteration'] == 4                  # 4 batches for 3 optimizer steps
@@ -145,7 +176,8 @@ def test_nan_batch_is_skipped_and_repeated_nans_stop(cache, tmp_path):
     assert 'iteration 2: non-finite loss' in (tmp_path / 'a' / 'train.log').read_text()
     model = load_file(str(tmp_path / 'a' / 'checkpoints' / 'step_00000003' / 'model.safetensors'))
     assert all(torch.isfinite(v).all() for v in model.values())
-    over.update({'train.debug_nan_steps': [0, 1, 2], 'train.max_nonfinite': 2})
+    over.update({'train.max_nonfinite': 2})
+    nan_batches_at(monkeypatch, {0, 1, 2})
     with pytest.raises(train_vae.TrainingError, match='2 non-finite steps in a row'):
         train_vae.main(tiny_cfg(**over), tmp_path / 'b')
 
@@ -164,8 +196,7 @@ def test_cached_latents_give_the_on_the_fly_loss(clip, tmp_path):
     [entry] = videos[clip]
     cached = collate([CachedClips(videos, cfg.data)[(0, 0)]])
     stages = {'compressor': build_compressor(cfg), 'vae': build_vae(cfg), 'dtype': torch.float32}
-    video = load_clip(clip, cfg.data.num_frames_per_video, cfg.data.time_stride, cfg.data.sample_size,
-                      entry['start'], False)
+    video = load_clip(clip, cfg.data, entry['start'], False)
     fly = train_vae.encode_batch({'video': video[None]}, stages, 'cpu')
     from_cache = train_vae.encode_batch(cached, stages, 'cpu')
     model = init_random_weights_(build_dit(cfg.model), seed=1)      # non-zero output layer: a real loss
@@ -185,7 +216,7 @@ def test_overfit_one_clip(cache, tmp_path):
     (tmp_path / 'one' / 'index_r00.json').write_text(json.dumps(index))   # a cache of the first clip only
     over = {'data.cached_latents': str(tmp_path / 'one'), 'train.max_steps': 150,
             'train.save_model_steps': 1000, 'train.joint_training': 0.0, 'train.log_every': 50,
-            'optimizer.lr': 2e-4, 'train.grad_clip': 1.0}                   # CAME, as released
+            'optimizer.lr': 2e-4, 'train.grad_clip': 1.0}           # CAME; tiny's auto_lr keeps 2e-4 at batch 1
     cfg = tiny_cfg(**over)
     result = train_vae.main(cfg, tmp_path / 'run')
     assert result['step'] == 150
@@ -230,48 +261,89 @@ def test_load_from_released_format(clip, tmp_path):
 ABLATIONS = sorted((REPO / 'configs' / 'ablations').glob('*.py'))
 
 
-def shrink_strides(strides, depth, grid_from, grid_to):
-    """Ablation strides at tiny size: the first `depth` layers; xs = the full token grid maps to the tiny grid."""
-    if strides is None:
-        return None
-    return [None if s is None else [s[0], grid_to if s[1] == grid_from else s[1]] for s in strides[:depth]]
+def ablation_keys_at_tiny_size(path):
+    """The keys the ablation changes against the released config, over configs/tiny.py (README "Ablations"):
+    an attention pattern cut to the tiny depth (the patterns repeat every 2 or 4 layers), nothing rescaled."""
+    full, released, tiny = load_config(str(path)), load_config(str(REPO / 'configs' / 's1024.effn-f32.py')), \
+        load_config(TINY)
+    keys = {}
+    if full.model.attn_strides != released.model.attn_strides:
+        strides = full.model.attn_strides
+        keys['model.attn_strides'] = None if strides is None else [None if s is None else list(s)
+                                                                   for s in strides[:tiny.model.depth]]
+    for key in ('model.lats_per_vid', 'data.num_frames_per_video'):
+        section, name = key.split('.')
+        if full[section][name] != released[section][name]:
+            keys[key] = full[section][name]
+    return keys
 
 
 @pytest.mark.parametrize('path', ABLATIONS, ids=[p.stem for p in ABLATIONS])
-def test_ablation_configs_train_one_step(path, clip, tmp_path):
-    full = load_config(str(path))
-    tiny = load_config(TINY)
-    strides = shrink_strides(full.model.attn_strides, tiny.model.depth,
-                             full.model.input_size // full.model.patch_size,
-                             tiny.model.input_size // tiny.model.patch_size)
-    over = dict(BASE)
-    over.update({'random_init': True, 'data.video_list': [clip], 'data.sample_size': 64, 'train.batch_size': 1,
-                 'train.mixed_precision': 'no', 'train.max_steps': 1, 'train.eval_every': 0,
-                 'model.attn_strides': strides,
-                 'vae.config': tiny.vae.config.to_dict()})
-    over.update({f'model.{k}': tiny.model[k] for k in ('input_size', 'depth', 'hidden_size', 'num_heads',
-                                                       'fp32_attention', 'grad_checkpointing')})
-    cfg = load_config(str(path), over)
+def test_ablation_configs_train_one_step_at_tiny_size(path, clip, tmp_path):
+    keys = ablation_keys_at_tiny_size(path)
+    readme = (REPO / 'README.md').read_text()
+    assert keys and path.name in readme
+    for key, value in keys.items():                                # the README's tiny command lines say the same
+        assert f"{key}={str(value).replace(' ', '')}" in readme, key
+    cfg = tiny_cfg(**{**keys, 'data.video_list': [clip], 'train.max_steps': 1})
     result = train_vae.main(cfg, tmp_path)
     assert result['step'] == 1 and all(l == l for _, l in result['losses'])
-    assert cfg.data.num_frames_per_video == full.data.num_frames_per_video   # the ablated clip length is kept
+    if path.stem == 'attn_2plus1d':                                # whole-axis windows at any size
+        model = build_dit(cfg.model)
+        assert model.windows[:2] == [(1, 4, 4), (cfg.model.lats_per_vid, 1, 1)]
 
 
 def test_dry_run_and_bad_input(clip, tmp_path, capsys):
-    assert train_vae.cli([TINY, '--dry-run', '--cfg-options', 'train.max_steps=7']) == 0
-    assert 'max_steps=7' in capsys.readouterr().out
-    assert train_vae.cli([TINY, '--work-dir', str(tmp_path), '--cfg-options', 'data.video_list=[]']) == 1
+    assert train_vae.cli([TINY, '--dry-run', '--cfg-options', 'train.max_steps=7',
+                          f'data.video_list=[{clip},{clip}]']) == 0
+    out = capsys.readouterr().out
+    assert 'max_steps=7' in out and f"video_list=[\n        '{clip}',\n        '{clip}',\n" in out
+    assert train_vae.cli([TINY, '--work-dir', str(tmp_path), '--cfg-options', 'data.video_list=[]']) == 2
     err = capsys.readouterr().err.strip()
     assert '\n' not in err and 'data.video_list is empty' in err
     assert train_vae.cli([TINY, '--work-dir', str(tmp_path), '--resume', str(tmp_path / 'nope'),
-                          '--cfg-options', *overrides_argv({'data.video_list': [clip]})]) == 1
+                          '--cfg-options', *overrides_argv({'data.video_list': [clip]})]) == 2
     err = capsys.readouterr().err.strip()
     assert '\n' not in err and 'state.json' in err
     torch.save({'state_dict': {'x_embedder.proj.weight': torch.zeros(1)}}, tmp_path / 'other.pth')
     assert train_vae.cli([TINY, '--work-dir', str(tmp_path), '--cfg-options', *overrides_argv(
-        {'data.video_list': [clip], 'train.load_from': str(tmp_path / 'other.pth')})]) == 1
+        {'data.video_list': [clip], 'train.load_from': str(tmp_path / 'other.pth')})]) == 2
     err = capsys.readouterr().err.strip()
     assert '\n' not in err and 'train.load_from' in err and 'other.pth' in err
+    with pytest.raises(SystemExit) as e:                                  # an option without '='
+        train_vae.cli([TINY, '--work-dir', str(tmp_path), '--cfg-options', 'train.max_steps'])
+    assert e.value.code == 2 and 'expected KEY=VALUE' in capsys.readouterr().err
+
+
+def test_missing_weights_are_named_at_once(clip, tmp_path, capsys):
+    """The released config without its files: every missing file in one line (exit 2), before any work."""
+    released = str(REPO / 'configs' / 's1024.effn-f32.py')
+    opts = {'data.video_list': [clip], 'train.load_from': str(tmp_path / 'w' / 's1024.effn-f32.pth'),
+            'weights.compressor': str(tmp_path / 'w' / 'effnet.safetensors'),
+            'weights.vae': str(tmp_path / 'w' / 'svd_vae'), 'train.mixed_precision': 'no'}
+    argv = ['--work-dir', str(tmp_path / 'run'), '--cfg-options', *overrides_argv(opts)]
+    assert train_vae.cli([released, *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert '\n' not in err and 'bash pretrained/download.sh --only dit,compressor,vae' in err
+    assert 'train.load_from=None' in err and all(opts[k] in err for k in ('train.load_from', 'weights.compressor'))
+    assert str(tmp_path / 'w' / 'svd_vae' / 'config.json') in err
+    assert not list((tmp_path / 'run' / 'checkpoints').iterdir())
+    assert cache_main([released, '--out', str(tmp_path / 'cache'), '--cfg-options', *overrides_argv(opts)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert '\n' not in err and opts['weights.compressor'] in err and 'svd_vae' in err
+    assert not (tmp_path / 'cache').exists()
+
+
+def test_effective_lr_follows_the_released_rule():
+    cfg = load_config(str(REPO / 'configs' / 's1024.effn-f32.py'))
+    assert train_vae.effective_lr(cfg, 1) == (pytest.approx(2.5e-6), 4)            # 2e-5 × √(4/256)
+    assert train_vae.effective_lr(cfg, 2) == (pytest.approx(2e-5 * 0.125 * 2 ** 0.5), 8)
+    assert train_vae.effective_lr(cfg, 8)[0] == pytest.approx(7.0711e-6, rel=1e-4)
+    cfg.optimizer.auto_lr.rule = 'linear'
+    assert train_vae.effective_lr(cfg, 2)[0] == pytest.approx(2e-5 * 8 / 256)
+    cfg.optimizer.auto_lr = None
+    assert train_vae.effective_lr(cfg, 8) == (2e-5, 32)
+    assert train_vae.lr_at(0, 1.0, 4) == 0.25 and train_vae.lr_at(9, 1.0, 4) == 1.0
     assert subprocess.run(['bash', '-n', str(REPO / 'train_vae.sh')]).returncode == 0
 
 
@@ -343,12 +415,15 @@ def test_two_ranks_keep_identical_weights(cache, tmp_path):
     accelerate = Path(sys.executable).parent / 'accelerate'
     cmd = [str(accelerate), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
            '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', str(_free_port()),
-           *_train_cmd(tmp_path, cache, **{'train.max_steps': 4, 'train.debug_rank_dump': True,
-                                           'optimizer.lr': 1e-3})[1:]]
-    run = subprocess.run(cmd, env=_env(CUDA_VISIBLE_DEVICES='', ACCELERATE_USE_CPU='1'), cwd=REPO,
+           *_train_cmd(tmp_path, cache, **{'train.max_steps': 4, 'optimizer.lr': 1e-3})[1:]]
+    run = subprocess.run(cmd, env=_env(CUDA_VISIBLE_DEVICES='', ACCELERATE_USE_CPU='1',
+                                       **{train_vae.RANK_DUMP_ENV: '1'}), cwd=REPO,
                          capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert '2 process(es) × batch 1 = effective batch 2' in run.stdout
+    # tiny's auto_lr: sqrt rule over a base batch of 1, so 2 processes train at 1e-3 × √2
+    assert '2 process(es) × batch 1 = effective batch 2, effective lr 0.001414' in run.stdout
+    logged = [json.loads(l) for l in (tmp_path / 'log.jsonl').read_text().splitlines()]
+    assert len(logged) == 4 and all(r['lr'] == pytest.approx(1e-3 * 2 ** 0.5) for r in logged)
     r0, r1 = (load_file(str(tmp_path / f'debug_rank{r}.safetensors')) for r in (0, 1))
     saved = load_file(str(tmp_path / 'checkpoints' / 'step_00000004' / 'model.safetensors'))
     assert all(torch.equal(r0[k], r1[k]) and torch.equal(r0[k], saved[k]) for k in saved)

@@ -398,8 +398,8 @@ def add_flops_parser(subparsers):
 
 def _common_config_args(p, default_config=TINY):
     p.add_argument('--config', default=default_config, help='model config')
-    p.add_argument('--cfg-options', nargs='*', default=None, metavar='KEY=VALUE',
-                   help='config overrides, e.g. model.depth=8 model.fp32_attention=False')
+    from tools.config import add_cfg_options
+    add_cfg_options(p)
 
 
 def _common_run_args(p):

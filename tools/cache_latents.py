@@ -3,8 +3,10 @@
     python tools/cache_latents.py CONFIG --out DIR [--clips-per-video K] [--cfg-options k=v ...]
     accelerate launch --num_processes 8 tools/cache_latents.py CONFIG --out DIR      # one share per GPU
 
-For every video of data.video_list, K clips (starts evenly spaced over the video) are read exactly as
-training reads them, and also mirrored when data.random_flip is set. Each clip stores the SVD posterior
+For every video of data.video_list, K clips (starts evenly spaced over [0, N − stride·frames]) are read
+exactly as training reads them (data.transform), and also mirrored when data.random_flip is set. Each of
+the launched processes encodes every world-th video (its own share) and writes its own index.
+Exit codes: 0 done, 2 config / weights / video-list errors (before any work), 1 too many bad videos. Each clip stores the SVD posterior
 mean and std (× scale_factor, (4, T, S/8, S/8)) and the raw compressor latent ((16, T, S/32, S/32)), fp32,
 in shards `latents_r{rank}_{i}.safetensors` (keys `{clip}.mean|std|ref`) listed by `index_r{rank}.json`.
 Training draws x0 = mean + std·ε (vae.sample_posterior) or mean, exactly as from the encoders.
@@ -21,19 +23,21 @@ if __package__ in (None, ''):
 import torch
 from safetensors.torch import save_file
 
-from models.weights import DTYPES, WeightsFormatError, build_compressor, build_vae
-from tools.config import ConfigError, load_config
-from tools.data import CACHE_FORMAT, BadSamples, DataError, cache_meta, clip_span, collect_videos, load_clip
+from models.weights import DTYPES, WeightsFormatError, build_compressor, build_vae, check_weights
+from tools.config import ConfigError, add_cfg_options, load_config
+from tools.data import CACHE_FORMAT, BadSamples, DataError, cache_meta, collect_videos, frames_needed, load_clip
 from tools.files import atomic_write
 from tools.video_io import VideoReadError, probe_video
 
 log = logging.getLogger('cascadev.cache')
 
 
-def clip_starts(num_frames, span, k):
-    """k clip starts spread evenly over a video of num_frames (fewer when the video is short)."""
-    last = num_frames - span
-    if k <= 1 or last <= 0:
+def clip_starts(num_frames, need, k):
+    """k clip starts spread evenly over [0, num_frames − need] (fewer when the video is short)."""
+    last = num_frames - need
+    if last < 0:
+        raise VideoReadError(f"too short ({num_frames} frames; a clip needs {need} = stride x frames)")
+    if k <= 1 or last == 0:
         return [max(0, last) // 2] if k >= 1 else []
     return sorted({round(i * last / (k - 1)) for i in range(k)})
 
@@ -48,8 +52,9 @@ def cache_latents(cfg, out, clips_per_video=1, shard_size=64, rank=0, world_size
     paths = collect_videos(d.video_list)
     bad = BadSamples(len(paths), d.max_bad_fraction, out / f'bad_videos_r{rank}.txt')
     mine = paths[rank::world_size]
+    check_weights(cfg, ('compressor', 'vae'))                        # every missing file named at once
     compressor, vae = build_compressor(cfg, device, dtype), build_vae(cfg, device, dtype)
-    span = clip_span(d.num_frames_per_video, d.time_stride)
+    need = frames_needed(d)
     flips = [False, True] if d.random_flip else [False]
     clips, shard, shard_id = [], {}, 0
 
@@ -62,10 +67,10 @@ def cache_latents(cfg, out, clips_per_video=1, shard_size=64, rank=0, world_size
 
     for i, path in enumerate(mine):
         try:
-            starts = clip_starts(probe_video(path).num_frames, span, clips_per_video)
+            starts = clip_starts(probe_video(path).num_frames, need, clips_per_video)
             for start in starts:
                 for flip in flips:
-                    video = load_clip(path, d.num_frames_per_video, d.time_stride, d.sample_size, start, flip)
+                    video = load_clip(path, d, start, flip)
                     video = video[None].to(device, dtype)                    # (1, 3, T, S, S)
                     mean, std = vae.encode_moments(video)                    # (1, 4, T, S/8, S/8), scaled
                     ref = compressor.encode(video)                           # (1, 16, T, S/32, S/32), raw
@@ -94,23 +99,34 @@ def main(argv=None):
     p.add_argument('--shard-size', type=int, default=64, help='clips per safetensors shard')
     p.add_argument('--dtype', default=None, choices=list(DTYPES),
                    help="encoder dtype (default: train.mixed_precision's on GPU, fp32 on CPU)")
-    p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE')
+    add_cfg_options(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S')
     try:
-        from accelerate import PartialState
-        state = PartialState()
         cfg = load_config(args.config, args.cfg_options)
-        mixed = {'no': 'fp32'}.get(cfg.train.mixed_precision, cfg.train.mixed_precision)
-        dtype = DTYPES[args.dtype or (mixed if state.device.type == 'cuda' else 'fp32')]
-        n = cache_latents(cfg, args.out, args.clips_per_video, args.shard_size, state.process_index,
-                          state.num_processes, state.device, dtype)
-        log.info(f"wrote {n} clips to {args.out} (rank {state.process_index}); train with "
-                 f"--cfg-options data.cached_latents={args.out}")
+        check_weights(cfg, ('compressor', 'vae'))
+        collect_videos(cfg.data.video_list)                          # list errors before any process starts work
     except (ConfigError, DataError, FileNotFoundError, WeightsFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    rank, world, device = process_state(cfg)
+    mixed = {'no': 'fp32'}.get(cfg.train.mixed_precision, cfg.train.mixed_precision)
+    dtype = DTYPES[args.dtype or (mixed if device.type == 'cuda' else 'fp32')]
+    try:
+        n = cache_latents(cfg, args.out, args.clips_per_video, args.shard_size, rank, world, device, dtype)
+    except (DataError, OSError) as e:                                # too many bad videos, a failed write
+        print(f"error: {e}", file=sys.stderr)
         return 1
+    log.info(f"wrote {n} clips to {args.out} (rank {rank} of {world}); train with "
+             f"--cfg-options data.cached_latents={args.out}")
     return 0
+
+
+def process_state(cfg):
+    """(rank, world size, device) of this process; several launched CPU processes form one gloo group."""
+    from accelerate import PartialState
+    state = PartialState(cpu=cfg.get('device', 'auto') == 'cpu' or not torch.cuda.is_available())
+    return state.process_index, state.num_processes, state.device
 
 
 if __name__ == '__main__':

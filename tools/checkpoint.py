@@ -14,6 +14,7 @@ killed save leaves only a `.tmp` folder that the next save removes.
 """
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+log = logging.getLogger('cascadev.train')
 MANIFEST = 'state.json'
 _STEP_DIR = re.compile(r'^step_(\d{8})$')
 
@@ -241,3 +243,57 @@ def set_rng_state(states):
     cuda = [states[k] for k in sorted(states) if k.startswith('cuda.')]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+# ---- a training run's checkpoints under accelerate (called on every rank) ---------------------------
+
+def optimizer_file(accelerator):
+    """optimizer.safetensors, or one file per rank when FSDP shards the optimizer state."""
+    from accelerate.utils import DistributedType
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    return f'optimizer_{accelerator.process_index}.safetensors' if sharded else 'optimizer.safetensors'
+
+
+def save_checkpoint(accelerator, root, step, model, ema, optimizer, state, keep_last):
+    """All ranks: model (+EMA) and state by the main process, RNG (and FSDP optimizer shards) per rank; atomic."""
+    weights = accelerator.get_state_dict(model)          # collective under FSDP; the full state on the main rank
+    tmp = step_dir(root, step).with_name(f'step_{step:08d}.tmp')
+    if accelerator.is_main_process:
+        begin(root, step)
+    accelerator.wait_for_everyone()
+    write_tensors(tmp, f'rng_{accelerator.process_index}.safetensors', rng_state())
+    name = optimizer_file(accelerator)
+    if accelerator.is_main_process or name != 'optimizer.safetensors':
+        write_state(tmp, name, optimizer.state_dict())
+    if accelerator.is_main_process:
+        write_tensors(tmp, 'model.safetensors', weights)
+        if ema is not None:
+            write_tensors(tmp, 'ema.safetensors', ema.state_dict())
+        if accelerator.scaler is not None:
+            state = dict(state, scaler=accelerator.scaler.state_dict())
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = commit(tmp, state, keep_last)
+        log.info(f"saved checkpoint {final}")
+    accelerator.wait_for_everyone()
+
+
+def load_weights(folder, model, ema):
+    """Model (+EMA) weights of a checkpoint into the plain (not yet wrapped) modules."""
+    model.load_state_dict(read_tensors(folder, 'model.safetensors'))
+    if ema is not None:
+        if (Path(folder) / 'ema.safetensors').is_file():
+            ema.load_state_dict(read_tensors(folder, 'ema.safetensors'))
+        else:
+            ema.load_state_dict(model.state_dict())
+            log.warning(f"{folder}: has no ema.safetensors; the EMA starts from the model weights")
+
+
+def load_training_state(accelerator, folder, state, optimizer):
+    """Optimizer, loss scaler and this rank's RNG of a checkpoint (after accelerator.prepare)."""
+    optimizer.load_state_dict(read_state(folder, optimizer_file(accelerator)))
+    if accelerator.scaler is not None and 'scaler' in state:
+        accelerator.scaler.load_state_dict(state['scaler'])
+    rng = f'rng_{accelerator.process_index}.safetensors'
+    if (Path(folder) / rng).is_file():
+        set_rng_state(read_tensors(folder, rng))

@@ -1,8 +1,8 @@
 """Config loading: mmengine `Config` files with `_base_` inheritance, `--cfg-options` overrides, validation."""
-import ast
+import argparse
 import os
 
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 
 
 class ConfigError(ValueError):
@@ -24,7 +24,7 @@ REQUIRED = {
     'model.lats_per_vid': (int,),
     'sr_scale': (int,),
     'scale_factor': (float,),
-    'random_init': (bool,),
+    'random_init': (bool, list, tuple),
     'diffusion.num_timesteps': (int,),
     'sampling.scheduler': (str,),
     'sampling.steps': (int,),
@@ -46,23 +46,33 @@ def _lookup(cfg, dotted):
     return node
 
 
-def parse_overrides(overrides):
-    """['a.b=1', 'c=[1,2]', 'd=text'] -> {'a.b': 1, 'c': [1, 2], 'd': 'text'} (Python literals, else strings)."""
-    if overrides is None:
-        return {}
-    if isinstance(overrides, dict):
-        return dict(overrides)
-    parsed = {}
-    for item in overrides:
-        if '=' not in item:
-            raise ConfigError(f"--cfg-options {item!r}: expected key=value (e.g. train.max_steps=10)")
-        key, value = item.split('=', 1)
-        try:
-            parsed[key.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            low = value.strip().lower()
-            parsed[key.strip()] = {'true': True, 'false': False, 'none': None, 'null': None}.get(low, value)
-    return parsed
+class CfgOptionsAction(DictAction):
+    """mmengine's `--cfg-options` parsing (`k=v`, `k=[a,b]`, `k=a,b`, nested lists/tuples, None/True/False),
+    with a usage error instead of a traceback for an item without '='."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for item in values or []:
+            if '=' not in item:
+                raise argparse.ArgumentError(self, f"{item!r}: expected KEY=VALUE (e.g. train.max_steps=10)")
+        super().__call__(parser, namespace, values, option_string)
+
+
+def add_cfg_options(parser):
+    """Add `--cfg-options KEY=VALUE ...` to an argparse parser; the parsed value is a dict for load_config."""
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=CfgOptionsAction, default={}, metavar='KEY=VALUE',
+        help="override config keys (mmengine syntax): train.max_steps=100 data.video_list=[a.txt,b.txt] "
+             "'model.attn_strides=[[1,4],None]' vae.sample_posterior=False optimizer.auto_lr=None")
+    return parser
+
+
+def parse_cfg_options(items):
+    """['k=v', ...] -> {key: value}, parsed exactly as `--cfg-options k=v ...` is on the command line."""
+    parser = add_cfg_options(argparse.ArgumentParser(add_help=False, exit_on_error=False))
+    try:
+        return parser.parse_args(['--cfg-options', *items] if items else []).cfg_options
+    except argparse.ArgumentError as e:
+        raise ConfigError(f"--cfg-options {e.message}") from None
 
 
 def _check(cfg, path):
@@ -83,15 +93,31 @@ def _check(cfg, path):
                               f"{cfg.model.depth}; give one entry ([ts, xs] or None) per layer")
         for i, s in enumerate(strides):
             if s is not None and (not isinstance(s, (list, tuple)) or len(s) != 2 or not all(
-                    isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in s)):
+                    isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1) for v in s)):
                 raise ConfigError(f"{path}: model.attn_strides[{i}] = {s!r}; each entry must be None or "
-                                  f"[ts, xs] with positive integers")
+                                  f"[ts, xs] with positive integers (or -1: one window per frame / token)")
+    stages = ('dit', 'compressor', 'previewer', 'vae')
+    if not isinstance(cfg.random_init, bool) and any(s not in stages for s in cfg.random_init):
+        raise ConfigError(f"{path}: random_init = {list(cfg.random_init)!r}; use True, False or a list of "
+                          f"stages from {list(stages)}")
+    if cfg.get('data', {}).get('transform', 'crop') not in ('crop', 'resize_crop'):
+        raise ConfigError(f"{path}: data.transform = {cfg.data.transform!r}; use 'crop' (native-scale centre crop, "
+                          f"as the release was trained) or 'resize_crop' (short side resized first)")
+    auto = cfg.optimizer.get('auto_lr')
+    if auto is not None and not (isinstance(auto, dict) and auto.get('rule') in ('sqrt', 'linear') and isinstance(
+            auto.get('base_batch_size'), int) and auto['base_batch_size'] >= 1):
+        raise ConfigError(f"{path}: optimizer.auto_lr = {auto!r}; use dict(rule='sqrt' or 'linear', "
+                          f"base_batch_size=256) or None (the lr as given)")
     if cfg.sampling.scheduler not in ('EulerA', 'DDIM', 'DPMS'):
         raise ConfigError(f"{path}: sampling.scheduler = {cfg.sampling.scheduler!r}; use EulerA, DDIM or DPMS")
 
 
 def load_config(path, overrides=None):
-    """Load a config file, apply `key=value` overrides (list of strings or dict), validate, return a Config."""
+    """Load a config file, apply overrides, validate, return a Config.
+
+    `overrides`: the dict `--cfg-options` produces ({'train.max_steps': 10, ...}; a nested dict merges into
+    its section), or a list of 'KEY=VALUE' strings parsed the same way (parse_cfg_options).
+    """
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: config file not found; pass a file such as configs/s1024.effn-f32.py")
     try:
@@ -99,7 +125,7 @@ def load_config(path, overrides=None):
     except Exception as e:  # syntax errors, bad _base_ paths ...
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{path}: cannot be parsed ({msg}); fix the file") from e
-    parsed = parse_overrides(overrides)
+    parsed = dict(overrides) if isinstance(overrides, dict) else parse_cfg_options(overrides)
     for key in parsed:
         try:
             _lookup(cfg, key)
@@ -107,8 +133,8 @@ def load_config(path, overrides=None):
             raise ConfigError(f"{path}: --cfg-options key '{key}' does not exist in the config; "
                               f"check the spelling (python -c \"from tools.config import load_config; "
                               f"print(load_config('{path}').pretty_text)\")") from None
-    if parsed:  # dicts merge (mmengine); an empty dict empties the key, so vae.config={} is not a no-op
-        cfg.merge_from_dict({k: {'_delete_': True} if v == {} else v for k, v in parsed.items()})
+    if parsed:  # dicts merge (mmengine); {} (also typed as `key={}`) empties the key, so vae.config={} is no no-op
+        cfg.merge_from_dict({k: {'_delete_': True} if v in ({}, '{}') else v for k, v in parsed.items()})
     _check(cfg, path)
     cfg.config_path = path
     return cfg

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from tools.frames import center_crop, resize_short_side
-from tools.video_io import VIDEO_EXTS, VideoReadError, list_videos, probe_video, read_video
+from tools.frames import cascadev_train_crop, center_crop, resize_short_side
+from tools.video_io import VIDEO_EXTS, VideoReadError, list_videos, probe_video, read_video, to_uint8
 
 log = logging.getLogger('cascadev.data')
 
 CACHE_FORMAT = 'cascadev-latents-1'
+TRANSFORMS = ('crop', 'resize_crop')   # data.transform: the original's native-scale crop | resize, then crop
 MAX_TRIES = 50  # replacement attempts for one sample before giving up
 
 
@@ -120,31 +121,54 @@ class BadSamples:
 
 # ---- clips -----------------------------------------------------------------------------------------
 
-def clip_span(num_frames, stride):
-    return (num_frames - 1) * stride + 1
+def frames_needed(data_cfg):
+    """Frames a video needs for one clip: stride·frames, as the original asks (RECIPE.md §12)."""
+    return data_cfg.num_frames_per_video * data_cfg.time_stride
 
 
-def load_clip(path, num_frames, stride, size, start, flip):
-    """A (3, T, size, size) clip in [-1, 1]: frames start, start+stride, ... → flip → short side → center crop."""
-    video, _ = read_video(path, num_frames=num_frames, stride=stride, start=start)  # (3, T, H, W)
-    if flip:
-        video = video.flip(-1)
-    return center_crop(resize_short_side(video, size), size, size)
+def read_frames(path, num_frames, stride, start):
+    """RGB uint8 frames (T, H, W, 3): start, start+stride, ... of the file (the one place data decodes)."""
+    video, _ = read_video(path, num_frames=num_frames, stride=stride, start=start)   # (3, T, H, W) in [-1, 1]
+    return to_uint8(video)
+
+
+def frames_to_clip(frames, size, transform='crop', flip=False):
+    """RGB uint8 frames (T, H, W, 3) -> training clip (3, T, size, size) float32 in [-1, 1].
+
+    transform 'crop' (the original's, RECIPE.md §12): no resizing; the centred size x size window at native
+    scale, zero-padded (black, centred) where a side is smaller (tools/frames.cascadev_train_crop).
+    'resize_crop': the short side resized to `size` (antialiased bilinear), then the centre square: for
+    videos whose resolution differs much from the model's. `flip` mirrors the whole clip after the crop.
+    Values map as (x/255 − 0.5)/0.5.
+    """
+    if transform not in TRANSFORMS:
+        raise DataError(f"data.transform={transform!r}; use one of {', '.join(TRANSFORMS)}")
+    if transform == 'crop':
+        frames = cascadev_train_crop(frames, size)                          # (T, size, size, 3)
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(255).sub(0.5).div(0.5)   # (3, T, H, W)
+    if transform == 'resize_crop':
+        video = center_crop(resize_short_side(video, size), size, size)
+    return (video.flip(-1) if flip else video).contiguous()
+
+
+def load_clip(path, data_cfg, start, flip):
+    """The clip of `path` at frame `start` under data_cfg (frames, stride, sample_size, transform): (3, T, S, S)."""
+    frames = read_frames(path, data_cfg.num_frames_per_video, data_cfg.time_stride, start)
+    return frames_to_clip(frames, data_cfg.sample_size, data_cfg.get('transform', 'crop'), flip)
 
 
 def random_clip(path, data_cfg, seed):
-    """(clip, start, flip) with start and flip drawn from `seed`; VideoReadError for unreadable or short files."""
+    """(clip, start, flip): start uniform over [0, N − stride·frames], flip with p = 0.5 (data.random_flip),
+    both drawn from `seed`; VideoReadError for unreadable or short files."""
     info = probe_video(path)
-    span = clip_span(data_cfg.num_frames_per_video, data_cfg.time_stride)
-    if info.num_frames < span:
+    need = frames_needed(data_cfg)
+    if info.num_frames < need:
         raise VideoReadError(f"{path}: too short ({info.num_frames} frames; a clip of "
-                             f"{data_cfg.num_frames_per_video} frames at stride {data_cfg.time_stride} needs "
-                             f"{span})")
+                             f"{data_cfg.num_frames_per_video} frames at stride {data_cfg.time_stride} needs {need})")
     rng = random.Random(seed)
-    start = rng.randrange(info.num_frames - span + 1)
+    start = rng.randrange(info.num_frames - need + 1)
     flip = bool(data_cfg.random_flip) and rng.random() < 0.5
-    video = load_clip(path, data_cfg.num_frames_per_video, data_cfg.time_stride, data_cfg.sample_size, start, flip)
-    return video, start, flip
+    return load_clip(path, data_cfg, start, flip), start, flip
 
 
 class VideoClips(torch.utils.data.Dataset):
@@ -184,7 +208,8 @@ def _reason(exc, path):
 def cache_meta(cfg):
     """The settings a latent cache depends on; training refuses a cache written with other values."""
     return {'num_frames_per_video': cfg.data.num_frames_per_video, 'time_stride': cfg.data.time_stride,
-            'sample_size': cfg.data.sample_size, 'scale_factor': cfg.scale_factor}
+            'sample_size': cfg.data.sample_size, 'transform': cfg.data.get('transform', 'crop'),
+            'scale_factor': cfg.scale_factor}
 
 
 def read_cache_index(folder, cfg):

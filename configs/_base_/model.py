@@ -24,7 +24,7 @@ vae = dict(
     config=dict(),           # empty: read config.json from weights.vae; keys given: build that (small) VAE
     decode_chunk=4,          # frames per SVD temporal-decoder call (as SVD was used)
     encode_chunk=8,
-    sample_posterior=False,
+    sample_posterior=True,   # training target x0: a posterior sample (False: the posterior mean)
     tile_size=0,             # >0: decode in spatial tiles of this many latent pixels (very large frames)
     tile_overlap=16,         # latent pixels blended between neighbouring decoder tiles
 )
@@ -36,5 +36,6 @@ weights = dict(
     previewer='pretrained/previewer.safetensors',
     vae='pretrained/svd_vae',
 )
-random_init = False          # True: seeded random weights for every stage, no weight file needed
+random_init = False          # True (every stage) or a list of stages: seeded random weights in place of the
+                             # released files above; a `weights` entry naming another file is always loaded
 init_seed = 0

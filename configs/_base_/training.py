@@ -14,13 +14,13 @@ train = dict(
     seed=0,
     ema_decay=None,          # e.g. 0.9999 to keep an EMA of the weights
     max_nonfinite=10,        # consecutive non-finite steps before the run stops
-    load_from=None,          # e.g. pretrained/s1024.effn-f32.pth to fine-tune
-    debug_nan_steps=[],      # test hook: iterations whose batch is replaced by NaN
-    debug_rank_dump=False,   # test hook: every rank writes its final weights to WORK_DIR/debug_rank{r}.safetensors
+    load_from=None,          # DiT weights to start from (.pth or .safetensors); None: random init (from scratch)
 )
 optimizer = dict(
     type='CAME',             # CAME | AdamW
-    lr=2e-5,
+    lr=2e-5,                 # base lr, at base_batch_size when auto_lr is set
+    auto_lr=dict(rule='sqrt', base_batch_size=256),   # lr x (effective batch / 256) ** 0.5 ('linear': ** 1);
+                                                      # None: lr as given
     betas=(0.9, 0.999, 0.9999),
     eps=(1e-30, 1e-16),
     weight_decay=0.0,
