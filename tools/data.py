@@ -16,7 +16,8 @@ import torch
 from safetensors import safe_open
 
 from tools.frames import cascadev_train_crop, center_crop, resize_short_side
-from tools.video_io import VIDEO_EXTS, VideoReadError, list_videos, probe_video, read_video, to_uint8
+from tools import video_io
+from tools.video_io import VIDEO_EXTS, VideoReadError, list_videos, probe_video
 
 log = logging.getLogger('cascadev.data')
 
@@ -128,8 +129,7 @@ def frames_needed(data_cfg):
 
 def read_frames(path, num_frames, stride, start):
     """RGB uint8 frames (T, H, W, 3): start, start+stride, ... of the file (the one place data decodes)."""
-    video, _ = read_video(path, num_frames=num_frames, stride=stride, start=start)   # (3, T, H, W) in [-1, 1]
-    return to_uint8(video)
+    return video_io.read_frames(path, num_frames=num_frames, stride=stride, start=start)[0]
 
 
 def frames_to_clip(frames, size, transform='crop', flip=False):
