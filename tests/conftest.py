@@ -64,3 +64,16 @@ def write_lossless():
                 c.mux(s.encode(av.VideoFrame.from_ndarray(img, format='rgb24')))
             c.mux(s.encode(None))
     return write
+
+
+@pytest.fixture(scope='session')
+def odd_clip(shared_videos, tmp_path_factory):
+    """odd.mp4: carphone cropped to 143x175 (h x w, both odd), 20 frames, yuv444p (4:2:0 cannot hold odd sizes)."""
+    import subprocess
+
+    import imageio_ffmpeg
+    path = tmp_path_factory.mktemp('odd') / 'odd.mp4'
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), '-v', 'error', '-i', str(shared_videos / 'carphone_pristine.mp4'),
+                    '-vf', 'format=yuv444p,crop=175:143:0:0', '-frames:v', '20', '-c:v', 'libx264', str(path)],
+                   check=True, timeout=120)
+    return path

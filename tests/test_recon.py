@@ -8,7 +8,6 @@ import subprocess
 
 import argparse
 
-import imageio_ffmpeg
 import pytest
 import torch
 
@@ -253,16 +252,6 @@ def test_shards_cover_every_video_once(n, world):
 
 
 # ---- exact output geometry, eval through recon's plan, non-finite outputs -----------------------------------
-
-@pytest.fixture(scope='module')
-def odd_clip(shared_videos, tmp_path_factory):
-    """odd.mp4: carphone cropped to 143x175 (h x w, both odd), 20 frames, yuv444p (4:2:0 cannot hold odd sizes)."""
-    path = tmp_path_factory.mktemp('odd') / 'odd.mp4'
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), '-v', 'error', '-i', str(shared_videos / 'carphone_pristine.mp4'),
-                    '-vf', 'format=yuv444p,crop=175:143:0:0', '-frames:v', '20', '-c:v', 'libx264', '-pix_fmt', 'yuv444p', str(path)],
-                   check=True, timeout=120)
-    return path
-
 
 def test_odd_size_comes_back_exactly(odd_clip, tiny, tmp_path):
     code, _, err = run([*tiny, '--input', odd_clip, '--output', tmp_path, '--size', '0', '--num-frames', '5'])
