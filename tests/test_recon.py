@@ -332,3 +332,64 @@ def test_non_finite_output_fails_that_video_only(case, clips, tiny, tmp_path, mo
     assert f'{folder / "carphone_pristine.mp4"}: {expected}\n' in err
     assert not (tmp_path / 'out' / 'carphone_pristine').exists()             # nothing left, not even the latent
     assert recon.is_complete(tmp_path / 'out' / 'demo')
+
+
+class RecordingWriter:
+    """Stands in for VideoWriter with the sar/lossless/times interface: records what recon hands it."""
+    calls = []
+
+    def __init__(self, path, fps, crf=18, preset='medium', pix_fmt='yuv420p', sar=None, lossless=False):
+        self.record = {'file': os.path.basename(str(path)), 'fps': fps, 'sar': sar, 'lossless': lossless,
+                       'times': [], 'frames': 0, 'size': None}
+        RecordingWriter.calls.append(self.record)
+
+    def write(self, frames, times=None):
+        """frames: uint8 (T, H, W, 3) or a (C, T, H, W) tensor, as VideoWriter takes them."""
+        uint8 = frames.shape[-1] == 3
+        t, size = (frames.shape[0], frames.shape[1:3]) if uint8 else (frames.shape[1], frames.shape[2:])
+        self.record['frames'] += t
+        self.record['size'] = tuple(size)
+        self.record['times'] = None if times is None else self.record['times'] + list(times)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize('fps', [None, '12'])
+def test_sar_times_and_lossless_reach_the_writer(clips, tiny, tmp_path, monkeypatch, fps):
+    """A reader that reports SAR 4:3 and variable frame times: every output file gets the SAR, each frame its
+    source time from the first one used (across chunks), and --lossless; --fps gives a constant rate and a note."""
+    from fractions import Fraction
+    from types import SimpleNamespace
+
+    import tools.video_io as vio
+    source_time = lambda i: 0.05 * i if i < 4 else 0.2 + 0.1 * (i - 4)       # 20 fps, then 10 fps
+    probe, read = vio.probe_video, vio.read_video
+    monkeypatch.setattr(vio, 'probe_video', lambda path: SimpleNamespace(
+        **probe(path)._asdict(), sar=Fraction(4, 3), rotation=0, vfr=True, times=None))
+
+    def read_with_times(path, num_frames=None, stride=1, start=0):
+        video, info = read(path, num_frames=num_frames, stride=stride, start=start)
+        times = tuple(source_time(start + k * stride) for k in range(video.shape[1]))
+        return video, SimpleNamespace(**info._asdict(), sar=Fraction(4, 3), rotation=0, vfr=True, times=times)
+    monkeypatch.setattr(vio, 'read_video', read_with_times)
+    monkeypatch.setattr(vio, 'VideoWriter', RecordingWriter)
+    RecordingWriter.calls = []
+    code, stdout, err = run([*tiny, '--input', clips / 'carphone_pristine.mp4', '--output', tmp_path, '--size', '0',
+                             '--preview-only', '--lossless', '--start', '1', '--frame-stride', '2', '--num-frames', '4',
+                             '--chunk-frames', '2', *(['--fps', fps] if fps else [])])
+    assert code == 0, err
+    calls = {c['file']: c for c in RecordingWriter.calls}
+    assert set(calls) == {'preview.mp4', 'cmp.mp4'}
+    expected = None if fps else [round(source_time(i) - source_time(1), 6) for i in (1, 3, 5, 7)]
+    for c in calls.values():
+        assert c['sar'] == Fraction(4, 3) and c['lossless'] is True and c['frames'] == 4
+        assert c['times'] == pytest.approx(expected) if expected else c['times'] is None
+    assert calls['preview.mp4']['size'] == (144, 176)
+    done = json.loads((tmp_path / 'carphone_pristine' / 'done.json').read_text())
+    assert done['sar'] == '4:3' and done['lossless'] is True
+    assert done['frame_times'] == ('constant' if fps else 'source')
+    assert ('variable frame rate source written at a constant --fps 12' in stdout) == bool(fps)

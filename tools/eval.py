@@ -434,7 +434,8 @@ def evaluate(ref, rec, out_dir=None, size=None, num_frames=None, lpips=True, squ
     ref: folder / .txt / .json / video, or a list of paths. rec: one --rec spec, a list of them, or
     {label: source}. Each pair is compared through recon.py's frame plan from the done.json beside the
     reconstruction, else through the plan of size / square / preprocess / start / stride / num_frames
-    (recon.py's flags, tools/frames.py); selection and crop apply to the reference only. Returns {'methods': {label: {videos, frames, psnr, ssim, lpips, flicker}},
+    (recon.py's flags, tools/frames.py); selection and crop apply to the reference only.
+    Returns {'methods': {label: {videos, frames, psnr, ssim, lpips, flicker}},
     'lpips': None or why it is missing, 'missing': {label: [names]}, 'skipped': [messages],
     'files': {name: path}, 'out_dir': Path}.
     """

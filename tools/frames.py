@@ -86,8 +86,8 @@ def cascadev_recon_preprocess(frames, short_edge, multiple=MULTIPLE):
 
     Per frame: 3x3 box blur (cv2.blur, reflect-101 border); cv2.resize bilinear (no antialiasing) to
     (round(H·s), round(W·s)) with s = short_edge / min(H, W); centred crop of each side down to the largest
-    multiple of `multiple` (32, the original's size_div; offsets (w - cw)//2, (h - ch)//2). The filters do not depend on channel order, so RGB in
-    gives the original's output in RGB.
+    multiple of `multiple` (32, the original's size_div; offsets (w - cw)//2, (h - ch)//2). The filters do
+    not depend on channel order, so RGB in gives the original's output in RGB.
 
     frames: RGB uint8 (T, H, W, 3). Returns RGB uint8 (T, ch, cw, 3), ch and cw multiples of `multiple`.
     Raises ValueError for other inputs or when a resized side is below `multiple` pixels.
