@@ -5,12 +5,15 @@
     accelerate launch recon.py ...          # one process per GPU, the video list sharded across them
 
 Writes OUT/NAME/{latent.safetensors, preview.mp4, rec.mp4, cmp.mp4, cmp.png, done.json} per video (NAME is
-the file stem). Every file goes through a temp name and a rename; done.json is written last, so a video
+the file stem). Outputs keep the source's displayed size (or the plan's crop: --square, --preprocess cascadev),
+its pixel aspect ratio (SAR) and its frame times; done.json records the frame plan (tools/frames.py) that
+tools/eval.py reuses. Every file goes through a temp name and a rename; done.json is written last, so a video
 with a done.json is complete and a rerun skips it (--overwrite redoes it). A bad file is reported as
 "PATH: reason" and skipped; the run ends with "k/N failed" and exit code 1 if k > 0. Usage errors
 (missing weights, bad flags, output inside the input folder) exit with code 2 before any heavy work.
 """
 import argparse
+import inspect
 import json
 import math
 import os
@@ -21,10 +24,11 @@ from pathlib import Path
 
 from tools.config import ConfigError, add_cfg_options, load_config
 from tools.files import atomic_write, write_text_atomic
+from tools.frames import PREPROCESS, FramePlan
 
 OUTPUT_FILES = ('latent.safetensors', 'preview.mp4', 'rec.mp4', 'cmp.mp4', 'cmp.png')
 DONE = 'done.json'
-LATENT_FORMAT = 'cascadev-latent-v1'
+LATENT_FORMAT = 'cascadev-latent-v2'            # v2: the frame plan, SAR and frame times in the metadata
 FILE_OF = {'preview': 'preview.mp4', 'refined': 'rec.mp4'}
 DEFAULT_CONFIG = 'configs/s1024.effn-f32.py'
 REPO_ROOT = Path(__file__).resolve().parent
@@ -52,7 +56,14 @@ def build_parser():
                    help="resize the short side to SIZE before encoding, 0 = native size (default: the config's "
                         "data.sample_size, 1024 for s1024.effn-f32); outputs are resized back to the source size")
     g.add_argument('--square', action='store_true', help='center-crop a square first (as the original recon did)')
-    g.add_argument('--fps', type=float, default=None, help='output fps (default: source fps / frame stride)')
+    g.add_argument('--preprocess', choices=PREPROCESS, default='default',
+                   help="default: the full frame, padded to 32 and restored to the source size; cascadev: the "
+                        "original's blur + OpenCV resize + crop to multiples of 32, outputs at that crop")
+    g.add_argument('--fps', type=float, default=None,
+                   help="write at this constant rate (default: each frame at its source time; constant-rate "
+                        "sources play at source fps / frame stride)")
+    g.add_argument('--lossless', action='store_true',
+                   help='lossless video files (for exact metrics; larger, and fewer players handle them)')
     g = p.add_argument_group('sampling')
     g.add_argument('--preview-only', action='store_true', help='fast mode: previewer only, no DiT and no SVD decode')
     g.add_argument('--scheduler', choices=('EulerA', 'DDIM', 'DPMS'), default=None,
@@ -155,6 +166,8 @@ def validate_args(args):
               (args.frame_stride < 1, '--frame-stride', 'must be >= 1'),
               (args.start < 0, '--start', 'must be >= 0'),
               (args.size is not None and args.size < 0, '--size', 'must be >= 0 (0 keeps the native size)'),
+              (args.preprocess == 'cascadev' and args.size is not None and 0 < args.size < 32, '--size',
+               'must be >= 32 with --preprocess cascadev (its crop is to multiples of 32), or 0 for the native size'),
               (args.steps is not None and args.steps < 1, '--steps', 'must be >= 1'),
               (args.fps is not None and not (args.fps > 0 and math.isfinite(args.fps)), '--fps', 'must be > 0'),
               (args.chunk_frames < 1, '--chunk-frames', 'must be >= 1')]
@@ -186,6 +199,9 @@ def read_latent_meta(path):
     except Exception as e:
         raise UsageError(f'--decode-from {path}: not a readable safetensors file ({e}); pass a '
                          f'latent.safetensors written by recon.py') from None
+    if meta.get('format') == 'cascadev-latent-v1':
+        raise UsageError(f'--decode-from {path}: was written by an older recon.py without the frame plan; '
+                         f'reconstruct its source video again')
     if meta.get('format') != LATENT_FORMAT:
         raise UsageError(f'--decode-from {path}: has no CascadeV latent metadata (format {LATENT_FORMAT}); pass a '
                          f'latent.safetensors written by recon.py')
@@ -197,7 +213,7 @@ def load_latent(path):
     from safetensors.torch import load_file
     meta = read_latent_meta(path)
     latent = load_file(str(path))['latent'].float()
-    h, w = meta['geometry']['model']
+    h, w = meta['plan']['model']
     if latent.ndim != 4 or latent.shape[0] != 16 or tuple(latent.shape[2:]) != (h // 32, w // 32):
         raise ValueError(f'{path}: latent of shape {tuple(latent.shape)} does not match its metadata '
                          f'(16, T, {h // 32}, {w // 32}); the file was edited or is corrupt')
@@ -213,11 +229,13 @@ def frame_range(info, args, path):
 
 
 def read_chunk(path, meta, a, b):
-    """Source frames a..b-1 of the clip this latent was made from, (C, b-a, H, W) in [-1, 1]."""
+    """Frames a..b-1 of the clip this latent was made from -> ((C, b-a, H, W) in [-1, 1], their source times
+    in seconds or None)."""
     from tools.video_io import read_video
     stride = meta['frame_stride']
-    video, _ = read_video(path, num_frames=b - a, stride=stride, start=meta['start'] + a * stride)
-    return video
+    video, info = read_video(path, num_frames=b - a, stride=stride, start=meta['start'] + a * stride)
+    times = getattr(info, 'times', None)              # ADAPTER: today's reader has no times (None then)
+    return video, (list(times) if times is not None else None)
 
 
 def read_ahead(read, spans, pool):
@@ -230,45 +248,82 @@ def read_ahead(read, spans, pool):
 
 
 def encode_video(pipe, path, name, out_dir, args, cfg):
-    """Read the clip in chunks, encode each, save latent.safetensors; -> (latent (16, T, h, w), metadata)."""
+    """Read the clip in chunks, encode each, save latent.safetensors; -> (latent (16, T, h, w), metadata).
+
+    The metadata holds the frame plan (tools/frames.py), the source's SAR ('N:D') and, for a variable
+    frame rate source, each frame's time in seconds from the first one used.
+    """
     import torch
-    from models.pipeline import plan_geometry, prepare_frames
+    from tools.frames import plan
     from tools.video_io import probe_video
     info = probe_video(path)
     n = len(frame_range(info, args, path))
     size = cfg.data.sample_size if args.size is None else args.size
+    frame_plan = plan(info.height, info.width, size=size, square=args.square, preprocess=args.preprocess,
+                      start=args.start, stride=args.frame_stride, num_frames=n)
+    sar = getattr(info, 'sar', None)                  # ADAPTER: today's reader has no sar/vfr (None/False then)
     meta = {'format': LATENT_FORMAT, 'name': name, 'source': str(Path(path).resolve()), 'source_fps': info.fps,
             'fps': info.fps / args.frame_stride, 'num_frames': n, 'start': args.start,
-            'frame_stride': args.frame_stride, 'config': Path(cfg.config_path).name, 'geometry': None}
-    parts = []
+            'frame_stride': args.frame_stride, 'config': Path(cfg.config_path).name, 'plan': frame_plan.to_dict(),
+            'sar': None if sar is None else f'{sar.numerator}:{sar.denominator}',
+            'vfr': bool(getattr(info, 'vfr', False)), 'times': None}
+    parts, times = [], []
     spans = [(a, min(a + args.chunk_frames, n)) for a in range(0, n, args.chunk_frames)]
     with ThreadPoolExecutor(max_workers=1) as reader:       # the next chunk decodes while this one encodes
-        for frames in read_ahead(lambda a, b: read_chunk(path, meta, a, b), spans, reader):   # (C, k, H, W)
-            if meta['geometry'] is None:
-                meta['geometry'] = plan_geometry(*frames.shape[-2:], size=size, square=args.square)
-            parts.append(pipe.encode(prepare_frames(frames, meta['geometry'])[None])[0].cpu())   # (16, k, h, w)
+        for frames, t in read_ahead(lambda a, b: read_chunk(path, meta, a, b), spans, reader):   # (C, k, H, W)
+            parts.append(pipe.encode(frame_plan.to_model(frames)[None])[0].cpu())   # (16, k, h, w)
+            times = None if t is None or times is None else times + t
+    if meta['vfr'] and times:
+        meta['times'] = [round(x - times[0], 6) for x in times]   # the output starts at its first frame
     latent = torch.cat(parts, dim=1)
     save_latent(out_dir / 'latent.safetensors', latent, meta)
     return latent, meta
+
+
+def open_writer(path, fps, sar=None, lossless=False):
+    """A VideoWriter for one output: the frames' exact size, the source's SAR ('N:D' or None), lossless on
+    request; its write(frames, times=None) takes each frame's time in seconds (None: constant fps)."""
+    from fractions import Fraction
+
+    from tools.video_io import VideoWriter
+    sar = Fraction(sar.replace(':', '/')) if sar else None
+    if 'lossless' in inspect.signature(VideoWriter).parameters:
+        return VideoWriter(path, fps, sar=sar, lossless=lossless)
+    # ADAPTER for today's writer (no sar/lossless/times; yuv420p pads odd sizes): yuv444p keeps the exact
+    # size, crf 0 stands in for lossless, SAR and times are dropped. Remove once video_io's writer has them.
+    writer = VideoWriter(path, fps, crf=0 if lossless else 18, pix_fmt='yuv444p')
+    write = writer.write
+    writer.write = lambda frames, times=None: write(frames)
+    return writer
+
+
+def output_timing(meta, args):
+    """-> (fps, per-frame times in s or None): source times for a variable frame rate source, unless --fps."""
+    if meta.get('times') and args.fps:
+        from tqdm.auto import tqdm
+        tqdm.write(f"{meta['name']}: variable frame rate source written at a constant --fps {args.fps:g}; its "
+                   f"frame times are not kept (leave out --fps to keep them)")
+    return args.fps or meta['fps'], (None if args.fps else meta.get('times'))
 
 
 def render(pipe, latent, meta, out_dir, args, source=None):
     """Preview and (unless --preview-only) refine + decode one latent; stream the mp4s; -> (info, metrics).
 
     Frames are processed `chunk` at a time (a multiple of the VAE's decode_chunk, so the temporal decoder
-    sees the same groups as a whole-clip decode): the sampler state is the only whole-clip tensor.
+    sees the same groups as a whole-clip decode): the sampler state is the only whole-clip tensor. Outputs
+    come back through the frame plan (FramePlan.to_output) and are compared with FramePlan.reference.
     """
     import hashlib
     from contextlib import ExitStack
 
     import numpy as np
     import torch
-    from models.pipeline import noise_seed, reference_frames, restore_frames
+    from models.pipeline import noise_seed
     from tools.metrics import mean_psnr, psnr, ssim
-    from tools.video_io import VideoWriter, side_by_side, to_uint8, write_grid_png
+    from tools.video_io import side_by_side, to_uint8, write_grid_png
 
-    geom, T = meta['geometry'], latent.shape[1]
-    fps = args.fps or meta['fps']
+    frame_plan, T = FramePlan.from_dict(meta['plan']), latent.shape[1]
+    fps, times = output_timing(meta, args)
     refine = not args.preview_only
     scheduler, steps, seed = args.scheduler, args.steps, args.seed
     z = None
@@ -285,33 +340,35 @@ def render(pipe, latent, meta, out_dir, args, source=None):
     scores = {k: {'psnr': [], 'ssim': []} for k, _ in panels if k != 'original'}
     files = ['preview.mp4'] + (['rec.mp4'] if refine else []) + ['cmp.mp4', 'cmp.png']
     digests = {k: hashlib.sha256() for k in ('preview', 'refined') if k in grid}   # of the uint8 frames written
-    def write(u8, clips):
-        writers['preview.mp4'].write(u8['preview'])
+    def write(u8, clips, t):
+        writers['preview.mp4'].write(u8['preview'], times=t)
         if refine:
-            writers['rec.mp4'].write(u8['refined'])
-        writers['cmp.mp4'].write(side_by_side([clips[k] for k, _ in panels], [labels[k] for k, _ in panels]))
+            writers['rec.mp4'].write(u8['refined'], times=t)
+        writers['cmp.mp4'].write(side_by_side([clips[k] for k, _ in panels], [labels[k] for k, _ in panels]),
+                                 times=t)
 
     spans = [(a, min(a + chunk, T)) for a in range(0, T, chunk)]
     with ExitStack() as stack:
-        writers = {f: stack.enter_context(VideoWriter(out_dir / f, fps)) for f in files if f.endswith('.mp4')}
+        writers = {f: stack.enter_context(open_writer(out_dir / f, fps, meta.get('sar'), args.lossless))
+                   for f in files if f.endswith('.mp4')}
         # Write-behind and read-ahead threads (exited first, so the writers close after their last frame):
         # video encoding and decoding overlap the next chunk's model work; one chunk waits at most.
         writer, reader = (stack.enter_context(ThreadPoolExecutor(max_workers=1)) for _ in range(2))
         sources = read_ahead(lambda a, b: read_chunk(source, meta, a, b), spans, reader) if source else None
         pending = None
         for a, b in spans:
-            clips = {'preview': restore_frames(pipe.preview(latent[None, :, a:b])[0].cpu(), geom)}
+            clips = {'preview': frame_plan.to_output(pipe.preview(latent[None, :, a:b])[0].cpu())}
             if refine:
                 rec = torch.cat(list(pipe.vae_decode_chunks(z[:, :, a:b])), dim=2)[0].cpu()
-                clips['refined'] = restore_frames(rec, geom)
+                clips['refined'] = frame_plan.to_output(rec)
             if source:
-                clips['original'] = reference_frames(next(sources), geom)
+                clips['original'] = frame_plan.reference(next(sources)[0])
             u8 = {k: to_uint8(v) for k, v in clips.items()}                     # (k, H, W, 3)
             for k in digests:
                 digests[k].update(u8[k].tobytes())
             if pending is not None:
                 pending.result()
-            pending = writer.submit(write, u8, clips)
+            pending = writer.submit(write, u8, clips, times[a:b] if times else None)
             if source:                                                            # per-frame, against the input
                 for k in scores:
                     scores[k]['psnr'] += psnr(u8['original'], u8[k], device=pipe.device).tolist()
@@ -326,7 +383,8 @@ def render(pipe, latent, meta, out_dir, args, source=None):
     metrics = {k: {'psnr': mean_psnr(s['psnr']), 'ssim': sum(s['ssim']) / len(s['ssim']) if s['ssim'] else None}
                for k, s in scores.items()} if source else {}
     info = {'frames': T, 'height': int(clips['preview'].shape[-2]), 'width': int(clips['preview'].shape[-1]),
-            'fps': float(fps), 'files': files,
+            'fps': float(fps), 'sar': meta.get('sar'), 'frame_times': 'source' if times else 'constant',
+            'lossless': bool(args.lossless), 'files': files,
             'frames_sha256': {FILE_OF[k]: d.hexdigest() for k, d in digests.items()}}
     if refine:
         info.update(scheduler=scheduler, steps=steps, seed=seed, noise_seed=noise_seed(seed, meta['name']))
@@ -338,21 +396,28 @@ def process(pipe, name, src, out_dir, args, cfg, decode_from):
     t0 = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / DONE).unlink(missing_ok=True)              # incomplete until the very end
-    if decode_from:
-        latent, meta = load_latent(src)
-        source = None
-        if meta['config'] != Path(cfg.config_path).name:
-            print(f"warning: {src}: encoded with {meta['config']}, decoded with {Path(cfg.config_path).name}")
-    else:
-        latent, meta = encode_video(pipe, src, name, out_dir, args, cfg)
-        source = src
-    info, metrics = render(pipe, latent, meta, out_dir, args, source=source)
+    try:
+        if decode_from:
+            latent, meta = load_latent(src)
+            source = None
+            if meta['config'] != Path(cfg.config_path).name:
+                print(f"warning: {src}: encoded with {meta['config']}, decoded with {Path(cfg.config_path).name}")
+        else:
+            latent, meta = encode_video(pipe, src, name, out_dir, args, cfg)
+            source = src
+        info, metrics = render(pipe, latent, meta, out_dir, args, source=source)
+    except Exception:
+        if not decode_from:                               # a failed video leaves no file that looks complete
+            (out_dir / 'latent.safetensors').unlink(missing_ok=True)
+        raise
     if not decode_from:
         info['files'] = ['latent.safetensors'] + info['files']
     latent_file = str(Path(src).resolve()) if decode_from else 'latent.safetensors'
+    plan = meta['plan']
     done = {'name': name, 'source': meta['source'], 'latent': latent_file, **info,
-            'size': meta['geometry']['size'], 'square': meta['geometry']['crop'] is not None,
-            'geometry': meta['geometry'], 'config': Path(cfg.config_path).name, 'device': str(pipe.device),
+            'start': meta['start'], 'frame_stride': meta['frame_stride'], 'size': plan['size'],
+            'square': plan['square'], 'preprocess': plan['preprocess'], 'plan': plan,
+            'config': Path(cfg.config_path).name, 'device': str(pipe.device),
             'dtype': args.dtype, 'metrics': metrics, 'seconds': round(time.time() - t0, 2)}
     write_text_atomic(out_dir / DONE, json.dumps(done, indent=1) + '\n')
     return done
@@ -370,7 +435,7 @@ def summary_line(done):
 def failure_line(src, e):
     """'PATH: reason' in one line (VideoReadError messages already start with the path)."""
     reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
-    if type(e).__name__ not in ('VideoReadError', 'ValueError'):
+    if type(e).__name__ not in ('VideoReadError', 'ValueError', 'NonFiniteError'):
         reason = f'{type(e).__name__}: {reason}' if reason else type(e).__name__
     return reason if reason.startswith(str(src)) else f'{src}: {reason}'
 
@@ -465,23 +530,14 @@ def main(argv=None):
 
 
 def run_eval(args, items, output):
-    """tools/eval.py on the outputs against the inputs (same frames); -> 0 or 1."""
-    if args.start:
-        print('eval: skipped, --start K is not supported by tools/eval.py (it compares from frame 0)', file=sys.stderr)
-        return 1
-    if args.square and not args.size:
-        print('eval: skipped, --square needs --size > 0 to be evaluated (tools/eval.py --size S --square)',
-              file=sys.stderr)
-        return 1
+    """tools/eval.py on the outputs against the inputs, each through the frame plan in its done.json; -> 0 or 1."""
     from tools.eval import EvalError, evaluate
     try:
-        evaluate(sorted(items.values()), str(output), out_dir=output / 'eval', num_frames=args.num_frames,
-                 stride=args.frame_stride, square=args.square, size=args.size if args.square else None,
-                 device=args.device or 'auto')
+        result = evaluate(sorted(items.values()), str(output), out_dir=output / 'eval', device=args.device or 'auto')
     except EvalError as e:
         print(f'eval: error: {e}', file=sys.stderr)
         return 1
-    return 0
+    return 1 if result['skipped'] else 0
 
 
 if __name__ == '__main__':

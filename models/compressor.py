@@ -1,6 +1,5 @@
 """Semantic compressor: StableCascade's frozen EfficientNetV2-S encoder, 16 x H/32 x W/32 per frame."""
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 from torchvision.models import efficientnet_v2_s
@@ -10,13 +9,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DOWNSCALE = 32                      # EfficientNetV2-S features: five stride-2 stages
 
 
-def pad_to_multiple(frames, multiple):
-    """Replicate-pad (N, C, H, W) at the bottom/right so H and W are multiples of `multiple`; return (frames, (H, W))."""
-    h, w = frames.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if ph or pw:
-        frames = F.pad(frames, (0, pw, 0, ph), mode='replicate')
-    return frames, (h, w)
+def check_multiple(video, multiple, name):
+    """Raise ValueError unless the frames' H and W are multiples of `multiple` (the stages never pad)."""
+    h, w = video.shape[-2:]
+    if h % multiple or w % multiple:
+        raise ValueError(f"{name}: frames are {h}x{w}; both sides must be multiples of {multiple}. Bring them "
+                         f"there with the frame plan (tools.frames.plan(H, W).to_model(video) pads to 32)")
 
 
 def as_video_batch(video, name):
@@ -79,20 +77,19 @@ class SemanticCompressor(FrozenStage):
 
     @torch.no_grad()
     def encode(self, video, chunk_size=None):
-        """Video (B, 3, T, H, W) or (3, T, H, W) in [-1, 1] -> raw latent (B, 16, T, ceil(H/32), ceil(W/32)).
+        """Video (B, 3, T, H, W) or (3, T, H, W) in [-1, 1], H and W multiples of 32 -> raw latent
+        (B, 16, T, H/32, W/32) on the module's device, in its dtype.
 
-        Frames go through the network `chunk_size` at a time (memory flat in clip length); frames whose
-        size is not a multiple of 32 are replicate-padded at the bottom/right first. Returns the latent on
-        the module's device, in its dtype.
+        Frames go through the network `chunk_size` at a time (memory flat in clip length). Other sizes raise
+        ValueError: padding is the frame plan's job (tools/frames.py), done once, where it is undone.
         """
         video, added = as_video_batch(video, 'SemanticCompressor.encode')
+        check_multiple(video, DOWNSCALE, 'SemanticCompressor.encode')
         b = video.shape[0]
         frames = rearrange(video, 'b c t h w -> (b t) c h w')
         step = chunk_size or self.chunk_size
         out = []
         for i in range(0, frames.shape[0], step):
-            chunk = frames[i:i + step].to(self.device)
-            chunk, _ = pad_to_multiple(chunk, DOWNSCALE)
-            out.append(self(chunk))                                     # (n, 16, h, w)
+            out.append(self(frames[i:i + step].to(self.device)))                                     # (n, 16, h, w)
         latent = rearrange(torch.cat(out), '(b t) c h w -> b c t h w', b=b)
         return latent[0] if added else latent

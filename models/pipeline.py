@@ -11,8 +11,9 @@ latent space (B, 4, T, H/8, W/8) is denoised by the sampler, the DiT running ove
 `lats_per_vid` frames and spatial tiles of `input_size` latent pixels (models/dit.py forward_windowed);
 the SVD VAE divides by `scale_factor` and decodes in temporal chunks.
 
-Frame geometry for files (resize, pad to 32, crop back) lives here too (`prepare_frames`, `restore_frames`)
-so recon.py and other tools agree on it.
+Frames go in with H and W multiples of 32 (tools/frames.py plans the crop, resize and pad of files and
+undoes them). Every stage's output is checked: NaN/inf raise NonFiniteError naming the stage, the dtype and
+the fix, so an overflow never becomes a black video.
 """
 import hashlib
 from contextlib import nullcontext
@@ -23,10 +24,22 @@ from einops import rearrange
 
 from models.weights import (STAGES, build_compressor, build_dit, build_previewer, build_vae, check_weights,
                             resolve_device, resolve_dtype)
-from tools.frames import center_crop, pad_to_multiple, resize_short_side, unpad
 
-MULTIPLE = 32                   # compressor down-sampling: frames are padded to multiples of it
 RANDOM_INIT_WARNING = 'random_init=True: weights are random, outputs are meaningless (tests/benchmarks only)'
+
+
+class NonFiniteError(RuntimeError):
+    """A stage's output holds NaN/inf; the message is one line naming the stage, the dtype and the fix."""
+
+
+def check_finite(x, stage, dtype):
+    """Raise NonFiniteError if `x` (a stage's output) holds NaN or inf; -> x. One device sync."""
+    if bool(torch.isfinite(x).all()):
+        return x
+    name = {torch.float16: 'fp16', torch.bfloat16: 'bf16', torch.float32: 'fp32'}.get(dtype, str(dtype))
+    fix = {'fp16': 'fp16 overflowed its range (max 65504); rerun with --dtype bf16 or fp32',
+           'bf16': 'rerun with --dtype fp32'}.get(name, 'check the input frames and the weights file of this stage')
+    raise NonFiniteError(f'the {stage} output holds NaN/inf values under {name}: {fix}')
 
 
 def noise_seed(seed, name):
@@ -118,18 +131,16 @@ class CascadeV:
     # ---- stage 1: semantic compression and the fast preview ---------------------------------------
     @torch.no_grad()
     def encode(self, video):
-        """Video (B, 3, T, H, W) in [-1, 1] -> raw compressor latent (B, 16, T, ceil(H/32), ceil(W/32)), fp32.
-
-        A single clip (3, T, H, W) gives (16, T, h, w), here and in preview / refine / decode.
+        """Video (B, 3, T, H, W) in [-1, 1], H and W multiples of 32 -> raw compressor latent (B, 16, T, H/32, W/32),
+        fp32. A single clip (3, T, H, W) gives (16, T, h, w), here and in preview / refine / decode.
         """
-        return self._need('compressor').encode(video.to(self.device)).float()
+        latent = self._need('compressor').encode(video.to(self.device))
+        return check_finite(latent, 'compressor', self.dtype).float()
 
     def preview_chunks(self, latent, chunk_size=None):
         """Yield the preview of (B, 16, T, h, w) in frame chunks: (B, 3, k, 32h, 32w) in [-1, 1], fp32."""
-        h, w = latent.shape[-2:]
-        size = (h * MULTIPLE, w * MULTIPLE)       # previewer x8, then bilinear x4 to the padded input size
-        for frames in self._need('previewer').decode_iter(latent, size=size, chunk_size=chunk_size):
-            yield frames.float().clamp(-1, 1)
+        for frames in self._need('previewer').decode_iter(latent, upsample=True, chunk_size=chunk_size):
+            yield check_finite(frames, 'previewer', self.dtype).float().clamp(-1, 1)   # x8, then bilinear x4
 
     @torch.no_grad()
     def preview(self, latent):
@@ -167,12 +178,13 @@ class CascadeV:
         noise = torch.randn(shape, generator=generator, device=generator.device).to(self.device)
         z = sample(self._eps_fn(), noise, cond, scheduler=scheduler, steps=steps, generator=generator,
                    progress=progress, **self.diffusion_kw)
+        check_finite(z, f'DiT sampler ({scheduler})', self.dtype)
         return z[0] if single else z
 
     def vae_decode_chunks(self, z, chunk_size=None):
         """Yield the SVD decode of (B, 4, T, H/8, W/8) in temporal chunks: (B, 3, k, H, W) in [-1, 1], fp32."""
         for frames in self._need('vae').decode_iter(z, decode_chunk=chunk_size):
-            yield frames.float().clamp(-1, 1)
+            yield check_finite(frames, 'SVD VAE decoder', self.dtype).float().clamp(-1, 1)
 
     @torch.no_grad()
     def decode(self, latent, steps=8, scheduler='EulerA', seed=42, name=None, generator=None, progress=False):
@@ -183,52 +195,3 @@ class CascadeV:
         video = torch.cat(list(self.vae_decode_chunks(z)), dim=2)
         return video[0] if single else video
 
-
-# ---- frame geometry for files: source frames <-> model frames -------------------------------------------
-
-def plan_geometry(height, width, size=0, square=False):
-    """Source (H, W) -> JSON-able plan: center square crop (optional), short side -> size, pad to 32.
-
-    {'source': [H, W], 'crop': [top, left, h, w] or None, 'size': size, 'resized': [h', w'],
-     'pad': [t, b, l, r], 'model': [H_m, W_m]} where model = resized + pad, a multiple of 32 on both sides.
-    """
-    crop = None
-    h, w = height, width
-    if square:
-        s = min(height, width)
-        crop = [(height - s) // 2, (width - s) // 2, s, s]        # the offsets center_crop uses
-        h = w = s
-    if size:
-        probe = resize_short_side(torch.empty(1, 1, h, w, device='meta'), size)   # the real resize's rounding
-        h, w = probe.shape[-2:]
-    _, pad = pad_to_multiple(torch.empty(1, 1, h, w, device='meta'), MULTIPLE)
-    return {'source': [height, width], 'crop': crop, 'size': int(size), 'resized': [int(h), int(w)],
-            'pad': list(pad), 'model': [int(h) + pad[0] + pad[1], int(w) + pad[2] + pad[3]]}
-
-
-def reference_frames(frames, geom):
-    """Source frames (C, T, H, W) -> what the output is compared with: the square crop if any, else as is."""
-    if geom['crop'] is not None:
-        frames = center_crop(frames, geom['crop'][2], geom['crop'][3])
-    return frames
-
-
-def prepare_frames(frames, geom):
-    """Source frames (C, T, H, W) -> model frames (C, T, H_m, W_m): crop, resize, replicate-pad to 32."""
-    frames = reference_frames(frames, geom)
-    frames = resize_short_side(frames, geom['size'])
-    if list(frames.shape[-2:]) != geom['resized']:
-        raise ValueError(f"frames of {tuple(frames.shape[-2:])} after resizing; the plan says {tuple(geom['resized'])} "
-                         f"(all frames of a clip must have one size)")
-    return pad_to_multiple(frames, MULTIPLE)[0]
-
-
-def restore_frames(frames, geom):
-    """Model frames (C, T, H_m, W_m) -> output frames at the source (or square-crop) size: unpad, resize back."""
-    frames = unpad(frames, geom['pad'])
-    h, w = (geom['crop'][2:] if geom['crop'] is not None else geom['source'])
-    if tuple(frames.shape[-2:]) != (h, w):
-        x = rearrange(frames, 'c t h w -> t c h w')
-        x = F.interpolate(x, size=(h, w), mode='bilinear', align_corners=False, antialias=True)
-        frames = rearrange(x, 't c h w -> c t h w')
-    return frames.clamp(-1, 1)

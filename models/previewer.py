@@ -41,26 +41,24 @@ class Previewer(FrozenStage):
         return self.blocks(latent.to(self.dtype))
 
     @torch.no_grad()
-    def decode_iter(self, latent, size=None, chunk_size=None):
+    def decode_iter(self, latent, upsample=False, chunk_size=None):
         """Yield the preview of (B, 16, T, h, w) chunk by chunk as (B, 3, k, H', W'), k <= chunk_size frames.
 
-        Without `size` the frames are 8h x 8w (a quarter of the original resolution). With `size=(H, W)`
-        they are up-sampled bilinearly x4 to the compressor's padded input size (32h x 32w) and cropped at
-        the bottom/right to H x W, undoing `SemanticCompressor.encode`'s padding.
+        The frames are 8h x 8w (a quarter of the original resolution); upsample=True up-samples them
+        bilinearly x4 to the compressor's input size, 32h x 32w.
         """
         latent, added = as_video_batch(latent, 'Previewer.decode')
         step = chunk_size or self.chunk_size
         for i in range(0, latent.shape[2], step):
             chunk = rearrange(latent[:, :, i:i + step], 'b c t h w -> (b t) c h w').to(self.device)
             frames = self(chunk) * 2 - 1                                        # (b·k, 3, 8h, 8w) in [-1, 1]
-            if size is not None:
+            if upsample:
                 full = (chunk.shape[-2] * DOWNSCALE, chunk.shape[-1] * DOWNSCALE)
                 frames = F.interpolate(frames, size=full, mode='bilinear', align_corners=False)
-                frames = frames[..., :size[0], :size[1]]
             frames = rearrange(frames, '(b t) c h w -> b c t h w', b=latent.shape[0])
             yield frames[0] if added else frames
 
-    def decode(self, latent, size=None, chunk_size=None):
-        """(B, 16, T, h, w) -> preview video (B, 3, T, 8h, 8w) in [-1, 1] (not clamped); `size` as in `decode_iter`."""
+    def decode(self, latent, upsample=False, chunk_size=None):
+        """(B, 16, T, h, w) -> preview video (B, 3, T, 8h, 8w) in [-1, 1] (not clamped); 32h x 32w with upsample."""
         dim = 1 if latent.dim() == 4 else 2
-        return torch.cat(list(self.decode_iter(latent, size=size, chunk_size=chunk_size)), dim=dim)
+        return torch.cat(list(self.decode_iter(latent, upsample=upsample, chunk_size=chunk_size)), dim=dim)

@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder
 from einops import rearrange
 
-from models.compressor import FrozenStage, as_video_batch, pad_to_multiple
+from models.compressor import FrozenStage, as_video_batch, check_multiple
 
 DOWNSCALE = 8
 SCALE_FACTOR = 0.13025
@@ -115,15 +115,15 @@ class SVDVAE(FrozenStage):
 
     @torch.no_grad()
     def encode_moments(self, video):
-        """Video (B, 3, T, H, W) -> posterior (mean, std), each (B, 4, T, ceil(H/8), ceil(W/8)), times scale_factor.
-
-        Frames are replicate-padded at the bottom/right to multiples of 8 and encoded `encode_chunk` at a time.
+        """Video (B, 3, T, H, W), H and W multiples of 8 -> posterior (mean, std), each (B, 4, T, H/8, W/8),
+        times scale_factor. Frames are encoded `encode_chunk` at a time; other sizes raise ValueError.
         """
         video, added = as_video_batch(video, 'SVDVAE.encode')
+        check_multiple(video, DOWNSCALE, 'SVDVAE.encode')
         frames = rearrange(video, 'b c t h w -> (b t) c h w')
         means, stds = [], []
         for i in range(0, frames.shape[0], self.encode_chunk):
-            chunk, _ = pad_to_multiple(frames[i:i + self.encode_chunk].to(self.device, self.dtype), DOWNSCALE)
+            chunk = frames[i:i + self.encode_chunk].to(self.device, self.dtype)
             dist = self.vae.encode(chunk).latent_dist                       # diagonal Gaussian, logvar clamped
             means.append(dist.mean.float() * self.scale_factor)
             stds.append(dist.std.float() * self.scale_factor)
@@ -149,11 +149,8 @@ class SVDVAE(FrozenStage):
         return run(z)
 
     @torch.no_grad()
-    def decode_iter(self, latent, size=None, decode_chunk=None):
-        """Yield (B, 3, k, 8h, 8w) video chunks of k <= decode_chunk frames from a scaled latent (B, 4, T, h, w).
-
-        `size=(H, W)` crops each frame at the bottom/right, undoing `encode`'s padding.
-        """
+    def decode_iter(self, latent, decode_chunk=None):
+        """Yield (B, 3, k, 8h, 8w) video chunks of k <= decode_chunk frames from a scaled latent (B, 4, T, h, w)."""
         latent, added = as_video_batch(latent, 'SVDVAE.decode')
         step = decode_chunk or self.decode_chunk
         for i in range(0, latent.shape[2], step):
@@ -161,12 +158,10 @@ class SVDVAE(FrozenStage):
             k = chunk.shape[2]                                              # the last chunk may be shorter
             z = rearrange(chunk, 'b c t h w -> (b t) c h w').to(self.dtype)
             frames = self._decode_frames(z, num_frames=k)                   # (b·k, 3, 8h, 8w)
-            if size is not None:
-                frames = frames[..., :size[0], :size[1]]
             frames = rearrange(frames, '(b t) c h w -> b c t h w', t=k)
             yield frames[0] if added else frames
 
-    def decode(self, latent, size=None, decode_chunk=None):
+    def decode(self, latent, decode_chunk=None):
         """Scaled latent (B, 4, T, h, w) -> video (B, 3, T, 8h, 8w) in [-1, 1] (not clamped)."""
         dim = 1 if latent.dim() == 4 else 2
-        return torch.cat(list(self.decode_iter(latent, size=size, decode_chunk=decode_chunk)), dim=dim)
+        return torch.cat(list(self.decode_iter(latent, decode_chunk=decode_chunk)), dim=dim)

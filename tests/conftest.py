@@ -38,3 +38,42 @@ def tiny_cfg(repo_root):
     """A fresh Config from configs/tiny.py (tests may modify it)."""
     from tools.config import load_config
     return load_config(str(repo_root / 'configs' / 'tiny.py'))
+
+
+@pytest.fixture(scope='session')
+def write_lossless():
+    """write(path, frames, fps): a video file whose decoded frames equal `frames`, uint8 (T, H, W, 3) of any size.
+
+    A "perfect reconstruction" for eval tests: through VideoWriter(lossless=True) where the writer has it,
+    else (today's writer) x264 RGB at crf 0 through PyAV.
+    """
+    def write(path, frames, fps):
+        import inspect
+
+        from tools.video_io import VideoWriter
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if 'lossless' in inspect.signature(VideoWriter).parameters:
+            with VideoWriter(path, fps, lossless=True) as w:
+                w.write(frames)
+            return
+        import av  # ADAPTER: remove this branch once tools/video_io.VideoWriter takes lossless=True
+        with av.open(str(path), 'w') as c:
+            s = c.add_stream('libx264rgb', rate=round(fps), options={'crf': '0'})
+            s.height, s.width, s.pix_fmt = frames.shape[1], frames.shape[2], 'rgb24'
+            for img in frames:
+                c.mux(s.encode(av.VideoFrame.from_ndarray(img, format='rgb24')))
+            c.mux(s.encode(None))
+    return write
+
+
+@pytest.fixture(scope='session')
+def odd_clip(shared_videos, tmp_path_factory):
+    """odd.mp4: carphone cropped to 143x175 (h x w, both odd), 20 frames, yuv444p (4:2:0 cannot hold odd sizes)."""
+    import subprocess
+
+    import imageio_ffmpeg
+    path = tmp_path_factory.mktemp('odd') / 'odd.mp4'
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), '-v', 'error', '-i', str(shared_videos / 'carphone_pristine.mp4'),
+                    '-vf', 'format=yuv444p,crop=175:143:0:0', '-frames:v', '20', '-c:v', 'libx264', str(path)],
+                   check=True, timeout=120)
+    return path

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from tools import eval as ev
-from tools.video_io import read_video, write_video
+from tools.frames import plan
+from tools.video_io import read_video, to_uint8, write_video
 
 
 def noisy(video, sigma, seed):
@@ -78,15 +79,15 @@ def test_recon_layout_end_to_end(clips, tmp_path, capsys):
             assert im.format == 'PNG' and im.size[0] > 300 and np.asarray(im.convert('L')).std() > 5
 
 
-def test_flat_dir_pattern_labels_and_size(clips, tmp_path):
+def test_flat_dir_pattern_labels_and_frames(clips, tmp_path):
     result = ev.evaluate(clips / 'ref', [f'noisy={clips / "flat"}', f'{clips}/recon/*/rec.mp4'], tmp_path / 'o',
-                         size=64, square=True, num_frames=4, device='cpu', progress=False, log=lambda s: None)
+                         num_frames=4, device='cpu', progress=False, log=lambda s: None)
     assert list(result['methods']) == ['noisy', 'refined']  # a */rec.mp4 pattern is named 'refined'
     assert all(s['videos'] == 2 and s['frames'] == 8 for s in result['methods'].values())
     assert 'LPIPS unavailable' in result['lpips'] and result['methods']['noisy']['lpips'] is None
     assert result['methods']['noisy']['psnr'] < result['methods']['refined']['psnr']  # σ 0.05 vs 0.02
     videos = ev.read_table(result['files']['per_video'])
-    assert {(v['height'], v['width'], v['frames']) for v in videos} == {('64', '64', '4')}
+    assert {(v['height'], v['width'], v['frames']) for v in videos} == {('144', '176', '4'), ('72', '128', '4')}
 
 
 def test_identical_clips_report_inf(clips, tmp_path):
@@ -101,6 +102,32 @@ def test_identical_clips_report_inf(clips, tmp_path):
     assert all(f['psnr'] == 'inf' for f in ev.read_table(result['files']['per_frame']))
     assert '| same | 1 | 6 | inf | 1.0000 | n/a | 0.00000 |' in result['files']['summary'].read_text()
     assert 'bars_plot' not in result['files']
+
+
+FLAG_ROWS = {   # tools/eval.py flags, recon.py's meaning, for reconstructions without a done.json
+    'square-size': ['--square', '--size', '64'],
+    'stride': ['--frame-stride', '2', '--num-frames', '8'],
+    'square-no-size': ['--square', '--num-frames', '6'],
+    'start': ['--start', '3', '--num-frames', '4'],
+    'odd': [],
+    'cascadev': ['--preprocess', 'cascadev', '--size', '64', '--num-frames', '6'],
+}
+
+
+@pytest.mark.parametrize('row', FLAG_ROWS)
+def test_perfect_reconstruction_scores_inf_through_the_flags(row, odd_clip, tmp_path, write_lossless):
+    """A reconstruction equal to what recon.py's plan shows (selected frames, crop, the original's preprocessing)
+    scores inf: selection applies to the reference only and nothing is resized (143x175 stays 143x175)."""
+    flags = ev.parse_args(['--ref', 'r', '--rec', 'x', *FLAG_ROWS[row]])
+    p = plan(143, 175, size=flags.size or 0, square=flags.square, preprocess=flags.preprocess, start=flags.start,
+             stride=flags.frame_stride, num_frames=flags.num_frames or 20)
+    frames, info = read_video(odd_clip, num_frames=p.num_frames, stride=p.stride, start=p.start)
+    write_lossless(tmp_path / 'rec' / 'odd.mp4', to_uint8(p.reference(frames)), info.fps)
+    assert ev.main(['--ref', str(odd_clip), '--rec', str(tmp_path / 'rec'), '--out', str(tmp_path / 'o'),
+                    '--no-lpips', '--quiet', *FLAG_ROWS[row]]) == 0
+    video = ev.read_table(tmp_path / 'o' / 'per_video.csv')[0]
+    assert video['psnr'] == 'inf' and video['psnr_inf_frames'] == str(p.num_frames), (row, video)
+    assert (int(video['height']), int(video['width'])) == p.output
 
 
 def test_smaller_reconstruction_is_resized_with_one_warning(clips, tmp_path):
@@ -134,8 +161,9 @@ def test_bad_input_one_line_error(clips, capsys, args, expected):
 
 
 def test_bad_flags(capsys):
-    for args, expected in ((['--square'], '--square needs --size'), (['--size', '0'], '--size 0'),
-                           (['--num-frames', '0'], '--num-frames 0')):
+    for args, expected in ((['--preprocess', 'cascadev'], '--preprocess cascadev needs --size'),
+                           (['--size', '-1'], '--size -1'), (['--num-frames', '0'], '--num-frames 0'),
+                           (['--start', '-2'], '--start -2'), (['--frame-stride', '0'], '--frame-stride 0')):
         with pytest.raises(SystemExit) as e:
             ev.main(['--ref', 'r', '--rec', 'x'] + args)
         assert e.value.code == 2 and expected in capsys.readouterr().err

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from models.dit import build_dit
-from models.pipeline import (CascadeV, noise_seed, plan_geometry, prepare_frames, restore_frames,
-                             upsample_latent)
+from models.pipeline import CascadeV, NonFiniteError, noise_seed, upsample_latent
 from models.weights import MissingWeightsError
 
 TINY_OPTS = {}                       # overrides applied to configs/tiny.py in these tests
@@ -47,23 +46,6 @@ def test_upsample_latent_is_bilinear_x_sr_times_scale():
     lat = torch.randn(1, 16, 2, 3, 4)
     per_frame = torch.nn.functional.interpolate(lat[:, :, 1], scale_factor=4, mode='bilinear', align_corners=False)
     torch.testing.assert_close(upsample_latent(lat, 4, 0.5)[:, :, 1], per_frame * 0.5)
-
-
-@pytest.mark.parametrize('size,square,model,out', [
-    (0, False, (160, 192), (144, 176)),    # native: pad 144x176 to multiples of 32
-    (64, False, (64, 96), (144, 176)),     # short side 64 (64x78), pad to 64x96, resized back
-    (64, True, (64, 64), (144, 144)),      # centre square 144x144 -> 64x64
-])
-def test_geometry_plan_prepare_restore(size, square, model, out):
-    frames = torch.rand(3, 2, 144, 176) * 2 - 1
-    geom = plan_geometry(144, 176, size=size, square=square)
-    x = prepare_frames(frames, geom)
-    assert tuple(x.shape) == (3, 2, *model) == (3, 2, *geom['model'])
-    assert all(s % 32 == 0 for s in geom['model'])
-    y = restore_frames(x, geom)
-    assert tuple(y.shape) == (3, 2, *out)
-    if size == 0:                          # padding only: restoring is exact
-        torch.testing.assert_close(y, frames, rtol=0, atol=0)
 
 
 # ---- the API on the tiny config ---------------------------------------------------------------------------
@@ -113,6 +95,27 @@ def test_chunked_vae_decode_equals_whole(pipe):
     parts = torch.cat([torch.cat(list(pipe.vae_decode_chunks(z[:, :, a:a + 2 * k])), dim=2)
                        for a in range(0, 10, 2 * k)], dim=2)
     torch.testing.assert_close(parts, whole, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('stage,module,method,expected', [
+    ('compressor', 'compressor', 'forward', 'the compressor output'),
+    ('previewer', 'previewer', 'forward', 'the previewer output'),
+    ('dit', 'dit', 'forward_windowed', r'the DiT sampler \(EulerA\) output'),
+    ('vae', 'vae', '_decode_frames', 'the SVD VAE decoder output'),
+])
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_non_finite_stage_output_names_stage_dtype_and_fix(pipe, cfg, monkeypatch, stage, module, method,
+                                                           expected, bad):
+    """NaN/inf out of any stage raise one line (stage, dtype, fix) instead of becoming a black or clamped video."""
+    target = getattr(pipe, module)
+    real = getattr(target, method)
+    monkeypatch.setattr(target, method, lambda *a, **k: real(*a, **k) * bad)
+    fp16 = CascadeV(cfg, compressor=pipe.compressor, previewer=pipe.previewer, dit=pipe.dit, vae=pipe.vae,
+                    dtype='fp16')                     # the label the message names; the stages stay fp32 here
+    with pytest.raises(NonFiniteError, match=f'^{expected} holds NaN/inf values under fp16: .*--dtype bf16 or fp32$'):
+        lat = fp16.encode(video(2, 32, 32))
+        fp16.preview(lat)
+        fp16.decode(lat, steps=1)
 
 
 def test_missing_weights_raise_before_building(cfg, tmp_path):

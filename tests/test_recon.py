@@ -6,14 +6,17 @@ import os
 import shutil
 import subprocess
 
+import argparse
+
 import pytest
 import torch
 
 import recon
-from models.pipeline import CascadeV, plan_geometry, prepare_frames
+from models.pipeline import CascadeV
 from models.weights import STAGES
-from tools.frames import resize_short_side
-from tools.video_io import probe_video, read_video, write_video
+from tools import eval as ev
+from tools.frames import FramePlan, plan, resize_short_side
+from tools.video_io import probe_video, read_video, to_uint8, write_video
 
 TINY_OPTS = []                     # --cfg-options applied to configs/tiny.py in these tests
 FRAMES = 5                         # > lats_per_vid (4) of the tiny config: two overlapping DiT windows
@@ -106,11 +109,11 @@ def test_latent_file_round_trips(runs, clips, shared_pipelines):
     assert meta['name'] == 'carphone_pristine' and meta['config'] == 'tiny.py'
     assert meta['source'] == str((clips / 'carphone_pristine.mp4').resolve())
     assert meta['fps'] == pytest.approx(29.97, abs=1e-2) and meta['num_frames'] == FRAMES
-    assert meta['geometry'] == plan_geometry(144, 176) and meta['geometry']['pad'] == [8, 8, 8, 8]
+    frame_plan = plan(144, 176, num_frames=FRAMES)
+    assert meta['plan'] == frame_plan.to_dict() and meta['plan']['pad'] == [8, 8, 8, 8]
     pipe = next(iter(shared_pipelines.values()))
     frames = read_video(clips / 'carphone_pristine.mp4', num_frames=FRAMES)[0]
-    torch.testing.assert_close(pipe.encode(prepare_frames(frames, meta['geometry'])[None])[0], latent,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(pipe.encode(frame_plan.to_model(frames)[None])[0], latent, rtol=0, atol=0)
 
 
 def test_decode_from_reproduces_rec_exactly(runs):
@@ -152,7 +155,7 @@ def test_resized_input_comes_back_at_source_size(clips, tiny, tmp_path):
     info = probe_video(tmp_path / 'carphone_pristine' / 'rec.mp4')
     assert (info.num_frames, info.height, info.width) == (2, 144, 176)
     latent, meta = recon.load_latent(tmp_path / 'carphone_pristine' / 'latent.safetensors')
-    assert latent.shape == (16, 2, 3, 4) and meta['geometry']['resized'] == [96, 117]   # padded to 96x128
+    assert latent.shape == (16, 2, 3, 4) and meta['plan']['resized'] == [96, 117]   # padded to 96x128
 
 
 def test_preview_only_square_resume_and_overwrite(clips, tiny, tmp_path):
@@ -246,3 +249,147 @@ def test_shards_cover_every_video_once(n, world):
     flat = [x for s in shards for x in s]
     assert sorted(flat) == sorted(items) and len(flat) == len(set(flat))      # no duplicate, none lost
     assert max(map(len, shards)) - min(map(len, shards)) <= 1                 # balanced
+
+
+# ---- exact output geometry, eval through recon's plan, non-finite outputs -----------------------------------
+
+def test_odd_size_comes_back_exactly(odd_clip, tiny, tmp_path):
+    code, _, err = run([*tiny, '--input', odd_clip, '--output', tmp_path, '--size', '0', '--num-frames', '5'])
+    assert code == 0, err
+    folder = tmp_path / 'odd'
+    for f in ('rec.mp4', 'preview.mp4'):
+        info = probe_video(folder / f)
+        assert (info.num_frames, info.height, info.width) == (5, 143, 175)
+        assert read_video(folder / f)[0].shape == (3, 5, 143, 175)
+    assert probe_video(folder / 'cmp.mp4').width == 3 * 175
+    done = json.loads((folder / 'done.json').read_text())
+    assert (done['height'], done['width'], done['frames']) == (143, 175, 5)
+    p = FramePlan.from_dict(done['plan'])
+    assert (p.source, p.model, p.output, p.pad) == ((143, 175), (160, 192), (143, 175), (8, 9, 8, 9))
+    assert done['frame_times'] == 'constant' and done['lossless'] is False    # a constant-rate source
+
+
+EVAL_ROWS = {                      # recon.py flags -> the frames eval must compare (the plan in done.json)
+    'square-size': ['--square', '--size', '64', '--num-frames', '4'],
+    'stride': ['--frame-stride', '2', '--num-frames', '8'],
+    'square-no-size': ['--square', '--num-frames', '4'],
+    'start': ['--start', '3', '--num-frames', '4'],
+    'odd': ['--num-frames', '4'],
+    'cascadev': ['--preprocess', 'cascadev', '--num-frames', '4'],
+}
+
+
+@pytest.mark.parametrize('row', EVAL_ROWS)
+def test_eval_of_a_perfect_reconstruction_is_inf(row, odd_clip, tiny, tmp_path, write_lossless):
+    """recon.py FLAGS --eval runs; then preview.mp4 is replaced by the reference frames themselves (lossless):
+    recon.py's eval and tools/eval.py on the folder compare them through the plan in done.json -> PSNR inf."""
+    code, _, err = run([*tiny, '--input', odd_clip, '--output', tmp_path, '--preview-only', '--eval', *EVAL_ROWS[row]])
+    assert code == 0 and 'eval: error' not in err and 'skipped' not in err, err
+    assert (tmp_path / 'eval' / 'summary.json').is_file()
+    folder = tmp_path / 'odd'
+    done = json.loads((folder / 'done.json').read_text())
+    p = FramePlan.from_dict(done['plan'])
+    frames, _ = read_video(odd_clip, num_frames=p.num_frames, stride=p.stride, start=p.start)
+    perfect = to_uint8(p.reference(frames))
+    assert perfect.shape == (done['frames'], done['height'], done['width'], 3) == (p.num_frames, *p.output, 3)
+    write_lossless(folder / 'preview.mp4', perfect, done['fps'])
+
+    assert recon.run_eval(argparse.Namespace(device='cpu'), {'odd': str(odd_clip)}, tmp_path) == 0
+    assert ev.main(['--ref', str(odd_clip), '--rec', str(tmp_path), '--out', str(tmp_path / 'standalone'),
+                    '--no-lpips', '--quiet']) == 0
+    for out in (tmp_path / 'eval', tmp_path / 'standalone'):
+        video = ev.read_table(out / 'per_video.csv')[0]
+        assert video['method'] == 'preview' and video['psnr'] == 'inf', (row, video)
+        assert (int(video['frames']), int(video['height']), int(video['width'])) == (p.num_frames, *p.output)
+
+
+@pytest.mark.parametrize('case', ['fp16-overflow', 'vae-nan'])
+def test_non_finite_output_fails_that_video_only(case, clips, tiny, tmp_path, monkeypatch):
+    """carphone's latent overflows fp16 in the previewer (x 1e5), or the VAE returns NaN for it: that video
+    fails with one line naming the stage, the dtype and the fix, leaves no file, and demo still completes."""
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    for name in ('carphone_pristine', 'demo'):
+        os.symlink(clips / f'{name}.mp4', folder / f'{name}.mp4')
+    carphone_width = 6                                                  # latent width: 192 / 32 (demo: 256 / 32)
+    if case == 'fp16-overflow':
+        encode = CascadeV.encode
+        monkeypatch.setattr(CascadeV, 'encode', lambda self, video: encode(self, video) * (
+            1e5 if video.shape[-1] == 32 * carphone_width else 1))
+        flags, expected = ['--dtype', 'fp16', '--preview-only'], ('the previewer output holds NaN/inf values under '
+                                                                  'fp16: fp16 overflowed its range (max 65504); '
+                                                                  'rerun with --dtype bf16 or fp32')
+    else:
+        from models.svd_vae import SVDVAE
+        decode = SVDVAE._decode_frames
+        monkeypatch.setattr(SVDVAE, '_decode_frames', lambda self, z, num_frames: decode(self, z, num_frames) * (
+            float('nan') if z.shape[-1] == 4 * carphone_width else 1))
+        flags, expected = [], ('the SVD VAE decoder output holds NaN/inf values under fp32: check the input '
+                               'frames and the weights file of this stage')
+    code, _, err = run([*tiny, '--input', folder, '--output', tmp_path / 'out', '--size', '0', '--num-frames', '2',
+                        *flags])
+    assert code == 1 and '1/2 failed' in err
+    assert f'{folder / "carphone_pristine.mp4"}: {expected}\n' in err
+    assert not (tmp_path / 'out' / 'carphone_pristine').exists()             # nothing left, not even the latent
+    assert recon.is_complete(tmp_path / 'out' / 'demo')
+
+
+class RecordingWriter:
+    """Stands in for VideoWriter with the sar/lossless/times interface: records what recon hands it."""
+    calls = []
+
+    def __init__(self, path, fps, crf=18, preset='medium', pix_fmt='yuv420p', sar=None, lossless=False):
+        self.record = {'file': os.path.basename(str(path)), 'fps': fps, 'sar': sar, 'lossless': lossless,
+                       'times': [], 'frames': 0, 'size': None}
+        RecordingWriter.calls.append(self.record)
+
+    def write(self, frames, times=None):
+        """frames: uint8 (T, H, W, 3) or a (C, T, H, W) tensor, as VideoWriter takes them."""
+        uint8 = frames.shape[-1] == 3
+        t, size = (frames.shape[0], frames.shape[1:3]) if uint8 else (frames.shape[1], frames.shape[2:])
+        self.record['frames'] += t
+        self.record['size'] = tuple(size)
+        self.record['times'] = None if times is None else self.record['times'] + list(times)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize('fps', [None, '12'])
+def test_sar_times_and_lossless_reach_the_writer(clips, tiny, tmp_path, monkeypatch, fps):
+    """A reader that reports SAR 4:3 and variable frame times: every output file gets the SAR, each frame its
+    source time from the first one used (across chunks), and --lossless; --fps gives a constant rate and a note."""
+    from fractions import Fraction
+    from types import SimpleNamespace
+
+    import tools.video_io as vio
+    source_time = lambda i: 0.05 * i if i < 4 else 0.2 + 0.1 * (i - 4)       # 20 fps, then 10 fps
+    probe, read = vio.probe_video, vio.read_video
+    monkeypatch.setattr(vio, 'probe_video', lambda path: SimpleNamespace(
+        **probe(path)._asdict(), sar=Fraction(4, 3), rotation=0, vfr=True, times=None))
+
+    def read_with_times(path, num_frames=None, stride=1, start=0):
+        video, info = read(path, num_frames=num_frames, stride=stride, start=start)
+        times = tuple(source_time(start + k * stride) for k in range(video.shape[1]))
+        return video, SimpleNamespace(**info._asdict(), sar=Fraction(4, 3), rotation=0, vfr=True, times=times)
+    monkeypatch.setattr(vio, 'read_video', read_with_times)
+    monkeypatch.setattr(vio, 'VideoWriter', RecordingWriter)
+    RecordingWriter.calls = []
+    code, stdout, err = run([*tiny, '--input', clips / 'carphone_pristine.mp4', '--output', tmp_path, '--size', '0',
+                             '--preview-only', '--lossless', '--start', '1', '--frame-stride', '2', '--num-frames', '4',
+                             '--chunk-frames', '2', *(['--fps', fps] if fps else [])])
+    assert code == 0, err
+    calls = {c['file']: c for c in RecordingWriter.calls}
+    assert set(calls) == {'preview.mp4', 'cmp.mp4'}
+    expected = None if fps else [round(source_time(i) - source_time(1), 6) for i in (1, 3, 5, 7)]
+    for c in calls.values():
+        assert c['sar'] == Fraction(4, 3) and c['lossless'] is True and c['frames'] == 4
+        assert c['times'] == pytest.approx(expected) if expected else c['times'] is None
+    assert calls['preview.mp4']['size'] == (144, 176)
+    done = json.loads((tmp_path / 'carphone_pristine' / 'done.json').read_text())
+    assert done['sar'] == '4:3' and done['lossless'] is True
+    assert done['frame_times'] == ('constant' if fps else 'source')
+    assert ('variable frame rate source written at a constant --fps 12' in stdout) == bool(fps)

@@ -18,6 +18,7 @@ from models.svd_vae import SVDVAE, check_vae_config, tiled_apply
 from models.weights import (DOWNLOAD_CMD, REPO_ROOT, MissingWeightsError, WeightsFormatError, build_compressor,
                             build_previewer, build_vae, check_weights, convert_pth_to_safetensors, resolve_path)
 from tools.config import load_config
+from tools.frames import plan
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
 GOLDEN_STAGES = SHARED / 'golden' / 'golden_stages_a.safetensors'
@@ -130,14 +131,12 @@ def test_release_layout_safetensors_load_strict(tmp_path, compressor, previewer)
 
 # ---- shapes, padding, normalisation -----------------------------------------------------------------
 
-def test_compressor_shapes_and_padding(compressor):
+def test_compressor_shapes_and_size_rule(compressor):
     clip = video(1, 8, 256, 320)[0]                                         # (3, 8, 256, 320), no batch dim
     assert compressor.encode(clip).shape == (16, 8, 8, 10)
-    odd = video(2, 2, 144, 176)
-    latent = compressor.encode(odd)
-    assert latent.shape == (2, 16, 2, 5, 6)                                 # ceil(144/32), ceil(176/32)
-    padded = F.pad(odd.flatten(1, 2), (0, 192 - 176, 0, 160 - 144), mode='replicate').unflatten(1, (3, 2))
-    torch.testing.assert_close(latent, compressor.encode(padded), rtol=0, atol=1e-6)
+    assert compressor.encode(video(2, 2, 160, 192)).shape == (2, 16, 2, 5, 6)
+    with pytest.raises(ValueError, match=r'SemanticCompressor.encode: frames are 144x176; .*multiples of 32.*plan'):
+        compressor.encode(video(2, 2, 144, 176))                            # the frame plan pads, never the stage
 
 
 def test_compressor_normalisation(compressor):
@@ -150,12 +149,12 @@ def test_compressor_normalisation(compressor):
 def test_previewer_shapes_and_crop(previewer):
     latent = torch.randn(16, 3, 8, 10)
     assert previewer.decode(latent).shape == (3, 3, 64, 80)                 # 8x up: a quarter of 256 x 320
-    assert previewer.decode(latent, size=(256, 320)).shape == (3, 3, 256, 320)
-    out = previewer.decode(latent[None, :, :, :5, :6], size=(144, 176))     # latent of a padded 144 x 176 clip
-    assert out.shape == (1, 3, 3, 144, 176)
+    assert previewer.decode(latent, upsample=True).shape == (3, 3, 256, 320)
+    out = previewer.decode(latent[None, :, :, :5, :6], upsample=True)       # latent of a 160 x 192 clip
+    assert out.shape == (1, 3, 3, 160, 192)
     full = F.interpolate(previewer(latent[:, :, :5, :6].transpose(0, 1)) * 2 - 1, size=(160, 192),
                          mode='bilinear', align_corners=False)
-    torch.testing.assert_close(out[0].transpose(0, 1), full[..., :144, :176], rtol=0, atol=1e-5)
+    torch.testing.assert_close(out[0].transpose(0, 1), full, rtol=0, atol=1e-5)
 
 
 def test_vae_shapes_sampling_and_crop(vae):
@@ -170,10 +169,8 @@ def test_vae_shapes_sampling_and_crop(vae):
     chunks = list(vae.decode_iter(mean))                                    # decode_chunk=4: 4 + 1 frames
     assert [c.shape[2] for c in chunks] == [4, 1]
     assert vae.decode(mean).shape == (1, 3, 5, 64, 80)
-    odd = video(1, 2, 60, 76)
-    latent = vae.encode(odd)
-    assert latent.shape == (1, 4, 2, 8, 10)
-    assert vae.decode(latent, size=(60, 76)).shape == (1, 3, 2, 60, 76)
+    with pytest.raises(ValueError, match=r'SVDVAE.encode: frames are 60x76; .*multiples of 8'):
+        vae.encode(video(1, 2, 60, 76))
 
 
 def test_vae_scale_factor_and_temporal_chunks(vae):
@@ -454,6 +451,7 @@ def test_real_clip_not_multiple_of_32(compressor, previewer):
             if len(frames) == 3:
                 break
     clip = torch.stack(frames).permute(3, 0, 1, 2).float() / 127.5 - 1      # (3, 3, 144, 176)
-    latent = compressor.encode(clip)
+    frame_plan = plan(144, 176)
+    latent = compressor.encode(frame_plan.to_model(clip))                   # padded to 160 x 192
     assert latent.shape == (16, 3, 5, 6) and torch.isfinite(latent).all()
-    assert previewer.decode(latent, size=(144, 176)).shape == (3, 3, 144, 176)
+    assert frame_plan.to_output(previewer.decode(latent, upsample=True)).shape == (3, 3, 144, 176)

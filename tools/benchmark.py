@@ -354,7 +354,7 @@ def windowed_flops(model_cfg, frames, height, width):
 
 def recon_flops(cfg, frames, height, width, steps):
     """DiT FLOPs of reconstructing `frames` of height×width video: per sampler step and for all steps."""
-    from models.pipeline import MULTIPLE
+    from tools.frames import MULTIPLE
     sr = int(cfg.sr_scale)
     h, w = -(-height // MULTIPLE) * sr, -(-width // MULTIPLE) * sr        # the DiT's latent (padded to 32)
     step = windowed_flops(cfg.model, frames, h, w)
@@ -567,8 +567,8 @@ def run_recon(pipe, path, out_dir, size=0, frames=None, steps=8, scheduler='Eule
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from models.pipeline import plan_geometry, prepare_frames, restore_frames
     from recon import read_ahead
+    from tools.frames import plan
     from tools.video_io import VideoWriter, probe_video, read_video, to_uint8
     device = pipe.device
     timer, steps_timer = StageTimer(device), StepTimer(device)
@@ -584,8 +584,8 @@ def run_recon(pipe, path, out_dir, size=0, frames=None, steps=8, scheduler='Eule
         for _ in spans:
             with timer('read'):
                 clip = next(clips)
-                geom = geom or plan_geometry(*clip.shape[-2:], size=size)
-                clip = prepare_frames(clip, geom)
+                geom = geom or plan(*clip.shape[-2:], size=size)
+                clip = geom.to_model(clip)
             with timer('compressor'):
                 parts.append(pipe.encode(clip[None]))                                        # (1, 16, k, h, w)
     latent = torch.cat(parts, dim=2)
@@ -595,8 +595,8 @@ def run_recon(pipe, path, out_dir, size=0, frames=None, steps=8, scheduler='Eule
     chunk = decode_chunk * max(1, round(chunk_frames / decode_chunk))
 
     def write(rec, preview):
-        rec_w.write(to_uint8(restore_frames(rec, geom)))
-        prev_w.write(to_uint8(restore_frames(preview, geom)))
+        rec_w.write(to_uint8(geom.to_output(rec)))
+        prev_w.write(to_uint8(geom.to_output(preview)))
     rec_w, prev_w = VideoWriter(Path(out_dir) / 'rec.mp4', info.fps), VideoWriter(Path(out_dir) / 'preview.mp4', info.fps)
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -624,7 +624,7 @@ def run_recon(pipe, path, out_dir, size=0, frames=None, steps=8, scheduler='Eule
     stages = [timer.stages[k] for k in order if k in timer.stages]
     peaks = [s['peak_mib'] for s in stages if s['peak_mib'] is not None]
     return stages, steps_timer.seconds(), dict(
-        frames=n, model_size=geom['model'], latent=list(latent.shape[2:]), end_to_end_s=total,
+        frames=n, model_size=list(geom.model), latent=list(latent.shape[2:]), end_to_end_s=total,
         base_mib=base, peak_mib=max(peaks) if peaks else None)
 
 

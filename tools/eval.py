@@ -1,6 +1,7 @@
 """Compare reconstructions with their originals: PSNR, SSIM, LPIPS and flicker per frame, per video, per method.
 
-    python tools/eval.py --ref VIDEOS --rec OUTPUTS [--size 1024 --square] [--num-frames 30] [--report REPORT_DIR]
+    python tools/eval.py --ref VIDEOS --rec OUTPUTS [--report REPORT_DIR]
+    python tools/eval.py --ref VIDEOS --rec FOLDER_OF_MP4S [--square] [--start K --frame-stride S --num-frames N]
 
 --ref is a folder of videos, a .txt/.json list or one video. Each --rec is `[LABEL=]SOURCE`, matched to the
 references by video name (file stem):
@@ -8,8 +9,12 @@ references by video name (file stem):
   * a recon.py output folder NAME/{rec.mp4, preview.mp4}: gives the methods `refined` and `preview`
     (with LABEL=, only rec.mp4 under that label);
   * a pattern with one `*` standing for the name, e.g. `preview=outputs/*/preview.mp4`.
-Writes per_frame.csv, per_video.csv, summary.md, summary.json, per_frame.png (and bars.png for several
-methods) to --out; --report DIR adds an HTML page (tools/report.py).
+A reconstruction is compared with its reference through the frame plan that made it (tools/frames.py): the
+one in the done.json beside a recon.py output, else the one the flags describe (--start, --frame-stride,
+--num-frames, --size, --square, --preprocess, as recon.py takes them). Frame selection and cropping apply to
+the reference only; a reconstruction is resized only when its size differs from the reference's (with a
+warning). Writes per_frame.csv, per_video.csv, summary.md, summary.json, per_frame.png (and bars.png for
+several methods) to --out; --report DIR adds an HTML page (tools/report.py).
 """
 import argparse
 import csv
@@ -33,8 +38,9 @@ from tqdm import tqdm
 from tools import metrics
 from tools.data import DataError, read_video_list
 from tools.files import write_text_atomic
-from tools.frames import center_crop, resize_short_side
-from tools.video_io import VIDEO_EXTS, VideoReadError, list_videos, probe_video, read_video, to_uint8
+from tools.frames import PREPROCESS, FramePlan, plan
+from tools.video_io import (VIDEO_EXTS, VideoReadError, frame_indices, list_videos, probe_video, read_video,
+                            to_uint8)
 
 METRICS = ('psnr', 'ssim', 'lpips', 'flicker')
 TITLES = {'psnr': 'PSNR (dB) ↑', 'ssim': 'SSIM ↑', 'lpips': 'LPIPS ↓', 'flicker': 'flicker ↓'}
@@ -164,40 +170,71 @@ def default_out_dir(rec):
     return Path(folder or '.') / 'eval'
 
 
-# ---- loading clips at a common size ----------------------------------------------------------------
+# ---- loading clips through the frame plan ------------------------------------------------------------
 
-def _fit(video, size, square):
-    if size:
-        video = resize_short_side(video, size)
-        if square:
-            video = center_crop(video, size, size)
-    return video
+def recon_plan(rec_path, name):
+    """The FramePlan recon.py made `rec_path` with (the done.json beside it), or None when there is none."""
+    done = Path(rec_path).parent / 'done.json'
+    if not done.is_file():
+        return None
+    try:
+        record = json.loads(done.read_text())
+        if record.get('name') != name or 'plan' not in record:
+            return None                                   # another video's record, or no plan in it
+        return FramePlan.from_dict(record['plan'])
+    except (ValueError, TypeError, AttributeError) as e:
+        raise EvalError(f"{done}: unreadable recon record ({e}); rerun recon.py for '{name}' or remove "
+                        f"the file to compare through the flags") from None
 
 
-def load_frames(path, num_frames=None, stride=1, size=None, square=False):
-    """A video as uint8 frames (T, H, W, 3), resized (short side `size`, then center square if `square`),
-    at most `num_frames` frames; decoded in chunks so 4K clips never sit in memory as float."""
+def flag_plan(ref_path, size=0, square=False, preprocess='default', start=0, stride=1, num_frames=None):
+    """The FramePlan the eval flags describe for this reference (recon.py's flags, same meaning)."""
+    info = probe_video(ref_path)
+    available = max(0, math.ceil((info.num_frames - start) / stride))
+    if num_frames and available:
+        num_frames = min(num_frames, available)          # "at most N"; too short a clip is reported on reading
+    try:
+        return plan(info.height, info.width, size=size or 0, square=square, preprocess=preprocess, start=start,
+                    stride=stride, num_frames=num_frames)
+    except ValueError as e:
+        raise EvalError(f'{ref_path}: {e}') from None
+
+
+def load_frames(path, frame_plan=None, num_frames=None):
+    """A video as uint8 frames (T, H, W, 3), decoded in chunks so 4K clips never sit in memory as float.
+
+    With a FramePlan (a reference): source frames start, start + stride, ... (the plan's num_frames of them,
+    else `num_frames`, else all) through FramePlan.reference, i.e. exactly what recon.py's outputs show.
+    Without (a reconstruction): its first `num_frames` frames (all if None), as stored.
+    """
     info = probe_video(path)
-    available = max(0, math.ceil(info.num_frames / stride))
-    total = min(num_frames, available) if num_frames else available
+    if frame_plan is not None and (info.height, info.width) != tuple(frame_plan.source):
+        raise EvalError(f"{path}: is {info.height}x{info.width} but the reconstruction's frame plan is for a "
+                        f"{frame_plan.source[0]}x{frame_plan.source[1]} source; pass the video recon.py read")
+    p = frame_plan or FramePlan(source=(info.height, info.width))
+    want = p.num_frames or num_frames
+    if frame_plan is None and want:
+        want = min(want, info.num_frames)
+    indices = frame_indices(info.num_frames, want, p.stride, p.start, path)   # VideoReadError if too short
     per_chunk = max(1, READ_BUDGET // (3 * 4 * info.height * info.width))
     parts = []
-    for start in range(0, total, per_chunk):
-        n = min(per_chunk, total - start)
-        video, _ = read_video(path, num_frames=n, stride=stride, start=start * stride)
-        parts.append(to_uint8(_fit(video, size, square)))
+    for i in range(0, len(indices), per_chunk):
+        n = min(per_chunk, len(indices) - i)
+        video, _ = read_video(path, num_frames=n, stride=p.stride, start=indices[i])
+        parts.append(to_uint8(p.reference(video) if frame_plan is not None else video))
     return np.concatenate(parts)
 
 
 def match_size(rec, ref_shape, path, warn):
-    """Resize rec uint8 frames to the reference's (H, W) (same aspect ratio only), warning once."""
+    """Rec uint8 frames as they are when their (H, W) is the reference's; else resized to it (same aspect
+    ratio only), warning once."""
     (h, w), (rh, rw) = ref_shape, rec.shape[1:3]
     if (rh, rw) == (h, w):
         return rec
     if abs(rh / rw - h / w) > 0.02:
         raise EvalError(f"{path}: is {rh}x{rw} but its reference is {h}x{w} (another aspect ratio); pass the "
-                        f"--size (and --square) that recon.py used so both are brought to the same frame")
-    warn(f"{path}: {rh}x{rw} resized to the reference's {h}x{w} (pass --size to compare at a fixed size)")
+                        f"--square / --preprocess / --size that recon.py used so both show the same frame")
+    warn(f"{path}: {rh}x{rw} resized to the reference's {h}x{w} (the reconstruction has another size)")
     x = torch.from_numpy(rec).permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=(h, w), mode='bilinear', align_corners=False, antialias=True)
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -390,11 +427,15 @@ def describe_setup(ref, refs, videos, size, square, num_frames, stride):
 
 
 def evaluate(ref, rec, out_dir=None, size=None, num_frames=None, lpips=True, square=False, stride=1,
-             device='auto', report_dir=None, copy_videos=False, progress=True, log=print):
+             device='auto', report_dir=None, copy_videos=False, progress=True, log=print, start=0,
+             preprocess='default'):
     """Evaluate reconstructions against references and write the CSV/Markdown/PNG outputs to out_dir.
 
     ref: folder / .txt / .json / video, or a list of paths. rec: one --rec spec, a list of them, or
-    {label: source}. Returns {'methods': {label: {videos, frames, psnr, ssim, lpips, flicker}},
+    {label: source}. Each pair is compared through recon.py's frame plan from the done.json beside the
+    reconstruction, else through the plan of size / square / preprocess / start / stride / num_frames
+    (recon.py's flags, tools/frames.py); selection and crop apply to the reference only.
+    Returns {'methods': {label: {videos, frames, psnr, ssim, lpips, flicker}},
     'lpips': None or why it is missing, 'missing': {label: [names]}, 'skipped': [messages],
     'files': {name: path}, 'out_dir': Path}.
     """
@@ -429,23 +470,40 @@ def evaluate(ref, rec, out_dir=None, size=None, num_frames=None, lpips=True, squ
             warn(f"{m}: no reconstruction for {len(names)} of {len(refs)} videos ({', '.join(names[:5])}"
                  f"{'...' if len(names) > 5 else ''}); they are left out of its means")
 
-    frames, videos, skipped = [], [], []
+    flags = dict(size=size, square=square, preprocess=preprocess, start=start, stride=stride, num_frames=num_frames)
+    flags_given = bool(size or square or preprocess != 'default' or start or stride != 1 or num_frames)
+    frames, videos, skipped, from_done = [], [], [], 0
     for name, ref_path in tqdm(refs.items(), desc='eval', unit='video', disable=not progress):
-        todo = [(m, found[name]) for m, found in methods.items() if name in found]
-        try:
-            ref_u8 = load_frames(ref_path, num_frames, stride, size, square) if todo else None
-        except VideoReadError as e:
-            skipped.append(str(e))
-            warn(f'skipped: {e}')
-            continue
-        for m, rec_path in todo:
+        references = {}                                   # one read of the reference per distinct plan
+
+        def reference(rec_path):
+            recorded = recon_plan(rec_path, name)
+            if recorded is not None and flags_given:
+                warn(f'{rec_path}: compared through the frame plan in its done.json (recon.py\'s flags); '
+                     f'--size/--square/--preprocess/--start/--frame-stride/--num-frames apply only to '
+                     f'reconstructions without one', key='plan-over-flags')
+            p = recorded or flag_plan(ref_path, **flags)
+            key = json.dumps(p.to_dict(), sort_keys=True)
+            if key not in references:
+                try:
+                    references[key] = load_frames(ref_path, p)
+                except (VideoReadError, EvalError) as e:
+                    references[key] = e
+            if isinstance(references[key], Exception):
+                raise references[key]
+            return references[key], recorded is not None
+
+        for m, rec_path in ((m, found[name]) for m, found in methods.items() if name in found):
             try:
-                rec_u8 = load_frames(rec_path, num_frames, stride, size, square)
+                ref_u8, recorded = reference(rec_path)
+                rec_u8 = load_frames(rec_path, num_frames=len(ref_u8))
                 rec_u8 = match_size(rec_u8, ref_u8.shape[1:3], rec_path, lambda s: warn(s, key='resize'))
             except (VideoReadError, EvalError) as e:
-                skipped.append(str(e))
-                warn(f'skipped: {e}')
+                if str(e) not in skipped:
+                    skipped.append(str(e))
+                    warn(f'skipped: {e}')
                 continue
+            from_done += recorded
             t = min(len(ref_u8), len(rec_u8))
             if len(ref_u8) != len(rec_u8):
                 warn(f'{rec_path}: {len(rec_u8)} frames vs {len(ref_u8)} in {ref_path}; the first {t} are compared',
@@ -460,6 +518,10 @@ def evaluate(ref, rec, out_dir=None, size=None, num_frames=None, lpips=True, squ
     notes = [lpips_note] if lpips_note else []
     notes += [f'{m}: no reconstruction for {", ".join(n)}' for m, n in missing.items() if n]
     notes += [f'skipped (unreadable): {s}' for s in skipped]
+    if from_done:
+        notes.append(f"{from_done} of {len(videos)} pairs compared through recon.py's frame plan (done.json)")
+    if start or preprocess != 'default':
+        notes.append(f'flags: --start {start} --preprocess {preprocess}')
     setup = describe_setup(ref, refs, videos, size, square, num_frames, stride)
     files = write_outputs(out_dir, frames, videos, summary, setup, notes)
     log(markdown_table(summary))  # the notes were logged as warnings when they arose
@@ -479,20 +541,28 @@ def parse_args(argv=None):
                    help='reconstructions (repeatable): recon.py output folder, folder of NAME.mp4, or '
                         'a pattern like preview=outputs/*/preview.mp4')
     p.add_argument('--out', default=None, help='output folder (default: first --rec folder/eval)')
-    p.add_argument('--size', type=int, default=None, help='resize both sides: shorter side to SIZE')
-    p.add_argument('--square', action='store_true', help='after --size, center-crop SIZE x SIZE (as recon does)')
-    p.add_argument('--num-frames', type=int, default=None, help='compare at most the first N frames')
-    p.add_argument('--frame-stride', type=int, default=1, help='use every k-th frame (e.g. 2 for 60 -> 30 fps)')
+    g = p.add_argument_group('frame plan of reconstructions without a done.json (recon.py\'s flags, same meaning; '
+                             'applied to the reference only)')
+    g.add_argument('--start', type=int, default=0, help='first reference frame (default 0)')
+    g.add_argument('--frame-stride', type=int, default=1, help='every S-th reference frame (default 1)')
+    g.add_argument('--num-frames', type=int, default=None, help='compare N frames (default: all)')
+    g.add_argument('--square', action='store_true', help='the reference\'s central square (recon.py --square)')
+    g.add_argument('--preprocess', choices=PREPROCESS, default='default',
+                   help="cascadev: the reference through the original's preprocessing (recon.py --preprocess)")
+    g.add_argument('--size', type=int, default=None,
+                   help='the --size recon.py used; only --preprocess cascadev depends on it (default 0: native)')
     p.add_argument('--no-lpips', action='store_true', help='skip LPIPS')
     p.add_argument('--device', default='auto', help='auto | cpu | cuda[:i]')
     p.add_argument('--report', default=None, metavar='DIR', help='also write an HTML report to DIR')
     p.add_argument('--copy-videos', action='store_true', help='with --report: copy the clips next to the page')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     args = p.parse_args(argv)
-    if args.size is not None and args.size < 1:
-        p.error(f'--size {args.size}: must be a positive number of pixels (e.g. 1024)')
-    if args.square and not args.size:
-        p.error('--square needs --size (the side of the square)')
+    if args.size is not None and args.size < 0:
+        p.error(f'--size {args.size}: must be >= 0 pixels (0: native size)')
+    if args.preprocess == 'cascadev' and args.size is None:
+        p.error("--preprocess cascadev needs --size (the short edge recon.py used, e.g. the config's sample_size)")
+    if args.start < 0:
+        p.error(f'--start {args.start}: must be >= 0')
     if args.num_frames is not None and args.num_frames < 1:
         p.error(f'--num-frames {args.num_frames}: must be >= 1 (or left out for all frames)')
     if args.frame_stride < 1:
@@ -507,6 +577,7 @@ def main(argv=None):
     try:
         result = evaluate(args.ref, args.rec, args.out, size=args.size, num_frames=args.num_frames,
                           lpips=not args.no_lpips, square=args.square, stride=args.frame_stride,
+                          start=args.start, preprocess=args.preprocess,
                           device=args.device, report_dir=args.report, copy_videos=args.copy_videos,
                           progress=not args.quiet,
                           log=lambda s: print(s, file=sys.stderr if s.startswith('warning') else sys.stdout))

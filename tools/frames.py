@@ -1,10 +1,19 @@
-"""Frame geometry: resize, crop and pad of video frames, and the original CascadeV's frame preprocessing.
+"""Frame geometry: the frame plan (source -> model -> output frames), resize/crop/pad, the original's preprocessing.
 
+    p = plan(144, 176, size=64, square=True)     # pure arithmetic, JSON-able: p.to_dict(), FramePlan.from_dict
+    model_in = p.to_model(frames)                # (C, T, 144, 176) -> (C, T, 64, 64): crop, resize, pad to 32
+    out = p.to_output(model_out)                 # (C, T, 64, 64) -> (C, T, 144, 144): unpad, resize back
+    ref = p.reference(frames)                    # (C, T, 144, 144): what `out` is compared with
+
+recon.py, tools/eval.py and the benchmark go through one plan, so what is compared is what was made.
 Tensor helpers act on the last two dims, so (C, T, H, W) and (B, C, T, H, W) both work. The two
 `cascadev_*` functions reproduce, bit for bit, how the original prepared 8-bit frames
 (../shared/golden/RECIPE.md §12); they work on RGB uint8 numpy arrays (T, H, W, 3) and need OpenCV.
 """
+from dataclasses import dataclass, fields
+
 import numpy as np
+import torch
 import torch.nn.functional as F
 
 MULTIPLE = 32   # the compressor's down-sampling factor: model frames are multiples of it on both sides
@@ -77,8 +86,8 @@ def cascadev_recon_preprocess(frames, short_edge, multiple=MULTIPLE):
 
     Per frame: 3x3 box blur (cv2.blur, reflect-101 border); cv2.resize bilinear (no antialiasing) to
     (round(H·s), round(W·s)) with s = short_edge / min(H, W); centred crop of each side down to the largest
-    multiple of `multiple` (32, the original's size_div; offsets (w - cw)//2, (h - ch)//2). The filters do not depend on channel order, so RGB in
-    gives the original's output in RGB.
+    multiple of `multiple` (32, the original's size_div; offsets (w - cw)//2, (h - ch)//2). The filters do
+    not depend on channel order, so RGB in gives the original's output in RGB.
 
     frames: RGB uint8 (T, H, W, 3). Returns RGB uint8 (T, ch, cw, 3), ch and cw multiples of `multiple`.
     Raises ValueError for other inputs or when a resized side is below `multiple` pixels.
@@ -121,3 +130,131 @@ def cascadev_train_crop(frames, resolution):
         H, W = frames.shape[1:3]
     top, left = (H - R) // 2, (W - R) // 2
     return np.ascontiguousarray(frames[:, top:top + R, left:left + R])
+
+
+# ---- the frame plan: source frames <-> model frames <-> output frames -------------------------------------
+
+PREPROCESS = ('default', 'cascadev')
+
+
+def _box(height, width, h, w):
+    """The centred h x w box of an H x W frame as [top, left, h, w] (offsets rounded down, as center_crop)."""
+    return [(height - h) // 2, (width - w) // 2, h, w]
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """How a clip's frames are selected and shaped on the way into the model and back out: plain numbers.
+
+    preprocess='default' (full frame): source (H, W) -> `crop` (the central square with --square, else
+    none) -> bilinear antialiased resize of the short side to `size` (0 keeps the size) -> `resized` ->
+    replicate-pad to multiples of 32 (`pad`, split evenly) -> `model`. Outputs undo the pad and resize back,
+    so `output` is the source size (the square's size with --square) and `reference` is the source cropped.
+
+    preprocess='cascadev' (the original's reconstruction preprocessing, RECIPE.md §12): 3x3 box blur and
+    OpenCV bilinear resize of the short side to `size` (0: the source's short side) -> `resized` -> `crop`
+    (centred, to multiples of 32, then the central square with --square; the box is in `resized` pixels).
+    No padding: `model` == `output` == the crop, and `reference` is the preprocessed source, as the
+    original compared.
+
+    Frames: source frames start, start + stride, ..., `num_frames` of them (None: all that exist).
+    Boxes are [top, left, h, w], pad is [top, bottom, left, right], sizes are [h, w] in pixels.
+    """
+    source: tuple
+    size: int = 0
+    square: bool = False
+    preprocess: str = 'default'
+    start: int = 0
+    stride: int = 1
+    num_frames: int = None
+    crop: tuple = None
+    resized: tuple = None
+    pad: tuple = (0, 0, 0, 0)
+    model: tuple = None
+    output: tuple = None
+
+    def to_dict(self):
+        """JSON-able dict (tuples as lists); FramePlan.from_dict inverts it."""
+        return {f.name: (list(v) if isinstance(v, tuple) else v)
+                for f in fields(self) for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_dict(cls, d):
+        """The plan a to_dict() (e.g. done.json's 'plan') describes; ValueError naming unknown keys."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f'FramePlan.from_dict: unknown keys {unknown}; expected {sorted(names)}')
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    # -- source -> model -----------------------------------------------------------------------------
+    def to_model(self, video):
+        """Source frames (..., C, T, H, W) in [-1, 1] -> model frames (..., C, T, *model), multiples of 32."""
+        self._check_source(video)
+        if self.preprocess == 'cascadev':
+            return self.reference(video)
+        top, left, h, w = self.crop or (0, 0, *self.source)
+        x = resize(video[..., top:top + h, left:left + w], *self.resized)
+        return pad_to_multiple(x, MULTIPLE)[0]
+
+    def reference(self, video):
+        """Source frames (..., C, T, H, W) in [-1, 1] -> what the outputs are compared with, (..., *output).
+
+        default: the crop of the source (exact values); cascadev: the original's preprocessed frames.
+        """
+        self._check_source(video)
+        if self.preprocess == 'default':
+            top, left, h, w = self.crop or (0, 0, *self.source)
+            return video[..., top:top + h, left:left + w]
+        if video.dim() == 5:
+            return torch.stack([self.reference(clip) for clip in video])
+        from tools.video_io import to_uint8  # noqa: PLC0415 (video_io imports this module)
+        x = cascadev_recon_preprocess(to_uint8(video), self.size or min(self.source))   # (T, h32, w32, 3)
+        top, left, h, w = self.crop
+        top, left = top - (self.resized[0] - x.shape[1]) // 2, left - (self.resized[1] - x.shape[2]) // 2
+        x = np.ascontiguousarray(x[:, top:top + h, left:left + w])
+        return torch.from_numpy(x).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)   # x/127.5 - 1, §12
+
+    # -- model -> output ---------------------------------------------------------------------------------
+    def to_output(self, video):
+        """Model frames (..., C, T, *model) -> output frames (..., C, T, *output) in [-1, 1]: unpad, resize back."""
+        if tuple(video.shape[-2:]) != tuple(self.model):
+            raise ValueError(f'FramePlan.to_output: frames are {tuple(video.shape[-2:])}, the plan\'s model size '
+                             f'is {tuple(self.model)}; pass the frames the model made from this plan')
+        return resize(unpad(video, self.pad), *self.output).clamp(-1, 1)
+
+    def _check_source(self, video):
+        if tuple(video.shape[-2:]) != tuple(self.source):
+            raise ValueError(f'FramePlan: frames are {video.shape[-2]}x{video.shape[-1]} but the plan is for '
+                             f'{self.source[0]}x{self.source[1]} sources; make a plan for these frames')
+
+
+def plan(height, width, size=0, square=False, preprocess='default', start=0, stride=1, num_frames=None):
+    """The FramePlan for (height, width) source frames (see FramePlan); ValueError for impossible settings."""
+    if preprocess not in PREPROCESS:
+        raise ValueError(f"preprocess={preprocess!r}; use one of {', '.join(PREPROCESS)}")
+    if size < 0 or start < 0 or stride < 1 or (num_frames is not None and num_frames < 1):
+        raise ValueError(f'plan: size {size}, start {start}, stride {stride}, num_frames {num_frames}; need '
+                         f'size >= 0, start >= 0, stride >= 1, num_frames >= 1 or None')
+    height, width = int(height), int(width)
+    common = dict(source=(height, width), size=int(size), square=bool(square), preprocess=preprocess,
+                  start=int(start), stride=int(stride), num_frames=None if num_frames is None else int(num_frames))
+    if preprocess == 'cascadev':
+        h, w = short_side_size(height, width, size or min(height, width))   # the original's round(H·s)
+        ch, cw = h // MULTIPLE * MULTIPLE, w // MULTIPLE * MULTIPLE
+        if ch == 0 or cw == 0:
+            raise ValueError(f'preprocess cascadev: {height}x{width} resized to {h}x{w} is below {MULTIPLE} '
+                             f'pixels on a side; use a --size of at least {MULTIPLE}')
+        top, left = (h - ch) // 2, (w - cw) // 2
+        if square:
+            s = min(ch, cw)
+            top, left, ch, cw = top + (ch - s) // 2, left + (cw - s) // 2, s, s
+        return FramePlan(**common, crop=(top, left, ch, cw), resized=(h, w), model=(ch, cw), output=(ch, cw))
+    crop = tuple(_box(height, width, *[min(height, width)] * 2)) if square else None
+    h, w = crop[2:] if crop else (height, width)
+    resized = short_side_size(h, w, size)
+    ph, pw = -resized[0] % MULTIPLE, -resized[1] % MULTIPLE
+    pad = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)                   # as pad_to_multiple splits it
+    return FramePlan(**common, crop=crop, resized=resized, pad=pad,
+                     model=(resized[0] + ph, resized[1] + pw), output=(h, w))
+
