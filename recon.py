@@ -13,7 +13,6 @@ with a done.json is complete and a rerun skips it (--overwrite redoes it). A bad
 (missing weights, bad flags, output inside the input folder) exit with code 2 before any heavy work.
 """
 import argparse
-import inspect
 import json
 import math
 import os
@@ -234,8 +233,7 @@ def read_chunk(path, meta, a, b):
     from tools.video_io import read_video
     stride = meta['frame_stride']
     video, info = read_video(path, num_frames=b - a, stride=stride, start=meta['start'] + a * stride)
-    times = getattr(info, 'times', None)              # ADAPTER: today's reader has no times (None then)
-    return video, (list(times) if times is not None else None)
+    return video, (list(info.times) if info.times is not None else None)
 
 
 def read_ahead(read, spans, pool):
@@ -261,12 +259,12 @@ def encode_video(pipe, path, name, out_dir, args, cfg):
     size = cfg.data.sample_size if args.size is None else args.size
     frame_plan = plan(info.height, info.width, size=size, square=args.square, preprocess=args.preprocess,
                       start=args.start, stride=args.frame_stride, num_frames=n)
-    sar = getattr(info, 'sar', None)                  # ADAPTER: today's reader has no sar/vfr (None/False then)
+    sar = info.sar if info.sar != 1 else None
     meta = {'format': LATENT_FORMAT, 'name': name, 'source': str(Path(path).resolve()), 'source_fps': info.fps,
             'fps': info.fps / args.frame_stride, 'num_frames': n, 'start': args.start,
             'frame_stride': args.frame_stride, 'config': Path(cfg.config_path).name, 'plan': frame_plan.to_dict(),
             'sar': None if sar is None else f'{sar.numerator}:{sar.denominator}',
-            'vfr': bool(getattr(info, 'vfr', False)), 'times': None}
+            'vfr': info.vfr, 'times': None}
     parts, times = [], []
     spans = [(a, min(a + args.chunk_frames, n)) for a in range(0, n, args.chunk_frames)]
     with ThreadPoolExecutor(max_workers=1) as reader:       # the next chunk decodes while this one encodes
@@ -287,14 +285,7 @@ def open_writer(path, fps, sar=None, lossless=False):
 
     from tools.video_io import VideoWriter
     sar = Fraction(sar.replace(':', '/')) if sar else None
-    if 'lossless' in inspect.signature(VideoWriter).parameters:
-        return VideoWriter(path, fps, sar=sar, lossless=lossless)
-    # ADAPTER for today's writer (no sar/lossless/times; yuv420p pads odd sizes): yuv444p keeps the exact
-    # size, crf 0 stands in for lossless, SAR and times are dropped. Remove once video_io's writer has them.
-    writer = VideoWriter(path, fps, crf=0 if lossless else 18, pix_fmt='yuv444p')
-    write = writer.write
-    writer.write = lambda frames, times=None: write(frames)
-    return writer
+    return VideoWriter(path, fps, sar=sar, lossless=lossless)
 
 
 def output_timing(meta, args):

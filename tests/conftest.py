@@ -48,21 +48,10 @@ def write_lossless():
     else (today's writer) x264 RGB at crf 0 through PyAV.
     """
     def write(path, frames, fps):
-        import inspect
-
         from tools.video_io import VideoWriter
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        if 'lossless' in inspect.signature(VideoWriter).parameters:
-            with VideoWriter(path, fps, lossless=True) as w:
-                w.write(frames)
-            return
-        import av  # ADAPTER: remove this branch once tools/video_io.VideoWriter takes lossless=True
-        with av.open(str(path), 'w') as c:
-            s = c.add_stream('libx264rgb', rate=round(fps), options={'crf': '0'})
-            s.height, s.width, s.pix_fmt = frames.shape[1], frames.shape[2], 'rgb24'
-            for img in frames:
-                c.mux(s.encode(av.VideoFrame.from_ndarray(img, format='rgb24')))
-            c.mux(s.encode(None))
+        with VideoWriter(path, fps, lossless=True) as w:
+            w.write(frames)
     return write
 
 

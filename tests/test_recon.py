@@ -363,18 +363,16 @@ def test_sar_times_and_lossless_reach_the_writer(clips, tiny, tmp_path, monkeypa
     """A reader that reports SAR 4:3 and variable frame times: every output file gets the SAR, each frame its
     source time from the first one used (across chunks), and --lossless; --fps gives a constant rate and a note."""
     from fractions import Fraction
-    from types import SimpleNamespace
 
     import tools.video_io as vio
     source_time = lambda i: 0.05 * i if i < 4 else 0.2 + 0.1 * (i - 4)       # 20 fps, then 10 fps
     probe, read = vio.probe_video, vio.read_video
-    monkeypatch.setattr(vio, 'probe_video', lambda path: SimpleNamespace(
-        **probe(path)._asdict(), sar=Fraction(4, 3), rotation=0, vfr=True, times=None))
+    monkeypatch.setattr(vio, 'probe_video', lambda path: probe(path)._replace(sar=Fraction(4, 3), vfr=True))
 
     def read_with_times(path, num_frames=None, stride=1, start=0):
         video, info = read(path, num_frames=num_frames, stride=stride, start=start)
         times = tuple(source_time(start + k * stride) for k in range(video.shape[1]))
-        return video, SimpleNamespace(**info._asdict(), sar=Fraction(4, 3), rotation=0, vfr=True, times=times)
+        return video, info._replace(sar=Fraction(4, 3), vfr=True, times=times)
     monkeypatch.setattr(vio, 'read_video', read_with_times)
     monkeypatch.setattr(vio, 'VideoWriter', RecordingWriter)
     RecordingWriter.calls = []
