@@ -277,15 +277,15 @@ def test_sampler_loop_has_no_host_device_sync(tiny_cfg, scheduler):
 
     Allowed: Euler-ancestral's non-blocking copy of each step's noise (from pinned memory on CUDA).
     """
-    from diffusion.samplers import sample
+    from diffusion.samplers import get_sampler
     model = build_dit(tiny_cfg.model).eval().to('meta').set_attn_backend('math')
     x, cond = torch.randn(1, 4, 6, 12, 12, device='meta'), torch.randn(1, 16, 6, 12, 12, device='meta')
     model.forward_windowed(torch.cat([x, cond], 1), 1.0)                   # fills the pos-embed / tile caches
     counts = []
     for steps in (2, 4):
         with HostTransfers() as seen:
-            out = sample(lambda v, t: model.forward_windowed(v, t), x, cond, scheduler=scheduler, steps=steps,
-                         generator=torch.Generator().manual_seed(0), progress=False)
+            out = get_sampler(scheduler)(lambda v, t: model.forward_windowed(v, t), x, cond, steps,
+                                         torch.Generator().manual_seed(0), False)
         assert out.device.type == 'meta' and out.shape == x.shape
         assert all(e.startswith('copy cpu->meta (6, 4, 12, 12)') for e in seen.events), seen.events
         counts.append(len(seen.events))
