@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tools.config import ConfigError, load_config
 from tools.files import atomic_write, write_text_atomic
+from tools.streaming import read_ahead
 
 OUTPUT_FILES = ('latent.safetensors', 'preview.mp4', 'rec.mp4', 'cmp.mp4', 'cmp.png')
 DONE = 'done.json'
@@ -216,15 +217,6 @@ def read_chunk(path, meta, a, b):
     stride = meta['frame_stride']
     video, _ = read_video(path, num_frames=b - a, stride=stride, start=meta['start'] + a * stride)
     return video
-
-
-def read_ahead(read, spans, pool):
-    """Yield read(a, b) for each (a, b) in spans while the next span is already being read in `pool`."""
-    pending = pool.submit(read, *spans[0]) if spans else None
-    for i in range(len(spans)):
-        frames = pending.result()
-        pending = pool.submit(read, *spans[i + 1]) if i + 1 < len(spans) else None
-        yield frames
 
 
 def encode_video(pipe, path, name, out_dir, args, cfg):
