@@ -12,30 +12,48 @@ from pathlib import Path
 
 import torch
 
-from tools.bench.measure import REPO, add_config_args, add_run_args, environment, load_cfg, print_table, \
-    setup_device, write_json
+from tools.bench.fit import fit_decoder, fit_dit
+from tools.bench.measure import (REPO, add_config_args, add_run_args, environment, fmt, load_cfg, print_table,
+                                 setup_device, write_json)
 from tools.bench.recon import build_pipeline
 
 SHARED_VIDEOS = REPO.parent / 'shared' / 'videos'
+KEYS = ('boundary_err', 'interior_err', 'jump_err', 'jump_interior')
 
 
-def edge_mask(n, cuts):
-    """(n,) bool: the two positions either side of each cut (cut − 1 and cut) along an axis of n."""
+def _at(n, positions):
+    """(n,) bool mask of `positions` (those inside [0, n))."""
     mask = torch.zeros(n, dtype=torch.bool)
-    for c in cuts:
-        mask[max(c - 1, 0):c + 1] = True
+    mask[[i for i in positions if 0 <= i < n]] = True
     return mask
 
 
-def seam_errors(y, ref, mask, axes):
-    """Errors of y against ref (same shape): max |y − ref| at the seams (mask, broadcast to y) and elsewhere;
-    jump_err = max |Δy − Δref| over neighbours along `axes` (a step between neighbours that ref does not have)."""
+def _max(d, mask):
+    return d[mask.expand_as(d)].max().item() if mask.any() else None
+
+
+def seam_errors(y, ref, cuts):
+    """Errors of y against ref (same shape) where pieces meet: cuts = {axis: [index where a new piece starts]}.
+
+    boundary_err / interior_err: max |y − ref| on the positions either side of a cut (cut − 1, cut) / elsewhere;
+    jump_err / jump_interior: max |Δy − Δref| between neighbours across a cut / elsewhere, i.e. a step between
+    neighbours that the whole run does not have (what a viewer sees as a seam). Model units; ref_std for scale.
+    Without cuts (one piece) the boundary values are None.
+    """
     y, ref = y.float(), ref.float()
     d = (y - ref).abs()
-    mask = mask.expand_as(d)
-    jump = max((torch.diff(y, dim=a) - torch.diff(ref, dim=a)).abs().max().item() for a in axes)
-    return dict(boundary_err=d[mask].max().item(), interior_err=d[~mask].max().item() if (~mask).any() else None,
-                jump_err=jump, ref_std=ref.std().item())
+    view = lambda axis, m: m.view([-1 if i == axis else 1 for i in range(y.dim())])
+    edge = torch.zeros([1] * y.dim(), dtype=torch.bool)
+    jump, jump_in = [], []
+    for axis, at in cuts.items():
+        edge = edge | view(axis, _at(y.shape[axis], [i for c in at for i in (c - 1, c)]))
+        dd = (torch.diff(y, dim=axis) - torch.diff(ref, dim=axis)).abs()
+        seam = view(axis, _at(dd.shape[axis], [c - 1 for c in at]))
+        jump.append(_max(dd, seam))
+        jump_in.append(_max(dd, ~seam))
+    jump, jump_in = [v for v in jump if v is not None], [v for v in jump_in if v is not None]
+    return dict(boundary_err=_max(d, edge), interior_err=_max(d, ~edge), jump_err=max(jump) if jump else None,
+                jump_interior=max(jump_in) if jump_in else None, ref_std=ref.std().item())
 
 
 def vae_seams(vae, video, overlaps):
@@ -44,13 +62,12 @@ def vae_seams(vae, video, overlaps):
     z = vae.encode(video)                                            # (1, 4, T, H/8, W/8), scaled
     T, chunk = z.shape[2], vae.decode_chunk
     whole = vae.decode(z, decode_chunk=T, decode_overlap=0)
-    cuts = [a for a, _ in chunk_spans(T, chunk)[1:]]                 # where the original's chunks meet
-    mask = edge_mask(T, cuts).view(1, 1, -1, 1, 1)
+    cuts = {2: [a for a, _ in chunk_spans(T, chunk)[1:]]}            # where the original's chunks meet
     rows = []
     for o in overlaps:
         y = vae.decode(z, decode_overlap=o)
         rows.append(dict(part='vae_temporal', setting=f'overlap={o}', overlap=o, frames=T,
-                         decoder_calls=len(chunk_spans(T, chunk, o)), **seam_errors(y, whole, mask, axes=(2,))))
+                         decoder_calls=len(chunk_spans(T, chunk, o)), **seam_errors(y, whole, cuts)))
     return rows
 
 
@@ -71,12 +88,12 @@ def dit_seams(pipe, video, t=500.0, seed=0):
         raise ValueError(f'seams: a {H}x{W} latent fits in one DiT tile of {S}; raise --size above {8 * S} pixels')
     ref = dit.forward(x, t)[:, :4]
     rows_, cols = tile_starts(H, S), tile_starts(W, S)
-    mask = (edge_mask(H, rows_[1:])[:, None] | edge_mask(W, cols[1:])[None, :]).view(1, 1, 1, H, W)
+    cuts = {3: rows_[1:], 4: cols[1:]}                                   # where overwrite switches tiles
     out = []
     for blend in ('overwrite', 'smooth'):
         y = dit.forward_windowed(x, t, tile_blend=blend)
         out.append(dict(part='dit_tiles', setting=blend, latent=[x.shape[2], H, W], tiles=len(rows_) * len(cols),
-                        **seam_errors(y, ref, mask, axes=(3, 4))))
+                        **seam_errors(y, ref, cuts)))
     return out
 
 
@@ -88,7 +105,8 @@ def _clips(args):
 
 
 def _worst(rows, key, setting):
-    return max(r[key] for r in rows if r['setting'] == setting)
+    values = [r[key] for r in rows if r['setting'] == setting and r[key] is not None]
+    return max(values) if values else None
 
 
 def bench_seams(args):
@@ -101,13 +119,20 @@ def bench_seams(args):
     chunk = pipe.vae.decode_chunk
     overlap = args.overlap or pipe.vae.decode_overlap or 1
     overlaps = sorted({0, overlap, *range(1, chunk)})
+    videos = {}
+    for path in _clips(args):
+        n = min(args.frames, probe_video(path).num_frames)
+        frames = read_video(path, num_frames=n)[0]                         # (3, n, H, W) in [-1, 1]
+        videos[Path(path).name] = prepare_frames(frames, plan_geometry(*frames.shape[-2:], size=args.size))[None].to(device)
+    fit = None
+    if args.fit_steps:                                                     # trained-like weights (tools/bench/fit.py)
+        dec = fit_decoder(pipe.vae, list(videos.values()), args.fit_steps)
+        dit = fit_dit(pipe, list(videos.values()), args.fit_steps)
+        fit = dict(steps=args.fit_steps, decoder_loss_first_last=[dec[0], dec[-1]], dit_loss_first_last=[dit[0], dit[-1]])
     rows = []
     with torch.inference_mode():
-        for path in _clips(args):
-            n = min(args.frames, probe_video(path).num_frames)
-            frames = read_video(path, num_frames=n)[0]                     # (3, n, H, W) in [-1, 1]
-            video = prepare_frames(frames, plan_geometry(*frames.shape[-2:], size=args.size))[None].to(device)
-            clip = dict(clip=Path(path).name, model_size=list(video.shape[-2:]))
+        for name, video in videos.items():
+            clip = dict(clip=name, model_size=list(video.shape[-2:]))
             rows += [dict(clip, **r) for r in vae_seams(pipe.vae, video, overlaps) + dit_seams(pipe, video)]
     vae_rows = [r for r in rows if r['part'] == 'vae_temporal']
     dit_rows = [r for r in rows if r['part'] == 'dit_tiles']
@@ -115,21 +140,24 @@ def bench_seams(args):
     vae = dict(decode_chunk=chunk, decode_overlap=overlap, decoder_calls_ratio=(
         sum(r['decoder_calls'] for r in vae_rows if r['setting'] == ovl)
         / sum(r['decoder_calls'] for r in vae_rows if r['setting'] == none)))
-    for key in ('boundary_err', 'interior_err', 'jump_err'):
+    for key in KEYS:
         vae[f'{key}_no_overlap'], vae[f'{key}_overlap'] = _worst(vae_rows, key, none), _worst(vae_rows, key, ovl)
     dit = dict(tile=cfg.model.input_size)
-    for key in ('boundary_err', 'interior_err', 'jump_err'):
+    for key in KEYS:
         dit[f'{key}_overwrite'], dit[f'{key}_smooth'] = _worst(dit_rows, key, 'overwrite'), _worst(dit_rows, key, 'smooth')
-    print(f"seams: {cfg.config_path} (random init), {len(rows) // (len(overlaps) + 2)} clips, {args.frames} frames, "
-          f"short side {args.size}; errors vs one whole-clip decode / untiled forward (max abs, model units)")
+    weights = f'fitted {args.fit_steps} steps' if args.fit_steps else 'random init'
+    print(f"seams: {cfg.config_path} ({weights}), {len(videos)} clips, {args.frames} frames, short side {args.size}; "
+          f"errors vs one whole-clip decode / untiled forward (max abs, model units)")
     print_table(rows, ['clip', 'part', 'setting', 'decoder_calls', 'tiles', 'boundary_err', 'interior_err',
-                       'jump_err', 'ref_std'])
-    print(f"worst over clips: SVD decode boundary {vae['boundary_err_no_overlap']:.4g} -> {vae['boundary_err_overlap']:.4g} "
+                       'jump_err', 'jump_interior', 'ref_std'])
+    print(f"worst over clips: SVD decode boundary {fmt(vae['boundary_err_no_overlap'])} -> "
+          f"{fmt(vae['boundary_err_overlap'])}, jump {fmt(vae['jump_err_no_overlap'])} -> {fmt(vae['jump_err_overlap'])} "
           f"with overlap {overlap} ({vae['decoder_calls_ratio']:.3g}x decoder calls); DiT tile seams "
-          f"{dit['boundary_err_overwrite']:.4g} (overwrite) -> {dit['boundary_err_smooth']:.4g} (smooth)")
+          f"{fmt(dit['boundary_err_overwrite'])} -> {fmt(dit['boundary_err_smooth'])}, jump "
+          f"{fmt(dit['jump_err_overwrite'])} -> {fmt(dit['jump_err_smooth'])} (overwrite -> smooth)")
     record = dict(benchmark='seams', config=cfg.config_path, cfg_options=args.cfg_options, random_init=True,
-                  frames=args.frames, size=args.size, env=environment(device), vae_temporal=vae, dit_tiles=dit,
-                  rows=rows)
+                  fit=fit, frames=args.frames, size=args.size, env=environment(device), vae_temporal=vae,
+                  dit_tiles=dit, rows=rows)
     write_json(args.json, record)
     return record
 
@@ -145,5 +173,7 @@ def add_seams_parser(subparsers):
                    'tiny config are 64 pixels, so frames span several)')
     p.add_argument('--overlap', type=int, default=None, help='decode_overlap compared with 0 in the summary '
                    '(default: vae.decode_overlap of the config, else 1); the table has every overlap')
+    p.add_argument('--fit-steps', type=int, default=0, help='first fit the random decoder and DiT to the clips for '
+                   'this many Adam steps each (tools/bench/fit.py; README: 300), so the weights are trained-like')
     add_run_args(p)
     p.set_defaults(func=bench_seams)
