@@ -29,7 +29,7 @@ DOWNLOAD = REPO_ROOT / 'pretrained' / 'download.sh'
 
 @pytest.fixture(scope='module')
 def cfg():
-    return load_config(TINY, {'vae.config': SMALL_VAE})
+    return load_config(TINY, {'vae.config': SMALL_VAE, 'vae.decode_overlap': 0})   # the original's chunks
 
 
 @pytest.fixture(scope='module')
@@ -280,8 +280,8 @@ def test_decode_overlap_checked(cfg):
         SVDVAE(FramewiseVAE(), decode_chunk=4, decode_overlap=4)
     with pytest.raises(ValueError, match='decode_overlap = -1'):
         build_vae(load_config(TINY, {'vae.config': SMALL_VAE, 'vae.decode_overlap': -1}))
-    vae = build_vae(load_config(TINY, {'vae.config': SMALL_VAE, 'vae.decode_overlap': 2}))
-    assert vae.decode_overlap == 2
+    vae = build_vae(load_config(TINY, {'vae.config': SMALL_VAE}))
+    assert (vae.decode_chunk, vae.decode_overlap) == (4, 2)                 # the default (README: seams)
 
 
 # ---- frozen, dtype, device, random init ------------------------------------------------------------

@@ -18,7 +18,7 @@ DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}   # None:
 TINY = str(REPO / 'configs' / 'tiny.py')
 RELEASED = str(REPO / 'configs' / 's1024.effn-f32.py')
 GOLDEN_FILE = REPO.parent / 'shared' / 'golden' / 'golden_a.safetensors'
-# The released model's goal (issue 9): 8 frames of 1024x1024 end to end in at most 6 s on one H100.
+# The released model's goal: 8 frames of 1024x1024 end to end in at most 6 s on one H100.
 TARGET = dict(frames=8, height=1024, width=1024, seconds=6.0, device='one H100', dit_peak_fraction=0.5)
 # Dense bf16 tensor-core peaks (vendor datasheets, TFLOP/s) to report the DiT's fraction of peak.
 BF16_PEAK_TFLOPS = {'H100 PCIe': 756.0, 'H100 NVL': 835.0, 'H100': 989.4, 'H200': 989.4, 'H800': 989.4,

@@ -123,12 +123,14 @@ def bench_seams(args):
     for path in _clips(args):
         n = min(args.frames, probe_video(path).num_frames)
         frames = read_video(path, num_frames=n)[0]                         # (3, n, H, W) in [-1, 1]
-        videos[Path(path).name] = prepare_frames(frames, plan_geometry(*frames.shape[-2:], size=args.size))[None].to(device)
+        geom = plan_geometry(*frames.shape[-2:], size=args.size)
+        videos[Path(path).name] = prepare_frames(frames, geom)[None].to(device)       # (1, 3, n, H_m, W_m)
     fit = None
     if args.fit_steps:                                                     # trained-like weights (tools/bench/fit.py)
         dec = fit_decoder(pipe.vae, list(videos.values()), args.fit_steps)
         dit = fit_dit(pipe, list(videos.values()), args.fit_steps)
-        fit = dict(steps=args.fit_steps, decoder_loss_first_last=[dec[0], dec[-1]], dit_loss_first_last=[dit[0], dit[-1]])
+        fit = dict(steps=args.fit_steps, decoder_loss_first_last=[dec[0], dec[-1]],
+                   dit_loss_first_last=[dit[0], dit[-1]])
     rows = []
     with torch.inference_mode():
         for name, video in videos.items():
@@ -144,14 +146,16 @@ def bench_seams(args):
         vae[f'{key}_no_overlap'], vae[f'{key}_overlap'] = _worst(vae_rows, key, none), _worst(vae_rows, key, ovl)
     dit = dict(tile=cfg.model.input_size)
     for key in KEYS:
-        dit[f'{key}_overwrite'], dit[f'{key}_smooth'] = _worst(dit_rows, key, 'overwrite'), _worst(dit_rows, key, 'smooth')
+        dit[f'{key}_overwrite'] = _worst(dit_rows, key, 'overwrite')
+        dit[f'{key}_smooth'] = _worst(dit_rows, key, 'smooth')
     weights = f'fitted {args.fit_steps} steps' if args.fit_steps else 'random init'
     print(f"seams: {cfg.config_path} ({weights}), {len(videos)} clips, {args.frames} frames, short side {args.size}; "
           f"errors vs one whole-clip decode / untiled forward (max abs, model units)")
     print_table(rows, ['clip', 'part', 'setting', 'decoder_calls', 'tiles', 'boundary_err', 'interior_err',
                        'jump_err', 'jump_interior', 'ref_std'])
     print(f"worst over clips: SVD decode boundary {fmt(vae['boundary_err_no_overlap'])} -> "
-          f"{fmt(vae['boundary_err_overlap'])}, jump {fmt(vae['jump_err_no_overlap'])} -> {fmt(vae['jump_err_overlap'])} "
+          f"{fmt(vae['boundary_err_overlap'])}, jump {fmt(vae['jump_err_no_overlap'])} -> "
+          f"{fmt(vae['jump_err_overlap'])} "
           f"with overlap {overlap} ({vae['decoder_calls_ratio']:.3g}x decoder calls); DiT tile seams "
           f"{fmt(dit['boundary_err_overwrite'])} -> {fmt(dit['boundary_err_smooth'])}, jump "
           f"{fmt(dit['jump_err_overwrite'])} -> {fmt(dit['jump_err_smooth'])} (overwrite -> smooth)")

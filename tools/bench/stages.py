@@ -1,4 +1,4 @@
-"""`stages`: the frozen convolutional stages (compressor, previewer, SVD decoder) in fp32 / bf16, NCHW / channels-last."""
+"""`stages`: the frozen convolutional stages (compressor, previewer, SVD decoder): fp32 / bf16, NCHW / channels-last."""
 import copy
 
 import torch
