@@ -4,8 +4,6 @@ import os
 
 from mmengine.config import Config
 
-from diffusion.samplers import SAMPLERS
-
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message is one line naming the key and the file."""
@@ -88,6 +86,7 @@ def _check(cfg, path):
                     isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in s)):
                 raise ConfigError(f"{path}: model.attn_strides[{i}] = {s!r}; each entry must be None or "
                                   f"[ts, xs] with positive integers")
+    from diffusion.samplers import SAMPLERS          # here: torch is slow to import, `--help` needs none
     if cfg.sampling.scheduler not in SAMPLERS:
         raise ConfigError(f"{path}: sampling.scheduler = {cfg.sampling.scheduler!r}; use {', '.join(SAMPLERS)}")
 
