@@ -24,6 +24,7 @@ from pathlib import Path
 from tools.config import ConfigError, add_cfg_options, load_config
 from tools.files import atomic_write, write_text_atomic
 from tools.frames import PREPROCESS, FramePlan
+from tools.streaming import read_ahead
 
 OUTPUT_FILES = ('latent.safetensors', 'preview.mp4', 'rec.mp4', 'cmp.mp4', 'cmp.png')
 DONE = 'done.json'
@@ -38,6 +39,7 @@ class UsageError(ValueError):
 
 
 def build_parser():
+    from diffusion.samplers import SAMPLERS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', default=str(REPO_ROOT / DEFAULT_CONFIG),
                    help=f'model config (default: {DEFAULT_CONFIG})')
@@ -65,7 +67,7 @@ def build_parser():
                    help='lossless video files (for exact metrics; larger, and fewer players handle them)')
     g = p.add_argument_group('sampling')
     g.add_argument('--preview-only', action='store_true', help='fast mode: previewer only, no DiT and no SVD decode')
-    g.add_argument('--scheduler', choices=('EulerA', 'DDIM', 'DPMS'), default=None,
+    g.add_argument('--scheduler', choices=list(SAMPLERS), default=None,
                    help='sampler (default: sampling.scheduler of the config, EulerA)')
     g.add_argument('--steps', type=int, default=None, help='sampler steps (default: sampling.steps, 8)')
     g.add_argument('--seed', type=int, default=None,
@@ -234,15 +236,6 @@ def read_chunk(path, meta, a, b):
     stride = meta['frame_stride']
     video, info = read_video(path, num_frames=b - a, stride=stride, start=meta['start'] + a * stride)
     return video, (list(info.times) if info.times is not None else None)
-
-
-def read_ahead(read, spans, pool):
-    """Yield read(a, b) for each (a, b) in spans while the next span is already being read in `pool`."""
-    pending = pool.submit(read, *spans[0]) if spans else None
-    for i in range(len(spans)):
-        frames = pending.result()
-        pending = pool.submit(read, *spans[i + 1]) if i + 1 < len(spans) else None
-        yield frames
 
 
 def encode_video(pipe, path, name, out_dir, args, cfg):

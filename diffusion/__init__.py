@@ -1,11 +1,14 @@
-"""Diffusion for the refiner DiT: one factory for the IDDPM process; the samplers live in diffusion.samplers."""
+"""Diffusion for the refiner DiT: one factory for the IDDPM process; the samplers live in diffusion.samplers.
+
+No module here imports a network: samplers take an ε function (the pipeline wraps its DiT in one).
+"""
 import numpy as np
 
 from .gaussian_diffusion import GaussianDiffusion, linear_betas, space_timesteps
-from .samplers import SAMPLERS, sample, windowed_eps
+from .samplers import SAMPLERS, NoiseSchedule, get_sampler
 
-__all__ = ['create_diffusion', 'GaussianDiffusion', 'linear_betas', 'space_timesteps', 'sample',
-           'windowed_eps', 'SAMPLERS']
+__all__ = ['create_diffusion', 'GaussianDiffusion', 'linear_betas', 'space_timesteps', 'NoiseSchedule',
+           'SAMPLERS', 'get_sampler']
 
 
 def create_diffusion(num_timesteps=1000, beta_start=1e-4, beta_end=0.02, learn_sigma=True, timestep_respacing=None):

@@ -1,44 +1,67 @@
-"""Samplers for the refiner DiT: plain functions over an ε model.
+"""Samplers for the refiner DiT: plain functions over an ε model, one signature, one registry.
+
+    sampler(eps_fn, noise, cond, steps, generator, progress, schedule) -> x0 latent (B, C, T, h, w)
 
 eps_fn(x_in (B, C+C_ref, T, h, w), t (B,) float32 on the 1000-step scale) -> ε (B, C, T, h, w), where
-x_in = cat([x_t, cond], channels): the conditioning is concatenated unscaled and never noised.
-Model calls per step: EulerA 1, DDIM 1, DPMS 1 (multistep: `steps` calls in all), IDDPM 1.
+x_in = cat([x_t, cond], channels): the conditioning is concatenated unscaled and never noised. The caller
+owns the network: eps_fn is any callable (the pipeline wraps its windowed DiT in one). `schedule` is a
+NoiseSchedule built once from the diffusion config (the training β schedule); `generator` drives the
+noise of ancestral steps (EulerA; DDIM with η = 0 and DPMS draw none).
+Model calls per step: EulerA 1, DDIM 1, DPMS 1 (multistep: `steps` calls in all).
 """
 import torch
-from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler
 from einops import rearrange
 from tqdm.auto import tqdm
 
 from .gaussian_diffusion import linear_betas
 
-DIFFUSERS_SCHEDULERS = {'EulerA': EulerAncestralDiscreteScheduler, 'DDIM': DDIMScheduler}
-SAMPLERS = ('EulerA', 'DDIM', 'DPMS')
 
+class NoiseSchedule:
+    """The training β schedule shared by every sampler: linear β over num_timesteps (Ho et al. 2020 §4).
 
-def windowed_eps(model, tile_blend='smooth'):
-    """ε from the DiT's sliding-window / tiled forward: the model of recon and of the training preview."""
-    return lambda x, t: model.forward_windowed(x, t, tile_blend=tile_blend)
-
-
-def sample(eps_fn, noise, cond, scheduler='EulerA', steps=8, generator=None, progress=True, *,
-           num_timesteps=1000, beta_start=1e-4, beta_end=0.02, scheduler_kwargs=None):
-    """Denoise `noise` (B, C, T, h, w) given `cond` (B, C_ref, T, h, w) with EulerA | DDIM | DPMS; -> x0 latent.
-
-    The β schedule (linear, num_timesteps / beta_start / beta_end) is the training one; scheduler_kwargs
-    override the diffusers scheduler defaults (EulerA / DDIM only). `generator` drives EulerA's noise.
+    Built once (NoiseSchedule.from_config(cfg.diffusion)). Holds DPM-Solver's continuous-time view of the
+    discrete schedule: grid t_i = (i+1)/N and log α_i = ½·Σ_{j≤i} log(1 − β_j) (float64 sum, stored float32),
+    log α(t) piecewise linear in t (Lu et al. 2022, discrete-time case); diffusers schedulers are made fresh
+    per run from the same three numbers (they keep state).
     """
-    _check_inputs(noise, cond, steps)
-    schedule = dict(num_timesteps=num_timesteps, beta_start=beta_start, beta_end=beta_end)
-    if scheduler == 'DPMS':
-        return sample_dpm_solver(eps_fn, noise, cond, steps, progress=progress, **schedule)
-    if scheduler in DIFFUSERS_SCHEDULERS:
-        sched = DIFFUSERS_SCHEDULERS[scheduler](num_train_timesteps=num_timesteps, beta_start=beta_start,
-                                                beta_end=beta_end, beta_schedule='linear',
-                                                **(scheduler_kwargs or {}))
-        return sample_diffusers(eps_fn, noise, cond, sched, steps, generator=generator, progress=progress)
-    raise ValueError(f'diffusion/samplers.py: unknown sampler {scheduler!r} (use one of {", ".join(SAMPLERS)})')
+
+    def __init__(self, num_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+        self.num_timesteps, self.beta_start, self.beta_end = int(num_timesteps), float(beta_start), float(beta_end)
+        betas = torch.from_numpy(linear_betas(self.num_timesteps, self.beta_start, self.beta_end))   # float64
+        self.log_alpha = (0.5 * torch.log(1.0 - betas).cumsum(0)).to(torch.float32)               # (N,)
+        self.t_grid = torch.linspace(0.0, 1.0, self.num_timesteps + 1)[1:]                         # (N,)
+
+    @classmethod
+    def from_config(cls, diffusion):
+        """From a config's `diffusion` dict (num_timesteps, beta_start, beta_end)."""
+        return cls(diffusion.get('num_timesteps', 1000), diffusion.get('beta_start', 1e-4),
+                   diffusion.get('beta_end', 0.02))
+
+    def __repr__(self):
+        return f'NoiseSchedule({self.num_timesteps}, beta_start={self.beta_start}, beta_end={self.beta_end})'
+
+    def diffusers_scheduler(self, cls, **kwargs):
+        """A fresh diffusers scheduler of class `cls` on this β schedule; kwargs override its defaults."""
+        return cls(num_train_timesteps=self.num_timesteps, beta_start=self.beta_start, beta_end=self.beta_end,
+                   beta_schedule='linear', **kwargs)
 
 
+# ---- the samplers (dpms is with the DPM-Solver++ helpers below) ------------------------------------
+def euler_a(eps_fn, noise, cond, steps=8, generator=None, progress=True, schedule=None):
+    """Euler-ancestral on diffusers' EulerAncestralDiscreteScheduler σ schedule (the default sampler)."""
+    from diffusers import EulerAncestralDiscreteScheduler
+    scheduler = (schedule or NoiseSchedule()).diffusers_scheduler(EulerAncestralDiscreteScheduler)
+    return sample_diffusers(eps_fn, noise, cond, scheduler, steps, generator=generator, progress=progress)
+
+
+def ddim(eps_fn, noise, cond, steps=8, generator=None, progress=True, schedule=None, *, clip_sample=True):
+    """DDIM, η = 0 (Song et al. 2021), diffusers' DDIMScheduler defaults; clip_sample clips x̂0 to [-1, 1]."""
+    from diffusers import DDIMScheduler
+    scheduler = (schedule or NoiseSchedule()).diffusers_scheduler(DDIMScheduler, clip_sample=clip_sample)
+    return sample_diffusers(eps_fn, noise, cond, scheduler, steps, generator=generator, progress=progress)
+
+
+# ---- shared: input checks, the model call, the diffusers loop of EulerA and DDIM --------------------
 def _check_inputs(noise, cond, steps):
     if noise.ndim != 5 or cond.ndim != 5 or noise.shape[0] != cond.shape[0] or noise.shape[2:] != cond.shape[2:]:
         raise ValueError(f'diffusion/samplers.py: noise {tuple(noise.shape)} and cond {tuple(cond.shape)} must be '
@@ -52,7 +75,7 @@ def _eps(eps_fn, x, cond, t):
     eps = eps_fn(torch.cat([x, cond.to(x.dtype)], dim=1), t)
     if eps.shape != x.shape:
         raise ValueError(f'diffusion/samplers.py: eps_fn returned {tuple(eps.shape)}, expected {tuple(x.shape)} '
-                         f'(ε channels only: use windowed_eps(model) or slice the model output)')
+                         f'(ε channels only: slice the model output to its first {x.shape[1]} channels)')
     return eps.to(x.dtype)
 
 
@@ -66,7 +89,8 @@ def sample_diffusers(eps_fn, noise, cond, scheduler, steps, generator=None, prog
     numbers), the model's timesteps are filled on the device, and Euler-ancestral's noise is drawn a step
     ahead and copied without blocking.
     """
-    B, T = noise.shape[0], noise.shape[2]
+    _check_inputs(noise, cond, steps)
+    B = noise.shape[0]
     fold = lambda x: rearrange(x, 'b c t h w -> (b t) c h w')
     unfold = lambda x: rearrange(x, '(b t) c h w -> b c t h w', b=B)
     scheduler.set_timesteps(steps)                                    # on the CPU
@@ -81,6 +105,7 @@ def sample_diffusers(eps_fn, noise, cond, scheduler, steps, generator=None, prog
 
 
 def _is_euler_ancestral(scheduler):
+    from diffusers import EulerAncestralDiscreteScheduler
     return (isinstance(scheduler, EulerAncestralDiscreteScheduler)
             and scheduler.config.prediction_type == 'epsilon')
 
@@ -126,18 +151,7 @@ def euler_ancestral_loop(eps_fn, lat, cond, scheduler, unfold, fold, generator=N
     return lat
 
 
-def dpm_solver_schedule(num_timesteps=1000, beta_start=1e-4, beta_end=0.02):
-    """Continuous-time VP schedule of DPM-Solver for discrete betas: grid t_i = (i+1)/N and log α_i (float32).
-
-    log α_i = ½·Σ_{j≤i} log(1 − β_j) (float64, stored float32); log α(t) is piecewise linear in t
-    (the discrete-time case of DPM-Solver, Lu et al. 2022).
-    """
-    betas = torch.from_numpy(linear_betas(num_timesteps, beta_start, beta_end))
-    log_alpha = (0.5 * torch.log(1.0 - betas).cumsum(0)).to(torch.float32)
-    t_grid = torch.linspace(0.0, 1.0, num_timesteps + 1)[1:]
-    return t_grid, log_alpha
-
-
+# ---- DPM-Solver++ -----------------------------------------------------------------------------------
 def _interp(t, xp, fp):
     """Piecewise-linear interpolation of (xp, fp) at t (float32, end segments extrapolate)."""
     i = torch.searchsorted(xp, t).clamp(1, len(xp) - 1)
@@ -146,9 +160,9 @@ def _interp(t, xp, fp):
 
 
 @torch.no_grad()
-def sample_dpm_solver(eps_fn, noise, cond, steps, order=2, lower_order_final=True, progress=True, *,
-                      num_timesteps=1000, beta_start=1e-4, beta_end=0.02):
-    """DPM-Solver++ multistep (Lu et al. 2022b, Alg. 2), data prediction, time-uniform steps: 1 call per step.
+def dpms(eps_fn, noise, cond, steps=8, generator=None, progress=True, schedule=None, *, order=2,
+         lower_order_final=True):
+    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), data prediction, time-uniform steps; deterministic.
 
     Steps run from t = 1 to t = 1/N; the model sees t_in = N·(t − 1/N). The first step is first order;
     with lower_order_final the last one is too, for any number of steps (time-uniform steps make the last
@@ -157,10 +171,11 @@ def sample_dpm_solver(eps_fn, noise, cond, steps, order=2, lower_order_final=Tru
     """
     if order not in (1, 2):
         raise ValueError(f'diffusion/samplers.py: DPM-Solver++ order={order} (use 1 or 2)')
-    N = num_timesteps
-    t_grid, log_alpha_grid = dpm_solver_schedule(N, beta_start, beta_end)
+    _check_inputs(noise, cond, steps)
+    schedule = schedule or NoiseSchedule()
+    N = schedule.num_timesteps
     ts = torch.linspace(1.0, 1.0 / N, steps + 1)                      # float32, as the reference solver
-    log_a = _interp(ts, t_grid, log_alpha_grid)
+    log_a = _interp(ts, schedule.t_grid, schedule.log_alpha)
     alpha, sigma = torch.exp(log_a), torch.sqrt(1.0 - torch.exp(2.0 * log_a))
     lam = log_a - torch.log(sigma)                                     # λ = log(α/σ), half log-SNR
     t_in = (ts - 1.0 / N) * float(N)
@@ -186,3 +201,14 @@ def sample_dpm_solver(eps_fn, noise, cond, steps, order=2, lower_order_final=Tru
         if i < steps:
             x0s = [x0s[-1], data_pred(x, i)]
     return x
+
+
+# ---- registry: the names configs, the pipeline and the benchmark accept ----------------------------
+SAMPLERS = {'EulerA': euler_a, 'DDIM': ddim, 'DPMS': dpms}     # config name -> sampler; the first is the default
+
+
+def get_sampler(name):
+    """The sampler registered as `name` (one of SAMPLERS)."""
+    if name not in SAMPLERS:
+        raise ValueError(f'diffusion/samplers.py: unknown sampler {name!r} (use one of {", ".join(SAMPLERS)})')
+    return SAMPLERS[name]

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from diffusion.samplers import NoiseSchedule, get_sampler
 from models.weights import (STAGES, build_compressor, build_dit, build_previewer, build_vae, check_weights,
                             resolve_device, resolve_dtype)
 
@@ -82,9 +83,7 @@ class CascadeV:
         self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
         self.sr_scale, self.scale_factor = int(cfg.sr_scale), float(cfg.scale_factor)
         self.tile_blend = cfg.sampling.get('tile_blend', 'smooth')
-        self.diffusion_kw = dict(num_timesteps=cfg.diffusion.num_timesteps,
-                                 beta_start=cfg.diffusion.get('beta_start', 1e-4),
-                                 beta_end=cfg.diffusion.get('beta_end', 0.02))
+        self.schedule = NoiseSchedule.from_config(cfg.diffusion)       # the samplers' β schedule, built once
 
     @classmethod
     def from_config(cls, cfg, device='cpu', dtype='fp32', compile=False, stages=STAGES, channels_last=None):
@@ -169,15 +168,14 @@ class CascadeV:
         noise_seed(seed, name) when a video name is given (what recon.py does, so a video's output does not
         depend on the rest of the batch). The same generator drives Euler-ancestral's per-step noise.
         """
-        from diffusion.samplers import sample
+        sampler = get_sampler(scheduler)
         latent, single = _batched(latent)
         if generator is None:
             generator = torch.Generator().manual_seed(noise_seed(seed, name) if name is not None else int(seed))
         cond = upsample_latent(latent.to(self.device), self.sr_scale, self.scale_factor)   # (B, 16, T, H/8, W/8)
         shape = (cond.shape[0], 4, *cond.shape[2:])
         noise = torch.randn(shape, generator=generator, device=generator.device).to(self.device)
-        z = sample(self._eps_fn(), noise, cond, scheduler=scheduler, steps=steps, generator=generator,
-                   progress=progress, **self.diffusion_kw)
+        z = sampler(self._eps_fn(), noise, cond, steps, generator, progress, self.schedule)
         check_finite(z, f'DiT sampler ({scheduler})', self.dtype)
         return z[0] if single else z
 

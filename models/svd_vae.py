@@ -5,6 +5,14 @@ value CascadeV trained with; SVD's own config.json says 0.18215, which we ignore
 The encoder runs frame by frame in chunks; the decoder sees `decode_chunk` consecutive frames at once
 (its temporal layers mix them), 4 by default as SVD was used.
 
+Temporal chunks: with `decode_overlap` = 0 the chunks do not overlap (frames [0, 4), [4, 8), ..., the last one
+shorter), as the original did; each frame then sees only its own chunk, and the output jumps where one chunk
+ends and the next begins. With `decode_overlap` = o > 0 consecutive chunks of `decode_chunk` frames share o
+frames (stride decode_chunk − o, the last chunk flush with the end); a shared frame is decoded once in each
+chunk and the two decodes are blended with raised-cosine weights that sum to one (models/dit.py
+tile_weights_1d, the DiT's tile blend), so the output crosses from one chunk's context to the next smoothly.
+Cost: about decode_chunk / (decode_chunk − o) times the decoder calls.
+
 Spatial tiling: diffusers' `enable_tiling()` is not implemented for the temporal decoder (0.42:
 `AutoencoderMixin.enable_tiling` raises NotImplementedError because the class has no `use_tiling`), so
 `tile_size` > 0 enables our own overlapping-tile decode blended with linear ramps. The decoder's mid-block
@@ -83,19 +91,45 @@ def tiled_apply(fn, z, tile, overlap, scale):
     return out / weight
 
 
+def check_decode_overlap(decode_chunk, decode_overlap):
+    if not (isinstance(decode_overlap, int) and 0 <= decode_overlap < decode_chunk):
+        raise ValueError(f"cfg.vae.decode_overlap = {decode_overlap!r} must be an integer in [0, decode_chunk = "
+                         f"{decode_chunk}); e.g. decode_chunk=4, decode_overlap=1 (frames), 0 = no overlap")
+
+
+def chunk_spans(num_frames, chunk, overlap=0):
+    """Temporal decoder chunks [(start, stop)] covering [0, num_frames).
+
+    overlap 0: [0, chunk), [chunk, 2·chunk), ..., the last one shorter (the original's chunks). overlap > 0:
+    starts step by chunk − overlap while start + chunk < num_frames, then one chunk flush with the end, so
+    every chunk has `chunk` frames (a clip of at most `chunk` frames is one chunk).
+    """
+    if not overlap:
+        return [(a, min(a + chunk, num_frames)) for a in range(0, num_frames, chunk)]
+    if num_frames <= chunk:
+        return [(0, num_frames)]
+    starts, a = [], 0
+    while a + chunk < num_frames:
+        starts.append(a)
+        a += chunk - overlap
+    return [(a, a + chunk) for a in starts + [num_frames - chunk]]
+
+
 class SVDVAE(FrozenStage):
     """Frozen SVD VAE behind encode / encode_moments / decode, on videos (B, 3, T, H, W) in [-1, 1]."""
 
-    def __init__(self, vae, scale_factor=SCALE_FACTOR, encode_chunk=8, decode_chunk=4,
+    def __init__(self, vae, scale_factor=SCALE_FACTOR, encode_chunk=8, decode_chunk=4, decode_overlap=0,
                  tile_size=0, tile_overlap=16):
         super().__init__()
         if tile_size and not 0 <= tile_overlap < tile_size:
             raise ValueError(f"cfg.vae.tile_overlap = {tile_overlap} must be in [0, tile_size = {tile_size}); "
                              f"e.g. tile_size=64, tile_overlap=16 (latent pixels)")
+        check_decode_overlap(decode_chunk, decode_overlap)
         self.vae = vae
         self.scale_factor = scale_factor
         self.encode_chunk = encode_chunk
         self.decode_chunk = decode_chunk
+        self.decode_overlap = decode_overlap    # frames shared by consecutive temporal chunks; 0 = the original
         self.tile_size = tile_size              # latent pixels per decoder tile; 0 = no tiling
         self.tile_overlap = tile_overlap        # latent pixels shared by neighbouring tiles
         self.freeze()
@@ -149,19 +183,57 @@ class SVDVAE(FrozenStage):
         return run(z)
 
     @torch.no_grad()
-    def decode_iter(self, latent, decode_chunk=None):
-        """Yield (B, 3, k, 8h, 8w) video chunks of k <= decode_chunk frames from a scaled latent (B, 4, T, h, w)."""
+    def decode_iter(self, latent, decode_chunk=None, decode_overlap=None):
+        """Yield (B, 3, k, 8h, 8w) video chunks of k frames in order from a scaled latent (B, 4, T, h, w).
+
+        Chunks of decode_chunk frames overlapping by decode_overlap (defaults: the instance's; see the module
+        docstring). Without overlap each yield is one decoder chunk in the VAE's dtype; with overlap the yields
+        hold the frames already final (blended in float32, then cast back).
+        """
         latent, added = as_video_batch(latent, 'SVDVAE.decode')
-        step = decode_chunk or self.decode_chunk
-        for i in range(0, latent.shape[2], step):
-            chunk = latent[:, :, i:i + step].to(self.device, torch.float32) / self.scale_factor
-            k = chunk.shape[2]                                              # the last chunk may be shorter
-            z = rearrange(chunk, 'b c t h w -> (b t) c h w').to(self.dtype)
-            frames = self._decode_frames(z, num_frames=k)                   # (b·k, 3, 8h, 8w)
-            frames = rearrange(frames, '(b t) c h w -> b c t h w', t=k)
+        chunk = decode_chunk or self.decode_chunk
+        overlap = self.decode_overlap if decode_overlap is None else decode_overlap
+        check_decode_overlap(chunk, overlap)
+        spans = chunk_spans(latent.shape[2], chunk, overlap)
+        parts = (self._decode_span(latent, a, b) for a, b in spans)
+        if overlap and len(spans) > 1:
+            parts = _blend_spans(parts, spans, chunk)
+        for frames in parts:
             yield frames[0] if added else frames
 
-    def decode(self, latent, decode_chunk=None):
+    def _decode_span(self, latent, a, b):
+        """Frames [a, b) of a scaled latent (B, 4, T, h, w) decoded as one chunk -> (B, 3, b − a, 8h, 8w)."""
+        chunk = latent[:, :, a:b].to(self.device, torch.float32) / self.scale_factor
+        k = chunk.shape[2]                                              # the last chunk may be shorter
+        z = rearrange(chunk, 'b c t h w -> (b t) c h w').to(self.dtype)
+        frames = self._decode_frames(z, num_frames=k)                   # (b·k, 3, 8h, 8w)
+        return rearrange(frames, '(b t) c h w -> b c t h w', t=k)
+
+    def decode(self, latent, decode_chunk=None, decode_overlap=None):
         """Scaled latent (B, 4, T, h, w) -> video (B, 3, T, 8h, 8w) in [-1, 1] (not clamped)."""
         dim = 1 if latent.dim() == 4 else 2
-        return torch.cat(list(self.decode_iter(latent, decode_chunk=decode_chunk)), dim=dim)
+        parts = self.decode_iter(latent, decode_chunk=decode_chunk, decode_overlap=decode_overlap)
+        return torch.cat(list(parts), dim=dim)
+
+
+def _blend_spans(parts, spans, chunk):
+    """Blend decoded chunks (B, 3, chunk, H, W) of overlapping `spans`; yield each run of final frames.
+
+    Weights along time: tile_weights_1d (raised-cosine ramps over each overlap, summing to one per frame).
+    Frames before the next chunk's start are final once the current chunk is added.
+    """
+    from models.dit import tile_weights_1d
+    starts = tuple(a for a, _ in spans)
+    weights = tile_weights_1d(starts, chunk, spans[-1][1])             # (n_chunks, chunk), float32 on the CPU
+    acc, acc_start = None, 0                                           # weighted sum of frames [acc_start, a + chunk)
+    for k, ((a, b), frames) in enumerate(zip(spans, parts)):
+        part = frames.float() * weights[k].to(frames.device).view(1, 1, -1, 1, 1)
+        if acc is None:
+            acc = part
+        else:
+            shared = acc_start + acc.shape[2] - a                       # frames in both the sum and this chunk
+            acc = torch.cat([acc[:, :, :a - acc_start], acc[:, :, a - acc_start:] + part[:, :, :shared],
+                             part[:, :, shared:]], dim=2)
+        final = (spans[k + 1][0] if k + 1 < len(spans) else b) - acc_start
+        yield acc[:, :, :final].to(frames.dtype)
+        acc, acc_start = acc[:, :, final:], acc_start + final

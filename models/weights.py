@@ -222,6 +222,7 @@ def build_vae(cfg, device='cpu', dtype=torch.float32):
     vcfg = cfg.vae
     kw = dict(scale_factor=float(cfg.get('scale_factor', 0.13025)),
               encode_chunk=vcfg.get('encode_chunk', 8), decode_chunk=vcfg.get('decode_chunk', 4),
+              decode_overlap=vcfg.get('decode_overlap', 0),
               tile_size=vcfg.get('tile_size', 0), tile_overlap=vcfg.get('tile_overlap', 16))
     config = _vae_config(cfg)
     if 'vae' in random_stages(cfg):

@@ -1,5 +1,6 @@
-"""tools/benchmark.py: JSON schemas of every subcommand on the tiny config, the analytic FLOP count against
-torch's FLOP counter and the issue's numbers, and the optimised DiT paths (compiled, bf16) against eager fp32.
+"""tools/benchmark.py (tools/bench/): JSON schemas of every subcommand on the tiny config, the analytic FLOP
+count against torch's FLOP counter and the released model's numbers, the optimised DiT paths (compiled, bf16)
+against eager fp32, the seam measurement, and one-line errors.
 
 No timing assertions: speed is measured by running the benchmark, not by tests (DEVELOPERS.md).
 """
@@ -16,6 +17,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.dit import build_dit, init_random_weights_
 from tools import benchmark
+from tools.bench import dit as bench_dit
+from tools.bench import flops, measure, seams
 from tools.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +52,7 @@ def finite_number(v):
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-# ---- recon: the command of issue 8, end to end -------------------------------------------------------
+# ---- recon: end to end, as a user runs it ------------------------------------------------------------
 def check_recon_record(r, frames, size, steps, dtype='float32'):
     assert r['benchmark'] == 'recon' and r['frames'] == frames and (r['height'], r['width']) == (size, size)
     assert r['steps'] == steps and r['dtype'] == dtype and r['random_init'] is True
@@ -59,12 +62,12 @@ def check_recon_record(r, frames, size, steps, dtype='float32'):
         assert s['peak_mib'] is None or finite_number(s['peak_mib'])
     dit = r['dit']
     assert len(dit['step_seconds']) == steps and all(finite_number(v) for v in dit['step_seconds'])
-    flops = benchmark.recon_flops(load_config(r['config']), frames, size, size, steps)
-    assert dit['flops_per_step'] == flops['per_step']['total'] > 0
+    want = flops.recon_flops(load_config(r['config']), frames, size, size, steps)
+    assert dit['flops_per_step'] == want['per_step']['total'] > 0
     assert finite_number(dit['tflops']) and finite_number(dit['sampler_overhead_s'])
     assert finite_number(r['end_to_end_s']) and finite_number(r['frames_per_s']) and finite_number(r['load_s'])
     assert r['dit_latent'] == [frames, size // 8, size // 8] and r['model_size'] == [size, size]
-    assert r['target'] == benchmark.TARGET and r['memory_kind'] == 'cpu_rss_high_water_mark'
+    assert r['target'] == measure.TARGET and r['memory_kind'] == 'cpu_rss_high_water_mark'
     assert {'torch', 'device', 'threads', 'cpu'} <= set(r['env'])
 
 
@@ -93,10 +96,44 @@ def test_recon_bf16_fast_path_runs_on_cpu(tmp_path):
     assert probe_video(tmp_path / 'rec.mp4').num_frames == 5 == probe_video(tmp_path / 'preview.mp4').num_frames
 
 
+def test_recon_on_a_real_clip_without_size(tmp_path, shared_videos):
+    """--input without --size: the short side goes to data.sample_size (64), the aspect ratio is kept."""
+    clip = shared_videos / 'carphone_pristine.mp4'                       # 144 x 176
+    record = benchmark.main(['recon', '--config', TINY, '--input', str(clip), '--frames', '2', '--steps', '1',
+                             '--warmup', '0', '--device', 'cpu', '--json', str(tmp_path / 'r.json')])
+    assert record['input'] == str(clip) and record['frames'] == 2
+    assert record['model_size'] == [64, 96]                                # 64 x 78, padded to multiples of 32
+
+
+def test_missing_weights_and_bad_input_are_one_line_exit_2(tmp_path, capsys):
+    argv = ['recon', '--config', TINY, '--cfg-options', 'random_init=False', f'weights.dit={tmp_path}/none.pth',
+            '--frames', '2', '--device', 'cpu']
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert 'none.pth (dit)' in err and 'bash pretrained/download.sh' in err
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(['recon', '--config', TINY, '--input', str(tmp_path / 'nope.mp4'), '--device', 'cpu'])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and 'nope.mp4: no such file' in err
+
+
+def test_benchmark_imports_no_cli_and_no_private_dit_names():
+    """tools/bench/ measures through the library: no `recon` CLI import, only public names of models/dit.py."""
+    import re
+    for f in sorted((REPO / 'tools' / 'bench').glob('*.py')) + [REPO / 'tools' / 'benchmark.py']:
+        text = f.read_text()
+        assert not re.search(r'^\s*(from recon |import recon\b)', text, re.M), f
+        for names in re.findall(r'from models\.dit import ([^\n]+)', text):
+            assert not any(n.strip().startswith('_') for n in names.split(',')), (f, names)
+        assert len(text.splitlines()) <= 400, f
+
+
 # ---- analytic FLOPs -------------------------------------------------------------------------------------
-def test_flops_of_the_released_model_match_issue_9():
+def test_flops_of_the_released_model():
     """8x1024² -> 32,768 tokens: ≈29 TFLOP linear, ≈59 full 3D attention, ≈12 grid attention, ≈100 in all."""
-    r = benchmark.recon_flops(load_config(RELEASED), 8, 1024, 1024, steps=8)
+    r = flops.recon_flops(load_config(RELEASED), 8, 1024, 1024, steps=8)
     step = r['per_step']
     assert r['latent'] == [8, 128, 128] and step['forward_calls'] == 1 and step['tokens'] == 32768
     D, N = 1152, 32768
@@ -118,7 +155,7 @@ def test_flops_equal_torch_flop_counter(tiny_cfg, tiny_dit, shape):
             tiny_dit(x, 3.0)
     finally:
         tiny_dit.set_attn_backend('sdpa')
-    assert counter.get_total_flops() == benchmark.dit_flops(tiny_cfg.model, *shape)['total']
+    assert counter.get_total_flops() == flops.dit_flops(tiny_cfg.model, *shape)['total']
 
 
 def test_windowed_flops_equal_torch_flop_counter(tiny_cfg, tiny_dit):
@@ -130,8 +167,8 @@ def test_windowed_flops_equal_torch_flop_counter(tiny_cfg, tiny_dit):
             tiny_dit.forward_windowed(x, 3.0)
     finally:
         tiny_dit.set_attn_backend('sdpa')
-    flops = benchmark.windowed_flops(tiny_cfg.model, 9, 12, 12)
-    assert flops['forward_calls'] == 4 * 4 and counter.get_total_flops() == flops['total']
+    want = flops.windowed_flops(tiny_cfg.model, 9, 12, 12)
+    assert want['forward_calls'] == 4 * 4 and counter.get_total_flops() == want['total']
 
 
 def test_flops_subcommand_json(tmp_path):
@@ -154,7 +191,7 @@ def test_dit_fp32_attention_variants(tmp_path):
 def test_plain_forward_is_the_same_maths(tiny_dit):
     x = torch.randn(1, 20, 6, 10, 8)
     with torch.no_grad():
-        assert (benchmark.plain_forward(tiny_dit, x, 7.0) - tiny_dit(x, 7.0)).abs().max() < 1e-5
+        assert (bench_dit.plain_forward(tiny_dit, x, 7.0) - tiny_dit(x, 7.0)).abs().max() < 1e-5
 
 
 def test_gemm_floor_json(tmp_path):
@@ -182,7 +219,7 @@ def test_numerics_json(tmp_path):
 
 
 def test_memory_json(tmp_path, monkeypatch):
-    monkeypatch.setattr(benchmark, 'release_freed_memory_to_os', lambda: False)   # keep pytest's malloc as is
+    monkeypatch.setattr(measure, 'release_freed_memory_to_os', lambda: False)   # keep pytest's malloc as is
     out = tmp_path / 'memory.json'
     benchmark.main(['memory', '--config', TINY, '--lengths', '4', '8', '--sizes', '64', '--device', 'cpu',
                     '--json', str(out)])
@@ -212,9 +249,9 @@ def test_compiled_and_eager_dit_are_equal(tiny_dit):
     x = torch.randn(1, 20, 6, 12, 10)
     with torch.no_grad():
         eager = tiny_dit.forward_windowed(x, 321.0)
-        compiled = benchmark.compile_dit(tiny_dit)
+        compiled = bench_dit.compile_dit(tiny_dit)
         try:
-            with benchmark.forward_conditioned_as(tiny_dit, compiled):
+            with bench_dit.forward_conditioned_as(tiny_dit, compiled):
                 out = tiny_dit.forward_windowed(x, 321.0)
         except Exception as e:  # noqa: BLE001 — torch._inductor raises many types when it cannot compile
             if 'compile' in type(e).__name__.lower() or 'inductor' in repr(e).lower():
@@ -237,14 +274,14 @@ def test_bf16_dit_is_close_to_fp32(tiny_dit):
 
 def test_step_and_stage_timers():
     device = torch.device('cpu')
-    timer, steps = benchmark.StageTimer(device), benchmark.StepTimer(device)
+    timer, steps = measure.StageTimer(device), measure.StepTimer(device)
     double = steps.wrap(lambda v: 2 * v)
     with timer('a'):
         assert double(2) == 4 and double(3) == 6
     with timer('a'):
         pass
     assert timer.stages['a']['calls'] == 2 and len(steps.seconds()) == 2
-    times = benchmark.time_interleaved({'x': lambda: None, 'y': lambda: None}, device, repeats=2, warmup=0)
+    times = measure.time_interleaved({'x': lambda: None, 'y': lambda: None}, device, repeats=2, warmup=0)
     assert set(times) == {'x', 'y'} and all(m >= b >= 0 for m, b in times.values())
 
 
@@ -277,15 +314,15 @@ def test_sampler_loop_has_no_host_device_sync(tiny_cfg, scheduler):
 
     Allowed: Euler-ancestral's non-blocking copy of each step's noise (from pinned memory on CUDA).
     """
-    from diffusion.samplers import sample
+    from diffusion.samplers import get_sampler
     model = build_dit(tiny_cfg.model).eval().to('meta').set_attn_backend('math')
     x, cond = torch.randn(1, 4, 6, 12, 12, device='meta'), torch.randn(1, 16, 6, 12, 12, device='meta')
     model.forward_windowed(torch.cat([x, cond], 1), 1.0)                   # fills the pos-embed / tile caches
     counts = []
     for steps in (2, 4):
         with HostTransfers() as seen:
-            out = sample(lambda v, t: model.forward_windowed(v, t), x, cond, scheduler=scheduler, steps=steps,
-                         generator=torch.Generator().manual_seed(0), progress=False)
+            out = get_sampler(scheduler)(lambda v, t: model.forward_windowed(v, t), x, cond, steps,
+                                         torch.Generator().manual_seed(0), False)
         assert out.device.type == 'meta' and out.shape == x.shape
         assert all(e.startswith('copy cpu->meta (6, 4, 12, 12)') for e in seen.events), seen.events
         counts.append(len(seen.events))
@@ -311,3 +348,43 @@ def test_euler_ancestral_loop_equals_diffusers_step(spacing):
         eps = eps_fn(torch.cat([inp, cond], 1), t.float().expand(2))
         lat = sched.step(fold(eps), t, lat, generator=g).prev_sample
     assert torch.equal(ours, unfold(lat))
+
+
+# ---- seams: chunk / tile boundaries against whole runs ---------------------------------------------------
+def test_seam_errors_on_a_known_step():
+    """A step of 1 at the cut: boundary and jump errors 1, nothing elsewhere; a smooth ramp of the same height
+    spreads it (jump 0.25 per neighbour pair over 4 pairs)."""
+    ref = torch.zeros(1, 1, 10, 2, 2)
+    step = ref.clone()
+    step[:, :, 5:] = 1.0
+    r = seams.seam_errors(step, ref, {2: [5]})
+    assert (r['boundary_err'], r['jump_err'], r['jump_interior']) == (1.0, 1.0, 0.0) and r['interior_err'] == 1.0
+    ramp = ref.clone()
+    ramp[:, :, 3:7] = torch.tensor([0.25, 0.5, 0.75, 1.0]).view(1, 1, 4, 1, 1)
+    ramp[:, :, 7:] = 1.0
+    r = seams.seam_errors(ramp, ref, {2: [5]})
+    assert r['jump_err'] == 0.25 and r['jump_interior'] == 0.25
+    tiles = torch.zeros(1, 1, 1, 6, 6)
+    tiles[..., 3:, :] = 0.5                                                # a seam between rows 2 and 3 only
+    r = seams.seam_errors(tiles, torch.zeros_like(tiles), {3: [3], 4: [3]})
+    assert r['jump_err'] == 0.5 and r['jump_interior'] == 0.0 and r['boundary_err'] == 0.5
+
+
+def test_seams_json_on_a_real_clip(tmp_path, shared_videos):
+    """Rows for every overlap and both tile blends; a clip of one decoder chunk has no seam, equals the whole decode."""
+    out = tmp_path / 'seams.json'
+    clip = str(shared_videos / 'carphone_pristine.mp4')
+    r = benchmark.main(['seams', '--config', TINY, '--inputs', clip, '--frames', '6', '--size', '96',
+                        '--device', 'cpu', '--json', str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r))
+    vae, dit = r['vae_temporal'], r['dit_tiles']
+    assert vae['decode_chunk'] == 4 and vae['decode_overlap'] == 2 and vae['decoder_calls_ratio'] == 1.0
+    assert [(row['setting'], row.get('decoder_calls')) for row in r['rows'] if row['part'] == 'vae_temporal'] == [
+        ('overlap=0', 2), ('overlap=1', 2), ('overlap=2', 2), ('overlap=3', 3)]   # 6 frames: [0,4)+[4,6) / ...
+    for key in ('boundary_err', 'interior_err', 'jump_err'):
+        assert finite_number(vae[f'{key}_no_overlap']) and finite_number(vae[f'{key}_overlap'])
+        assert finite_number(dit[f'{key}_overwrite']) and finite_number(dit[f'{key}_smooth'])
+    assert dit['tile'] == 8 and {row['tiles'] for row in r['rows'] if row['part'] == 'dit_tiles'} == {6}
+    short = benchmark.main(['seams', '--config', TINY, '--inputs', clip, '--frames', '4', '--size', '96',
+                            '--device', 'cpu'])['vae_temporal']
+    assert short['boundary_err_no_overlap'] is None and short['interior_err_no_overlap'] == 0.0   # one chunk = whole

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion import create_diffusion, sample, space_timesteps, windowed_eps
+from diffusion import SAMPLERS, NoiseSchedule, create_diffusion, get_sampler, space_timesteps
 from diffusion.losses import discretized_gaussian_log_likelihood, normal_kl
-from diffusion.samplers import sample_dpm_solver
+from diffusion.samplers import dpms
 
 N, B0, B1 = 1000, 1e-4, 0.02
 
@@ -226,9 +226,9 @@ def check_recovers_gaussian(x, cond, mean_tol, std_rtol):
 @pytest.mark.parametrize('name,steps,std_rtol', [('EulerA', 500, 0.05), ('DDIM', 250, 0.03), ('DPMS', 50, 0.02)])
 def test_samplers_recover_toy_gaussian(name, steps, std_rtol):
     noise, cond = toy_problem()
-    x = sample(GaussianOracle(STD), noise, cond, scheduler=name, steps=steps, progress=False,
-               generator=torch.Generator().manual_seed(1),
-               scheduler_kwargs=dict(clip_sample=False) if name == 'DDIM' else None)   # data exceed [-1, 1]
+    kw = dict(clip_sample=False) if name == 'DDIM' else {}                   # data exceed [-1, 1]
+    x = SAMPLERS[name](GaussianOracle(STD), noise, cond, steps, torch.Generator().manual_seed(1), False,
+                       NoiseSchedule(), **kw)
     assert x.shape == noise.shape
     check_recovers_gaussian(x, cond, mean_tol=0.03, std_rtol=std_rtol)
 
@@ -257,8 +257,8 @@ def test_iddpm_ancestral_recovers_toy_gaussian_with_learned_variance():
 
 def test_samplers_deterministic_for_a_seed():
     noise, cond = toy_problem(T=2, hw=8)
-    run = lambda name, seed: sample(GaussianOracle(STD), noise, cond, scheduler=name, steps=6,
-                                    generator=torch.Generator().manual_seed(seed), progress=False)
+    run = lambda name, seed: get_sampler(name)(GaussianOracle(STD), noise, cond, 6,
+                                               torch.Generator().manual_seed(seed), False)
     for name in ('EulerA', 'DDIM', 'DPMS'):
         assert torch.equal(run(name, 3), run(name, 3))
     assert not torch.allclose(run('EulerA', 3), run('EulerA', 4))
@@ -270,7 +270,7 @@ def test_sampler_timesteps_seen_by_model():
     for name, want in [('DDIM', [750, 500, 250, 0]), ('EulerA', [999, 666, 333, 0]),
                        ('DPMS', [999, 749.25, 499.5, 249.75])]:
         oracle = GaussianOracle(STD)
-        sample(oracle, noise, cond, scheduler=name, steps=4, progress=False)
+        get_sampler(name)(oracle, noise, cond, steps=4, progress=False)
         assert [s.dtype for s in oracle.seen] == [torch.float32] * 4
         torch.testing.assert_close(torch.stack(oracle.seen)[:, 0], torch.tensor(want, dtype=torch.float32))
 
@@ -279,26 +279,47 @@ def test_dpm_solver_first_order_matches_ddim_update():
     """One DPM-Solver++(1) step is DDIM (η=0) from t=1 to t_end: x = (σ_t/σ_s)·x − α_t(e^{−h} − 1)·x̂0."""
     noise, cond = toy_problem(T=1, hw=4)
     oracle = GaussianOracle(STD)
-    x = sample_dpm_solver(oracle, noise, cond, steps=1, order=2, progress=False)
+    x = dpms(oracle, noise, cond, steps=1, progress=False, order=2)
     ab = oracle.alpha_bar(torch.tensor([999.0, 0.0])).flatten().float()
     eps = oracle(torch.cat([noise, cond], 1), torch.tensor([999.0]))
     x0 = (noise - (1 - ab[0]).sqrt() * eps) / ab[0].sqrt()
     torch.testing.assert_close(x, ab[1].sqrt() * x0 + (1 - ab[1]).sqrt() * eps, rtol=1e-4, atol=1e-4)
 
 
-def test_sampler_bad_inputs_and_windowed_eps():
+def test_sampler_bad_inputs():
     noise, cond = toy_problem(T=1, hw=4)
     with pytest.raises(ValueError, match="diffusion/samplers.py: unknown sampler 'Heun'"):
-        sample(GaussianOracle(STD), noise, cond, scheduler='Heun', progress=False)
-    with pytest.raises(ValueError, match='must be'):
-        sample(GaussianOracle(STD), noise, cond[..., :2], progress=False)
-    with pytest.raises(ValueError, match='ε channels only'):
-        sample(lambda x, t: x, noise, cond, progress=False)
+        get_sampler('Heun')
+    for name in SAMPLERS:
+        with pytest.raises(ValueError, match='must be'):
+            get_sampler(name)(GaussianOracle(STD), noise, cond[..., :2], progress=False)
+        with pytest.raises(ValueError, match='ε channels only'):
+            get_sampler(name)(lambda x, t: x, noise, cond, progress=False)
+        with pytest.raises(ValueError, match='steps=0'):
+            get_sampler(name)(GaussianOracle(STD), noise, cond, 0, progress=False)
 
-    class Stub:
-        def forward_windowed(self, x, t, tile_blend):
-            self.blend = tile_blend
-            return x[:, :4] * 0
-    stub = Stub()
-    out = sample(windowed_eps(stub, tile_blend='overwrite'), noise, cond, scheduler='DDIM', steps=2, progress=False)
-    assert stub.blend == 'overwrite' and torch.isfinite(out).all()
+
+def test_samplers_share_one_signature_and_the_schedule():
+    """Every registered sampler takes (eps_fn, noise, cond, steps, generator, progress, schedule) positionally,
+    and the schedule's β range reaches the model: a different beta_end changes every sampler's output."""
+    import inspect
+    for fn in SAMPLERS.values():
+        params = list(inspect.signature(fn).parameters)
+        assert params[:7] == ['eps_fn', 'noise', 'cond', 'steps', 'generator', 'progress', 'schedule']
+    noise, cond = toy_problem(T=1, hw=4)
+    for name, fn in SAMPLERS.items():
+        run = lambda schedule: fn(GaussianOracle(STD), noise, cond, 3, torch.Generator().manual_seed(0), False,
+                                  schedule)
+        assert torch.equal(run(NoiseSchedule()), run(None)), name          # None: the training default
+        assert not torch.allclose(run(NoiseSchedule(beta_end=0.03)), run(None)), name
+    sched = NoiseSchedule.from_config(dict(num_timesteps=1000, beta_start=1e-4, beta_end=0.02))
+    ab = torch.from_numpy(create_diffusion().alphas_cumprod)
+    torch.testing.assert_close(sched.log_alpha.double(), 0.5 * ab.log(), rtol=1e-6, atol=1e-7)
+
+
+def test_diffusion_imports_no_network():
+    """diffusion/ takes an ε function; it never imports models/ (the pipeline owns the DiT wrapper)."""
+    import pathlib
+    for f in (pathlib.Path(__file__).resolve().parents[1] / 'diffusion').glob('*.py'):
+        text = f.read_text()
+        assert 'import models' not in text and 'from models' not in text and 'forward_windowed' not in text, f

@@ -14,8 +14,8 @@ import torch
 from einops import rearrange
 from safetensors import safe_open
 
-from diffusion import create_diffusion, sample, windowed_eps
-from diffusion.samplers import sample_dpm_solver
+from diffusion import create_diffusion
+from diffusion.samplers import dpms, get_sampler
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
 GOLDEN_FILE = Path(os.environ.get('GOLDEN_FILE', SHARED / 'golden' / 'golden_a.safetensors'))
@@ -127,13 +127,13 @@ def test_dpm_solver_matches_golden(golden, golden_model, name):
     noise, cond = g[f'{name}_noise'], g[f'{name}_cond']
     frames = noise.shape[0]                                           # ONE video of n frames
     seen = []
-    eps_model = windowed_eps(golden_model, tile_blend='overwrite')
+    eps_model = lambda x_in, t: golden_model.forward_windowed(x_in, t, tile_blend='overwrite')
 
     def eps_fn(x_in, t):
         seen.append(t)
         return eps_model(x_in, t)
-    out = sample_dpm_solver(eps_fn, unfold(noise, frames), unfold(cond, frames), steps=args['steps'],
-                            order=args['order'], progress=False)
+    out = dpms(eps_fn, unfold(noise, frames), unfold(cond, frames), steps=args['steps'], progress=False,
+               order=args['order'])
     torch.testing.assert_close(torch.stack(seen)[:, 0], g[f'{name}_model_t'], rtol=0, atol=1e-4)
     err = rel_err(out, unfold(g[f'{name}_out'], frames))
     assert err <= 1e-5, f'{name}_out: max abs error / max = {err:.2e}'
@@ -146,14 +146,14 @@ def test_diffusers_samplers_match_golden(golden_samplers, samplers_model, name):
     frames = g['sampler_noise'].shape[0]                              # ONE video of n frames
     offset = int(re.search(r'manual_seed\(SEED\s*\+\s*(\d+)\)', meta['eulera']).group(1))
     seen = []
-    eps_model = windowed_eps(samplers_model, tile_blend='overwrite')
+    eps_model = lambda x_in, t: samplers_model.forward_windowed(x_in, t, tile_blend='overwrite')
 
     def eps_fn(x_in, t):
         seen.append(t)
         return eps_model(x_in, t)
-    out = sample(eps_fn, unfold(g['sampler_noise'], frames), unfold(g['sampler_cond'], frames),
-                 scheduler={'eulera': 'EulerA', 'ddim': 'DDIM'}[name], steps=len(g[f'{name}_model_t']),
-                 generator=torch.Generator().manual_seed(meta['seed'] + offset), progress=False)
+    sampler = get_sampler({'eulera': 'EulerA', 'ddim': 'DDIM'}[name])
+    out = sampler(eps_fn, unfold(g['sampler_noise'], frames), unfold(g['sampler_cond'], frames),
+                  len(g[f'{name}_model_t']), torch.Generator().manual_seed(meta['seed'] + offset), False)
     torch.testing.assert_close(torch.stack(seen)[:, 0], g[f'{name}_model_t'], rtol=0, atol=0)
     want = unfold(g[f'{name}_out'], frames)
     if name == 'eulera':

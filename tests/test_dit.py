@@ -363,7 +363,8 @@ def test_load_checkpoint_mismatch_and_missing_file(tmp_path):
 def test_benchmark_dit_writes_rows(tmp_path, monkeypatch):
     import json
     from tools import benchmark
-    monkeypatch.setattr(benchmark, 'release_freed_memory_to_os', lambda: False)   # keep pytest's malloc as is
+    from tools.bench import measure
+    monkeypatch.setattr(measure, 'release_freed_memory_to_os', lambda: False)     # keep pytest's malloc as is
     out = tmp_path / 'dit.json'
     benchmark.main(['dit', '--repeats', '1', '--warmup', '0', '--json', str(out)])
     record = json.loads(out.read_text())

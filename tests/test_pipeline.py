@@ -88,12 +88,17 @@ def test_decode_is_seeded_by_seed_and_name(pipe):
 
 
 def test_chunked_vae_decode_equals_whole(pipe):
-    """recon.py decodes frame ranges that are multiples of decode_chunk: same frames as one decode."""
+    """Without overlap (vae.decode_overlap=0), frame ranges that are multiples of decode_chunk decode to the
+    same frames as one decode; with overlap only one stream over the whole clip blends across range ends."""
     z = torch.randn(1, 4, 10, 8, 8) * 0.5
-    whole = torch.cat(list(pipe.vae_decode_chunks(z)), dim=2)
-    k = pipe.vae.decode_chunk
-    parts = torch.cat([torch.cat(list(pipe.vae_decode_chunks(z[:, :, a:a + 2 * k])), dim=2)
-                       for a in range(0, 10, 2 * k)], dim=2)
+    overlap, pipe.vae.decode_overlap = pipe.vae.decode_overlap, 0
+    try:
+        whole = torch.cat(list(pipe.vae_decode_chunks(z)), dim=2)
+        k = pipe.vae.decode_chunk
+        parts = torch.cat([torch.cat(list(pipe.vae_decode_chunks(z[:, :, a:a + 2 * k])), dim=2)
+                           for a in range(0, 10, 2 * k)], dim=2)
+    finally:
+        pipe.vae.decode_overlap = overlap
     torch.testing.assert_close(parts, whole, rtol=0, atol=0)
 
 

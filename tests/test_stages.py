@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torchvision.models import efficientnet_v2_s
 
-from models.svd_vae import SVDVAE, check_vae_config, tiled_apply
+from models.svd_vae import SVDVAE, check_vae_config, chunk_spans, tiled_apply
 from models.weights import (DOWNLOAD_CMD, REPO_ROOT, MissingWeightsError, WeightsFormatError, build_compressor,
                             build_previewer, build_vae, check_weights, convert_pth_to_safetensors, resolve_path)
 from tools.config import load_config
@@ -30,7 +30,7 @@ DOWNLOAD = REPO_ROOT / 'pretrained' / 'download.sh'
 
 @pytest.fixture(scope='module')
 def cfg():
-    return load_config(TINY, {'vae.config': SMALL_VAE})
+    return load_config(TINY, {'vae.config': SMALL_VAE, 'vae.decode_overlap': 0})   # the original's chunks
 
 
 @pytest.fixture(scope='module')
@@ -212,6 +212,73 @@ def test_tiled_decode():
     vae.tile_size = 8                                                       # 2 x 2 tiles
     tiled = vae.decode(latent)
     assert tiled.shape == full.shape == (1, 3, 2, 80, 96) and torch.isfinite(tiled).all()
+
+
+def original_chunked_decode(vae, latent):
+    """The original's temporal decode: non-overlapping chunks of decode_chunk frames, the last one shorter."""
+    parts = []
+    for a in range(0, latent.shape[2], vae.decode_chunk):
+        z = latent[0, :, a:a + vae.decode_chunk].transpose(0, 1) / vae.scale_factor     # (k, 4, h, w)
+        parts.append(vae.vae.decode(z, num_frames=z.shape[0]).sample.transpose(0, 1))
+    return torch.cat(parts, dim=1)[None]
+
+
+def test_decode_overlap_zero_is_the_original_exactly(vae):
+    latent = torch.randn(1, 4, 10, 4, 5)
+    assert vae.decode_overlap == 0
+    assert torch.equal(vae.decode(latent), original_chunked_decode(vae, latent))
+    assert torch.equal(vae.decode(latent, decode_overlap=0), original_chunked_decode(vae, latent))
+    assert [c.shape[2] for c in vae.decode_iter(latent)] == [4, 4, 2]
+
+
+def test_chunk_spans():
+    assert chunk_spans(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert chunk_spans(10, 4, 1) == [(0, 4), (3, 7), (6, 10)]
+    assert chunk_spans(9, 4, 1) == [(0, 4), (3, 7), (5, 9)]               # the last chunk flush with the end
+    assert chunk_spans(9, 4, 3) == [(a, a + 4) for a in range(6)]
+    assert chunk_spans(3, 4, 2) == [(0, 3)] and chunk_spans(4, 4, 1) == [(0, 4)]
+
+
+class FramewiseVAE(torch.nn.Module):
+    """A decoder without temporal mixing (each frame from its own latent): any chunking gives the same frames."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(3.0))                  # FrozenStage reads device/dtype from it
+
+    def decode(self, z, num_frames):
+        return argparse.Namespace(sample=F.interpolate(torch.tanh(z[:, :3] * self.gain + z[:, 3:]), scale_factor=8))
+
+
+def test_decode_overlap_weights_sum_to_one():
+    vae = SVDVAE(FramewiseVAE(), decode_chunk=4)
+    latent = torch.randn(2, 4, 11, 3, 2)
+    plain = vae.decode(latent)
+    for overlap in (1, 2, 3):
+        parts = list(vae.decode_iter(latent, decode_overlap=overlap))
+        assert sum(p.shape[2] for p in parts) == 11
+        torch.testing.assert_close(torch.cat(parts, dim=2), plain, rtol=0, atol=1e-6)
+
+
+def test_decode_overlap_blends_shared_frames(vae):
+    """overlap 1: frames seen by one chunk are that chunk's decode; the shared frame is the mean of its two decodes."""
+    latent = torch.randn(1, 4, 7, 4, 5)
+    out = vae.decode(latent, decode_overlap=1)                              # chunks [0, 4) and [3, 7)
+    first = vae.decode(latent[:, :, 0:4], decode_chunk=4)
+    second = vae.decode(latent[:, :, 3:7], decode_chunk=4)
+    torch.testing.assert_close(out[:, :, :3], first[:, :, :3], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[:, :, 4:], second[:, :, 1:], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[:, :, 3], (first[:, :, 3] + second[:, :, 0]) / 2, rtol=0, atol=1e-6)
+    assert not torch.allclose(out[:, :, 3], first[:, :, 3], atol=1e-4)      # the two decodes differ: a real blend
+
+
+def test_decode_overlap_checked(cfg):
+    with pytest.raises(ValueError, match=r'cfg.vae.decode_overlap = 4 must be an integer in \[0, decode_chunk = 4\)'):
+        SVDVAE(FramewiseVAE(), decode_chunk=4, decode_overlap=4)
+    with pytest.raises(ValueError, match='decode_overlap = -1'):
+        build_vae(load_config(TINY, {'vae.config': SMALL_VAE, 'vae.decode_overlap': -1}))
+    vae = build_vae(load_config(TINY, {'vae.config': SMALL_VAE}))
+    assert (vae.decode_chunk, vae.decode_overlap) == (4, 2)                 # the default (README: seams)
 
 
 # ---- frozen, dtype, device, random init ------------------------------------------------------------

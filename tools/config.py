@@ -108,8 +108,9 @@ def _check(cfg, path):
             auto.get('base_batch_size'), int) and auto['base_batch_size'] >= 1):
         raise ConfigError(f"{path}: optimizer.auto_lr = {auto!r}; use dict(rule='sqrt' or 'linear', "
                           f"base_batch_size=256) or None (the lr as given)")
-    if cfg.sampling.scheduler not in ('EulerA', 'DDIM', 'DPMS'):
-        raise ConfigError(f"{path}: sampling.scheduler = {cfg.sampling.scheduler!r}; use EulerA, DDIM or DPMS")
+    from diffusion.samplers import SAMPLERS          # here: torch is slow to import, `--help` needs none
+    if cfg.sampling.scheduler not in SAMPLERS:
+        raise ConfigError(f"{path}: sampling.scheduler = {cfg.sampling.scheduler!r}; use {', '.join(SAMPLERS)}")
 
 
 def load_config(path, overrides=None):

@@ -23,6 +23,7 @@ previewer = dict(chunk_size=8)
 vae = dict(
     config=dict(),           # empty: read config.json from weights.vae; keys given: build that (small) VAE
     decode_chunk=4,          # frames per SVD temporal-decoder call (as SVD was used)
+    decode_overlap=2,        # frames shared (blended) by consecutive decoder chunks; 0 = the original's (README)
     encode_chunk=8,
     sample_posterior=True,   # training target x0: a posterior sample (False: the posterior mean)
     tile_size=0,             # >0: decode in spatial tiles of this many latent pixels (very large frames)

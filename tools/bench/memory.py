@@ -1,0 +1,87 @@
+"""`memory`: peak memory against clip length and frame / tile size, of the DiT or the whole reconstruction."""
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tools.bench.measure import (add_config_args, add_run_args, autocast_for, environment, load_cfg, memory_kind,
+                                 peak_memory_mib, print_table, reset_peak, setup_device, sync, synthetic_video,
+                                 write_json)
+from tools.bench.recon import build_pipeline, run_recon
+
+
+def bench_memory(args):
+    """Peak memory vs clip length and frame/tile size: the DiT's forward_windowed, or the whole reconstruction."""
+    from models.dit import build_dit, init_random_weights_
+    cfg = load_cfg(args, random_init=True)
+    device = setup_device(args, exact_cpu_peaks=True)
+    dtype = args.dtype or cfg.get('dtype', 'fp32')
+    tiles = args.tiles or [cfg.model.input_size]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for tile in tiles:
+            cfg.model.input_size = tile
+            if args.what == 'dit':
+                model = init_random_weights_(build_dit(cfg.model), cfg.init_seed).to(device).eval()
+            else:
+                pipe = build_pipeline(cfg, device, dtype)
+            for size in args.sizes:
+                first = None
+                for frames in args.lengths:
+                    row = dict(what=args.what, frames=frames, size=size, tile=tile)
+                    if args.what == 'dit':
+                        lat = size // 8
+                        x = torch.randn(1, cfg.model.in_channels, frames, lat, lat).to(device)
+
+                        def run():
+                            with torch.inference_mode(), autocast_for(device, dtype):
+                                model.forward_windowed(x, 500.0)
+                        run()                                     # warm: one-time allocations are not the call's
+                        sync(device)
+                        start = time.perf_counter()
+                        row['added_mib'] = peak_memory_mib(run, device)
+                        row['seconds'] = time.perf_counter() - start
+                        del x
+                    else:
+                        path = Path(tmp) / f'{frames}x{size}.mp4'
+                        if not path.is_file():
+                            from tools.video_io import write_video
+                            write_video(path, synthetic_video(frames, size, size), fps=24)
+                        kw = dict(frames=frames, steps=args.steps, chunk_frames=args.chunk_frames)
+                        run_recon(pipe, str(path), tmp, **kw)     # warm
+                        reset_peak(device)
+                        _, _, info = run_recon(pipe, str(path), tmp, **kw)
+                        row.update(seconds=info['end_to_end_s'], peak_mib=info['peak_mib'],
+                                   added_mib=None if info['peak_mib'] is None else info['peak_mib'] - info['base_mib'])
+                    if device.type == 'cpu':
+                        row['seconds'] = None                     # the RSS-peak resets slow CPU work: not a timing
+                    if row['added_mib'] is not None:
+                        first = row['added_mib'] if first is None else first
+                        row['vs_shortest'] = row['added_mib'] / first if first > 0 else None
+                    rows.append(row)
+    print(f"memory: {cfg.config_path} ({args.what}), {device} {dtype}, {memory_kind(device)}; added_mib = "
+          f"peak minus memory in use before the call (after a warm-up call); vs_shortest = added_mib / the "
+          f"shortest clip's" + ('; no CPU seconds: measuring RSS peaks slows the CPU' if device.type == 'cpu' else ''))
+    print_table(rows, ['what', 'frames', 'size', 'tile', 'seconds', 'peak_mib', 'added_mib', 'vs_shortest'])
+    write_json(args.json, dict(benchmark='memory', what=args.what, config=cfg.config_path, dtype=dtype,
+                               cfg_options=args.cfg_options, env=environment(device),
+                               memory_kind=memory_kind(device), rows=rows))
+    return rows
+
+
+def add_memory_parser(subparsers):
+    p = subparsers.add_parser('memory', help='peak memory vs clip length and size', description=bench_memory.__doc__)
+    add_config_args(p)
+    p.add_argument('--what', choices=['dit', 'recon'], default='dit',
+                   help="dit: forward_windowed on the latent; recon: the whole streamed reconstruction")
+    p.add_argument('--lengths', type=int, nargs='+', default=[8, 16, 32], help='clip lengths in frames')
+    p.add_argument('--sizes', type=int, nargs='+', default=[64], help='frame sizes in pixels (square)')
+    p.add_argument('--tiles', type=int, nargs='+', default=None,
+                   help='DiT tile sizes in latent pixels (model.input_size; default: the config)')
+    p.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default=None)
+    p.add_argument('--steps', type=int, default=1, help='sampler steps for --what recon (default 1)')
+    p.add_argument('--chunk-frames', type=int, default=16)
+    add_run_args(p)
+    p.set_defaults(func=bench_memory)
+

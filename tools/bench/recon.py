@@ -1,0 +1,217 @@
+"""`recon`: the streamed reconstruction end to end through CascadeV, timed per stage and per DiT sampler step."""
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from diffusion.samplers import SAMPLERS
+from tools.bench.flops import recon_flops
+from tools.bench.measure import (TARGET, StageTimer, StepTimer, add_config_args, add_run_args, bf16_peak_tflops,
+                                 current_memory_mib, environment, fmt, load_cfg, memory_kind, print_table,
+                                 setup_device, synthetic_video, write_json)
+from tools.streaming import read_ahead
+
+
+def build_pipeline(cfg, device, dtype, compile=False, compile_mode=None, stages=None, channels_last=None):
+    """CascadeV.from_config with torch.compile of the DiT (in `compile_mode`) and the conv-stage memory layout."""
+    from models.pipeline import CascadeV
+    from models.weights import STAGES
+    return CascadeV.from_config(cfg, device=device, dtype=dtype, compile=(compile_mode or True) if compile else False,
+                                stages=stages or STAGES, channels_last=channels_last)
+
+
+@contextmanager
+def timed_dit_steps(pipe, step_timer):
+    """Inside: every DiT call of pipe.refine (one per sampler step) is timed by step_timer."""
+    make = pipe._eps_fn
+    pipe._eps_fn = lambda: step_timer.wrap(make())
+    try:
+        yield
+    finally:
+        del pipe._eps_fn
+
+
+def run_recon(pipe, path, out_dir, size=0, frames=None, steps=8, scheduler='EulerA', seed=42, chunk_frames=16,
+               overlap=True):
+    """One reconstruction of `path`, streamed as recon.py does it, timed per stage; -> (stages, step seconds, info).
+
+    read + compressor per chunk of frames → DiT sampler over the whole clip → per chunk: previewer, SVD decode,
+    write (rec.mp4 and preview.mp4 in out_dir). overlap: as recon.py, the next chunk is read and the last one
+    written in background threads, so 'read' and 'write' count only the time the model work waited for them.
+    """
+    from tools.frames import plan
+    from tools.video_io import VideoWriter, probe_video, read_video, to_uint8
+    device = pipe.device
+    timer, steps_timer = StageTimer(device), StepTimer(device)
+    info = probe_video(path)
+    n = min(frames, info.num_frames) if frames else info.num_frames
+    base = current_memory_mib(device)
+    read = lambda a, b: read_video(path, num_frames=b - a, start=a)[0]                     # (3, k, H, W)
+    spans = [(a, min(a + chunk_frames, n)) for a in range(0, n, chunk_frames)]
+    start = time.perf_counter()
+    parts, geom = [], None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        clips = read_ahead(read, spans, pool) if overlap else (read(a, b) for a, b in spans)
+        for _ in spans:
+            with timer('read'):
+                clip = next(clips)
+                geom = geom or plan(*clip.shape[-2:], size=size)
+                clip = geom.to_model(clip)
+            with timer('compressor'):
+                parts.append(pipe.encode(clip[None]))                                        # (1, 16, k, h, w)
+    latent = torch.cat(parts, dim=2)
+    with timer('dit'), timed_dit_steps(pipe, steps_timer):
+        z = pipe.refine(latent, steps=steps, scheduler=scheduler, seed=seed, name=Path(path).stem)
+    decode_chunk = pipe.vae.decode_chunk
+    chunk = decode_chunk * max(1, round(chunk_frames / decode_chunk))
+
+    def write(rec, preview):
+        rec_w.write(to_uint8(geom.to_output(rec)))
+        prev_w.write(to_uint8(geom.to_output(preview)))
+    rec_w, prev_w = VideoWriter(Path(out_dir) / 'rec.mp4', info.fps), VideoWriter(Path(out_dir) / 'preview.mp4', info.fps)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = None
+            for a in range(0, n, chunk):
+                with timer('previewer'):
+                    preview = pipe.preview(latent[:, :, a:a + chunk])[0].cpu()
+                with timer('svd_decode'):
+                    rec = torch.cat(list(pipe.vae_decode_chunks(z[:, :, a:a + chunk])), dim=2)[0].cpu()
+                with timer('write'):
+                    if pending is not None:
+                        pending.result()
+                    pending = pool.submit(write, rec, preview) if overlap else write(rec, preview)
+            with timer('write'):
+                if pending is not None:
+                    pending.result()
+                rec_w.close()                             # flushes the encoder
+                prev_w.close()
+    except BaseException:
+        rec_w.abort()
+        prev_w.abort()
+        raise
+    total = time.perf_counter() - start
+    order = ['read', 'compressor', 'dit', 'previewer', 'svd_decode', 'write']
+    stages = [timer.stages[k] for k in order if k in timer.stages]
+    peaks = [s['peak_mib'] for s in stages if s['peak_mib'] is not None]
+    return stages, steps_timer.seconds(), dict(
+        frames=n, model_size=list(geom.model), latent=list(latent.shape[2:]), end_to_end_s=total,
+        base_mib=base, peak_mib=max(peaks) if peaks else None)
+
+
+def _input_video(args, tmp, frames, height, width):
+    """--input, or a synthetic clip written to tmp (not timed) so that 'read' decodes a real mp4."""
+    if args.input:
+        return args.input
+    from tools.video_io import write_video
+    path = Path(tmp) / 'synthetic.mp4'
+    write_video(path, synthetic_video(frames, height, width), fps=24)
+    return str(path)
+
+
+def bench_recon(args):
+    """End to end per stage: read, compressor, previewer, DiT per sampler step, SVD decode, write."""
+    from models.weights import resolve_dtype
+    cfg = load_cfg(args, random_init=args.random_init)
+    device = setup_device(args)
+    dtype = args.dtype or cfg.get('dtype', 'fp32')
+    steps = args.steps or cfg.sampling.steps
+    scheduler = args.scheduler or cfg.sampling.scheduler
+    height = args.size or cfg.data.sample_size
+    width = args.width or height
+    frames = args.frames or cfg.data.num_frames_per_video
+    if args.input and not Path(args.input).is_file():
+        raise ValueError(f'--input {args.input}: no such file; pass a video file, or no --input for a synthetic clip')
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = Path(args.out_dir) if args.out_dir else Path(tmp)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = _input_video(args, tmp, frames, height, width)
+        t0 = time.perf_counter()
+        channels_last = {'auto': None, 'on': True, 'off': False}[args.channels_last]
+        pipe = build_pipeline(cfg, device, dtype, args.compile, args.compile_mode, channels_last=channels_last)
+        load_s = time.perf_counter() - t0
+        size = height if args.input else 0             # synthetic frames are made at the size asked for
+        kw = dict(size=size, frames=frames, steps=steps, scheduler=scheduler, chunk_frames=args.chunk_frames)
+        overlaps = {'on': [True], 'off': [False], 'both': [False, True]}[args.overlap]
+        for _ in range(args.warmup):                   # first-call costs: kernels, allocator, compilation
+            run_recon(pipe, path, out_dir, overlap=overlaps[-1], **kw)
+        runs = {v: [] for v in overlaps}
+        for _ in range(args.repeats):                  # variants take turns, the fastest run of each is kept
+            for v in overlaps:
+                runs[v].append(run_recon(pipe, path, out_dir, overlap=v, **kw))
+        best = {v: min(r, key=lambda run: run[2]['end_to_end_s']) for v, r in runs.items()}
+        stages, step_s, info = best[overlaps[-1]]
+    T, h, w = info['latent']
+    flops = recon_flops(cfg, T, info['model_size'][0], info['model_size'][1], steps)
+    per_step = flops['per_step']['total']
+    mean_step = sum(step_s) / len(step_s)
+    peak_tflops = bf16_peak_tflops(device, args.peak_tflops)
+    total = info['end_to_end_s']
+    for s in stages:
+        s['share'] = s['seconds'] / total
+    dit = dict(step_seconds=step_s, mean_step_s=mean_step, min_step_s=min(step_s), forward_calls_per_step=
+               flops['per_step']['forward_calls'], flops_per_step=per_step, tflops=per_step / mean_step / 1e12,
+               sampler_overhead_s=next(s['seconds'] for s in stages if s['stage'] == 'dit') - sum(step_s),
+               peak_fraction=None if not peak_tflops else per_step / mean_step / 1e12 / peak_tflops)
+    record = dict(benchmark='recon', config=cfg.config_path, cfg_options=args.cfg_options,
+                  random_init=bool(cfg.get('random_init', False)), input=args.input or 'synthetic',
+                  frames=info['frames'], height=height, width=width, model_size=info['model_size'],
+                  latent=[T, 4 * h, 4 * w], dit_latent=flops['latent'], steps=steps, scheduler=scheduler,
+                  device=str(device), dtype=str(resolve_dtype(dtype)).replace('torch.', ''),
+                  fp32_attention=bool(cfg.model.get('fp32_attention', False)), compile=bool(args.compile),
+                  compile_mode=args.compile_mode, warmup=args.warmup, chunk_frames=args.chunk_frames,
+                  env=environment(device), memory_kind=memory_kind(device), load_s=load_s, stages=stages,
+                  dit=dit, end_to_end_s=total, frames_per_s=info['frames'] / total,
+                  base_mib=info['base_mib'], peak_mib=info['peak_mib'], target=TARGET, overlap=overlaps[-1],
+                  channels_last=args.channels_last, repeats=args.repeats,
+                  end_to_end_runs_s={('overlap' if v else 'no_overlap'): [r[2]['end_to_end_s'] for r in rs]
+                                     for v, rs in runs.items()})
+    if len(overlaps) == 2:
+        record['overlap_ratio'] = best[True][2]['end_to_end_s'] / best[False][2]['end_to_end_s']
+    print(f"recon: {cfg.config_path}{' (random init)' if record['random_init'] else ''}, {record['input']}, "
+          f"{info['frames']}x{height}x{width}, {scheduler} {steps} steps, {device} {record['dtype']}"
+          f"{' compiled' if args.compile else ''}, {torch.get_num_threads()} threads; load {load_s:.2f} s")
+    print_table(stages, ['stage', 'seconds', 'share', 'calls', 'peak_mib'])
+    print(f"DiT: {mean_step:.4g} s per step (min {min(step_s):.4g}), {per_step / 1e12:.4g} TFLOP per step "
+          f"({dit['forward_calls_per_step']} tile forwards), {dit['tflops']:.4g} TFLOP/s"
+          + (f" = {dit['peak_fraction']:.1%} of the {peak_tflops:g} TFLOP/s bf16 peak" if peak_tflops else ''))
+    if 'overlap_ratio' in record:
+        print(f"overlap of reading/writing with model work: end to end {record['overlap_ratio']:.3f}x the "
+              f"serial time (fastest of {args.repeats} runs each)")
+    print(f"end to end {total:.4g} s = {record['frames_per_s']:.4g} frames/s; peak {fmt(info['peak_mib'])} MiB "
+          f"({memory_kind(device)}); target (released model): {TARGET['frames']}x{TARGET['height']}² in "
+          f"≤ {TARGET['seconds']} s on {TARGET['device']}")
+    write_json(args.json, record)
+    return record
+
+
+def add_recon_parser(subparsers):
+    p = subparsers.add_parser('recon', help='end to end per stage through CascadeV (the default subcommand)',
+                              description=bench_recon.__doc__)
+    add_config_args(p)
+    p.add_argument('--random-init', action='store_true', help='random weights (same cost; no weight files)')
+    p.add_argument('--input', default=None, metavar='VIDEO', help='a video file (default: a synthetic clip)')
+    p.add_argument('--frames', type=int, default=None, help='frames (default: data.num_frames_per_video)')
+    p.add_argument('--size', type=int, default=None, help='height (and width unless --width) in pixels; with '
+                   '--input the short side is resized to it (default: data.sample_size)')
+    p.add_argument('--width', type=int, default=None)
+    p.add_argument('--steps', type=int, default=None, help='sampler steps (default: sampling.steps)')
+    p.add_argument('--scheduler', choices=list(SAMPLERS), default=None)
+    p.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default=None, help="default: the config's dtype")
+    p.add_argument('--compile', action='store_true', help='torch.compile the DiT (warm-up runs compile it)')
+    p.add_argument('--compile-mode', default=None, help='torch.compile mode (reduce-overhead: CUDA graphs)')
+    p.add_argument('--chunk-frames', type=int, default=16, help='frames read/decoded/written at a time')
+    p.add_argument('--warmup', type=int, default=1, help='untimed runs first (default 1)')
+    p.add_argument('--repeats', type=int, default=1, help='timed runs (the fastest is reported)')
+    p.add_argument('--overlap', choices=['on', 'off', 'both'], default='on',
+                   help='read-ahead / write-behind threads as recon.py (both: side by side, a ratio)')
+    p.add_argument('--channels-last', choices=['auto', 'on', 'off'], default='auto',
+                   help='channels-last convolutions in compressor/previewer/SVD decoder (auto: on CUDA)')
+    p.add_argument('--peak-tflops', type=float, default=None, help='hardware peak for the DiT peak fraction')
+    p.add_argument('--out-dir', default=None, help='keep rec.mp4 / preview.mp4 here (default: a temp folder)')
+    add_run_args(p)
+    p.set_defaults(func=bench_recon)
+
