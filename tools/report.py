@@ -11,7 +11,6 @@ import argparse
 import base64
 import html
 import io
-import json
 import math
 import os
 import shutil
@@ -22,7 +21,8 @@ from urllib.parse import quote
 if __package__ in (None, ''):  # run as `python tools/report.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.eval import DECIMALS, METRICS, TITLES, EvalError, fmt, plot_per_frame, read_table
+from tools.tables import (DECIMALS, HIGHER_IS_BETTER, METRICS, TITLES, EvalError, available_metrics, fmt,
+                          load_summary, metric_value, parse_value, plot_per_frame, read_table)
 from tools.files import write_text_atomic
 
 CSS = """
@@ -43,59 +43,83 @@ th { background: #eef; } td.best { font-weight: bold; }
 img.plot { max-width: 100%; border: 1px solid #ddd; background: #fff; }
 """
 
-# One clock per row: the first video (the original) drives the others; they follow it on play, pause, seek
-# and whenever they drift by more than half a frame. When the shortest clip ends, all restart (loop).
+# One clock per row, in seconds of media time, looped over the shortest clip. It follows wall time (times the
+# speed) and holds while any player seeks or waits for data; the other players pause meanwhile, so no player
+# runs ahead and none is restarted because of another. Players play natively: a small drift is absorbed by
+# nudging a player's playbackRate (no seek, nothing stalls); a player more than 3 frames (or half the loop) off,
+# as at the loop point, is seeked to the clock once. Pause and the frame buttons put every player on the same
+# frame; stepping past the last frame wraps to the first.
 JS = """
 document.querySelectorAll('.video').forEach(function (row) {
-  var vids = Array.prototype.slice.call(row.querySelectorAll('video')), master = vids[0], running = false;
-  var btn = row.querySelector('.play'), seek = row.querySelector('.seek'), time = row.querySelector('.time');
-  var rate = row.querySelector('.rate'), step = 1 / parseFloat(row.dataset.fps || '30');
-  function shortest() {
+  var vids = Array.prototype.slice.call(row.querySelectorAll('video'));
+  var btn = row.querySelector('.play'), seek = row.querySelector('.seek'), label = row.querySelector('.time');
+  var rateSel = row.querySelector('.rate'), fps = parseFloat(row.dataset.fps || '30'), step = 1 / fps;
+  var clock = 0, rate = 1, running = false, last = 0;
+  function length() {
     var d = vids.map(function (v) { return v.duration; }).filter(isFinite);
     return d.length ? Math.min.apply(null, d) : 0;
   }
-  function seekAll(t) { vids.forEach(function (v) { v.currentTime = t; }); }
+  function count() { return Math.max(1, Math.round(length() * fps)); }
+  function busy(v) { return v.seeking || v.readyState < 2; }
+  function show() {
+    var L = length(), k = Math.min(count() - 1, Math.floor(clock * fps + 1e-6));
+    if (L) { seek.value = Math.round(clock / L * 1000); }
+    label.textContent = 'frame ' + (k + 1) + ' / ' + count() + ' \\u00b7 ' + clock.toFixed(2) + ' / ' + L.toFixed(2) + ' s';
+  }
+  function moveTo(t) {
+    var L = length();
+    clock = L ? Math.min(Math.max(t, 0), L) : 0;
+    vids.forEach(function (v) { v.currentTime = clock; });
+    show();
+  }
+  function tick(now) {
+    if (!running) { return; }
+    var L = length(), held = vids.some(busy);
+    if (L && !held) {
+      clock += (now - last) / 1000 * rate;
+      if (clock >= L) { clock -= L * Math.floor(clock / L); }
+    }
+    last = now;
+    vids.forEach(function (v) {
+      if (held) { if (!busy(v) && !v.paused) { v.pause(); } return; }
+      var d = v.currentTime - clock;
+      if (Math.abs(d) > Math.min(3 * step, L / 2)) { v.playbackRate = rate; v.currentTime = clock; return; }
+      var r = rate * (1 - Math.max(-0.25, Math.min(0.25, d / (4 * step))));
+      if (Math.abs(v.playbackRate - r) > 0.01) { v.playbackRate = r; }
+      if (v.paused) { v.play().catch(function () {}); }
+    });
+    show();
+    requestAnimationFrame(tick);
+  }
   function play() {
+    if (running) { return; }
     running = true; btn.textContent = 'pause';
-    if (vids.some(function (v) { return v.ended; })) { seekAll(0); }
-    vids.forEach(function (v) { v.play().catch(function () {}); });
+    if (clock >= length() - step / 2) { moveTo(0); }
+    last = performance.now();
+    requestAnimationFrame(tick);
   }
   function pause() {
     running = false; btn.textContent = 'play';
-    vids.forEach(function (v) { v.pause(); });
-    seekAll(master.currentTime);
+    vids.forEach(function (v) { v.pause(); v.playbackRate = rate; });
+    moveTo(clock);
   }
-  function toggle() { running ? pause() : play(); }
+  function frameStep(n) {
+    if (running) { pause(); }
+    var k = Math.floor(clock * fps + 1e-6) + n, c = count();
+    moveTo(((k % c + c) % c + 0.5) / fps);
+  }
+  function toggle() { if (running) { pause(); } else { play(); } }
   btn.addEventListener('click', toggle);
   vids.forEach(function (v) {
     v.addEventListener('click', toggle);
-    v.addEventListener('ended', function () { if (running) { seekAll(0); play(); } });
+    v.addEventListener('loadedmetadata', show);
   });
-  row.querySelector('.prev').addEventListener('click', function () {
-    pause(); seekAll(Math.max(0, master.currentTime - step));
-  });
-  row.querySelector('.next').addEventListener('click', function () {
-    pause(); seekAll(Math.min(shortest(), master.currentTime + step));
-  });
-  seek.addEventListener('input', function () { seekAll(seek.value / 1000 * shortest()); });
-  rate.addEventListener('change', function () {
-    vids.forEach(function (v) { v.playbackRate = parseFloat(rate.value); });
-  });
-  master.addEventListener('timeupdate', function () {
-    var d = shortest(), t = master.currentTime;
-    if (d) { seek.value = Math.round(Math.min(t, d) / d * 1000); }
-    time.textContent = t.toFixed(2) + ' / ' + d.toFixed(2) + ' s';
-    if (running) {
-      vids.forEach(function (v) { if (v !== master && Math.abs(v.currentTime - t) > step / 2) { v.currentTime = t; } });
-    }
-  });
+  row.querySelector('.prev').addEventListener('click', function () { frameStep(-1); });
+  row.querySelector('.next').addEventListener('click', function () { frameStep(1); });
+  seek.addEventListener('input', function () { moveTo(seek.value / 1000 * length()); });
+  rateSel.addEventListener('change', function () { rate = parseFloat(rateSel.value); });
 });
 """
-
-
-def _value(text):
-    """A CSV cell -> float ('inf' -> inf), or None when empty."""
-    return float(text) if text not in ('', None) else None
 
 
 def _png_data_uri(source):
@@ -110,7 +134,7 @@ def _table(rows, first_col, keys, table_id=None):
     for k in (k for k in keys if k in METRICS):
         vals = [r[1].get(k) for r in rows if r[1].get(k) is not None and not math.isnan(r[1][k])]
         if len(rows) > 1 and vals:
-            best[k] = max(vals) if k in ('psnr', 'ssim') else min(vals)
+            best[k] = max(vals) if k in HIGHER_IS_BETTER else min(vals)
     ident = f' id="{table_id}"' if table_id else ''
     head = ''.join(f'<th>{html.escape(h)}</th>' for h in [first_col, *(TITLES.get(k, k) for k in keys)])
     body = []
@@ -153,15 +177,15 @@ def write_report(report_dir, eval_dir, title='CascadeV reconstruction report', c
     if report_dir.exists() and not report_dir.is_dir():
         raise EvalError(f"--report {report_dir}: is a file; pass a folder for the report")
     report_dir.mkdir(parents=True, exist_ok=True)
-    info = json.loads((eval_dir / 'summary.json').read_text())
+    info = load_summary(eval_dir / 'summary.json')
     videos = read_table(eval_dir / 'per_video.csv')
     frames = read_table(eval_dir / 'per_frame.csv')
     methods = list(info['methods'])
-    keys = [k for k in METRICS if any(v[k] for v in videos)]
+    keys = available_metrics([{k: parse_value(v.get(k)) for k in METRICS} for v in videos])
 
     parts = [f'<h1>{html.escape(title)}</h1>', f'<p class="note">{html.escape(info["setup"])}</p>',
              '<h2>Summary</h2>',
-             _table([(m, {'videos': s['videos'], 'frames': s['frames'], **{k: _value(s[k]) for k in keys}})
+             _table([(m, {'videos': s['videos'], 'frames': s['frames'], **{k: metric_value(s, k) for k in keys}})
                      for m, s in info['methods'].items()], 'method', ['videos', 'frames', *keys], 'summary')]
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in info['notes']]
     parts.append('<p class="note">Method values are means over videos of per-video means over frames; per-video '
@@ -175,7 +199,7 @@ def write_report(report_dir, eval_dir, title='CascadeV reconstruction report', c
         by_video.setdefault(v['video'], {})[v['method']] = v
     for r in frames:
         row = {'method': r['method'], 'video': r['video'], 'frame': int(r['frame'])}
-        frames_of.setdefault(r['video'], []).append({**row, **{k: _value(r[k]) for k in METRICS}})
+        frames_of.setdefault(r['video'], []).append({**row, **{k: parse_value(r.get(k)) for k in METRICS}})
     for name, rows in by_video.items():
         order = [m for m in methods if m in rows]
         first = rows[order[0]]
@@ -186,7 +210,7 @@ def write_report(report_dir, eval_dir, title='CascadeV reconstruction report', c
             f'<div class="clip"><div class="label">{html.escape(label)}</div>'
             f'<video muted playsinline preload="auto" src="{_video_src(src, report_dir, copy)}"></video></div>'
             for label, src, copy in clips)
-        table = _table([(m, {'frames': int(rows[m]['frames']), **{k: _value(rows[m][k]) for k in keys}})
+        table = _table([(m, {'frames': int(rows[m]['frames']), **{k: parse_value(rows[m][k]) for k in keys}})
                         for m in order], 'method', ['frames', *keys])
         plot = ''
         if per_video_plots:
