@@ -93,10 +93,12 @@ class DevTools:
         to_chrome_r, self.to_chrome = os.pipe()
         self.from_chrome, from_chrome_w = os.pipe()
 
-        def fds():  # in the child: the pipe ends become fds 3 and 4 (inheritable copies)
+        def fds():  # in the child: the pipe ends become fds 3 and 4, inheritable
             a, b = os.dup(to_chrome_r), os.dup(from_chrome_w)
             os.dup2(a, 3)
             os.dup2(b, 4)
+            for fd in (3, 4):  # dup2(3, 3) is a no-op that keeps close-on-exec, so set it explicitly
+                os.set_inheritable(fd, True)
 
         self.proc = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f'--user-data-dir={profile}',
                                       '--remote-debugging-pipe', 'about:blank'], preexec_fn=fds, close_fds=False,

@@ -25,6 +25,8 @@ from tools.tables import (DECIMALS, HIGHER_IS_BETTER, METRICS, TITLES, EvalError
                           load_summary, metric_value, parse_value, plot_per_frame, read_table)
 from tools.files import write_text_atomic
 
+CACHE_MB = 512  # per video row: short clips are decoded once and played from memory (see JS)
+
 CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; background: #fafafa; }
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8px; }
@@ -36,50 +38,82 @@ th { background: #eef; } td.best { font-weight: bold; }
 .video { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 12px; margin: 18px 0; }
 .clips { display: flex; gap: 8px; flex-wrap: wrap; }
 .clip { flex: 1 1 0; min-width: 200px; }
-.clip video { width: 100%; background: #000; display: block; cursor: pointer; }
+.clip video, .clip canvas { width: 100%; background: #000; display: block; cursor: pointer; }
 .clip .label { font-weight: 600; margin-bottom: 3px; }
 .controls { display: flex; gap: 8px; align-items: center; margin: 6px 0; }
 .controls input[type=range] { flex: 1; }
 img.plot { max-width: 100%; border: 1px solid #ddd; background: #fff; }
 """
 
-# One clock per row, in seconds of media time, looped over the shortest clip. It follows wall time (times the
-# speed) and holds while any player seeks or waits for data; the other players pause meanwhile, so no player
-# runs ahead and none is restarted because of another. Players play natively: a small drift is absorbed by
-# nudging a player's playbackRate (no seek, nothing stalls); a player more than 3 frames (or half the loop) off,
-# as at the loop point, is seeked to the clock once. Pause and the frame buttons put every player on the same
-# frame; stepping past the last frame wraps to the first.
+# One clock per row, in seconds, looped over the shortest clip; it follows wall time times the speed.
+# Short clips (all players' decoded frames within the row's data-cache-mb) are decoded once into memory when
+# play is first pressed and drawn on canvases from the clock: every player shows the same frame index, in real
+# time, and the loop costs nothing. Longer clips play natively: the clock holds while any player seeks or waits
+# for data (the others pause meanwhile, so none runs ahead and none is restarted because of another); a small
+# drift is absorbed by nudging a player's playbackRate, a player more than 3 frames (or half the loop) off, as
+# at the loop point, is seeked to the clock once. Pause and the frame buttons put every player on one frame;
+# stepping past the last frame wraps to the first. Each canvas carries the index it shows in data-frame.
 JS = """
 document.querySelectorAll('.video').forEach(function (row) {
   var vids = Array.prototype.slice.call(row.querySelectorAll('video'));
   var btn = row.querySelector('.play'), seek = row.querySelector('.seek'), label = row.querySelector('.time');
   var rateSel = row.querySelector('.rate'), fps = parseFloat(row.dataset.fps || '30'), step = 1 / fps;
-  var clock = 0, rate = 1, running = false, last = 0;
+  var budget = parseFloat(row.dataset.cacheMb || '0') * 1048576;
+  var clock = 0, rate = 1, running = false, last = 0, cache = null, canvases = null, loading = false;
   function length() {
     var d = vids.map(function (v) { return v.duration; }).filter(isFinite);
     return d.length ? Math.min.apply(null, d) : 0;
   }
   function count() { return Math.max(1, Math.round(length() * fps)); }
+  function index() { return Math.max(0, Math.min(count() - 1, Math.floor(clock * fps + 1e-6))); }
   function busy(v) { return v.seeking || v.readyState < 2; }
   function show() {
-    var L = length(), k = Math.min(count() - 1, Math.floor(clock * fps + 1e-6));
+    var L = length();
     if (L) { seek.value = Math.round(clock / L * 1000); }
-    label.textContent = 'frame ' + (k + 1) + ' / ' + count() + ' \\u00b7 ' + clock.toFixed(2) + ' / ' + L.toFixed(2) + ' s';
+    if (cache) {
+      var k = index();
+      canvases.forEach(function (c, i) {
+        if (c.dataset.frame !== String(k)) { c.getContext('2d').drawImage(cache[i][k], 0, 0); c.dataset.frame = k; }
+      });
+    }
+    label.textContent = (loading ? 'loading frames \\u00b7 ' : '') + 'frame ' + (index() + 1) + ' / ' + count() +
+      ' \\u00b7 ' + clock.toFixed(2) + ' / ' + L.toFixed(2) + ' s';
   }
   function moveTo(t) {
     var L = length();
     clock = L ? Math.min(Math.max(t, 0), L) : 0;
-    vids.forEach(function (v) { v.currentTime = clock; });
+    if (!cache) { vids.forEach(function (v) { v.currentTime = clock; }); }
     show();
   }
-  function tick(now) {
-    if (!running) { return; }
-    var L = length(), held = vids.some(busy);
-    if (L && !held) {
-      clock += (now - last) / 1000 * rate;
-      if (clock >= L) { clock -= L * Math.floor(clock / L); }
+  function seekTo(v, t) {
+    return new Promise(function (done) {
+      v.addEventListener('seeked', function () { done(); }, {once: true});
+      v.currentTime = t;
+    });
+  }
+  async function grab(v) {
+    var frames = [];
+    for (var k = 0; k < count(); k++) {
+      await seekTo(v, (k + 0.5) / fps);
+      frames.push(await createImageBitmap(v));
     }
-    last = now;
+    return frames;
+  }
+  async function load() {
+    var bytes = vids.reduce(function (s, v) { return s + v.videoWidth * v.videoHeight * 4 * count(); }, 0);
+    if (!length() || bytes > budget) { return; }
+    loading = true; show();
+    var frames = await Promise.all(vids.map(grab));
+    canvases = vids.map(function (v) {
+      var c = document.createElement('canvas');
+      c.width = v.videoWidth; c.height = v.videoHeight; c.addEventListener('click', toggle);
+      v.parentNode.insertBefore(c, v); v.style.display = 'none';
+      return c;
+    });
+    cache = frames; loading = false;
+  }
+  function follow(L) {
+    var held = vids.some(busy);
     vids.forEach(function (v) {
       if (held) { if (!busy(v) && !v.paused) { v.pause(); } return; }
       var d = v.currentTime - clock;
@@ -88,11 +122,22 @@ document.querySelectorAll('.video').forEach(function (row) {
       if (Math.abs(v.playbackRate - r) > 0.01) { v.playbackRate = r; }
       if (v.paused) { v.play().catch(function () {}); }
     });
+    return held;
+  }
+  function tick(now) {
+    if (!running) { return; }
+    var L = length(), held = cache ? false : follow(L);
+    if (L && !held) {
+      clock += Math.max(0, now - last) / 1000 * rate;  // a frame's timestamp can precede play()'s now()
+      if (clock >= L) { clock -= L * Math.floor(clock / L); }
+    }
+    last = Math.max(last, now);
     show();
     requestAnimationFrame(tick);
   }
-  function play() {
-    if (running) { return; }
+  async function play() {
+    if (running || loading) { return; }
+    if (!cache && budget) { await load(); }
     running = true; btn.textContent = 'pause';
     if (clock >= length() - step / 2) { moveTo(0); }
     last = performance.now();
@@ -104,6 +149,7 @@ document.querySelectorAll('.video').forEach(function (row) {
     moveTo(clock);
   }
   function frameStep(n) {
+    if (loading) { return; }
     if (running) { pause(); }
     var k = Math.floor(clock * fps + 1e-6) + n, c = count();
     moveTo(((k % c + c) % c + 0.5) / fps);
@@ -116,7 +162,7 @@ document.querySelectorAll('.video').forEach(function (row) {
   });
   row.querySelector('.prev').addEventListener('click', function () { frameStep(-1); });
   row.querySelector('.next').addEventListener('click', function () { frameStep(1); });
-  seek.addEventListener('input', function () { moveTo(seek.value / 1000 * length()); });
+  seek.addEventListener('input', function () { if (!loading) { moveTo(seek.value / 1000 * length()); } });
   rateSel.addEventListener('change', function () { rate = parseFloat(rateSel.value); });
 });
 """
@@ -168,8 +214,11 @@ def _fps(path):
 
 
 def write_report(report_dir, eval_dir, title='CascadeV reconstruction report', copy_videos=False,
-                 per_video_plots=True):
-    """Write REPORT_DIR/index.html for the outputs of tools/eval.py in eval_dir; returns its path."""
+                 per_video_plots=True, cache_mb=CACHE_MB):
+    """Write REPORT_DIR/index.html for the outputs of tools/eval.py in eval_dir; returns its path.
+
+    cache_mb: a video row whose players' decoded RGBA frames fit in this many MiB is played from memory
+    (exact sync, seamless loop); 0 plays every row with the native players."""
     eval_dir, report_dir = Path(eval_dir), Path(report_dir)
     for name in ('per_video.csv', 'per_frame.csv', 'summary.json'):
         if not (eval_dir / name).is_file():
@@ -219,7 +268,7 @@ def write_report(report_dir, eval_dir, title='CascadeV reconstruction report', c
             uri = _png_data_uri(buf.getvalue())
             plot = f'<p><img class="plot" alt="{html.escape(name)} per frame" src="{uri}"></p>'
         parts.append(
-            f'<div class="video" data-fps="{_fps(first["rec"]):.4f}"><h2>{html.escape(name)}</h2>'
+            f'<div class="video" data-fps="{_fps(first["rec"]):.4f}" data-cache-mb="{cache_mb:g}"><h2>{html.escape(name)}</h2>'
             f'<div class="controls"><button class="play">play</button><button class="prev">&larr; frame</button>'
             f'<button class="next">frame &rarr;</button><input class="seek" type="range" min="0" max="1000" value="0">'
             f'<span class="time">0.00 s</span><select class="rate"><option value="1">1x</option>'
