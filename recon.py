@@ -69,6 +69,7 @@ def build_parser():
                    help='frames read/decoded/written at a time (memory flat in clip length; default 16)')
     g.add_argument('--overwrite', action='store_true', help='redo videos whose outputs are already complete')
     g.add_argument('--eval', action='store_true', help='after the batch, run tools/eval.py on the outputs')
+    g.add_argument('--vmaf', action='store_true', help='with --eval: also compute VMAF (tools/eval.py --vmaf)')
     g.add_argument('--cfg-options', nargs='+', default=None, metavar='KEY=VALUE', help='config overrides')
     return p
 
@@ -474,7 +475,7 @@ def run_eval(args, items, output):
     try:
         evaluate(sorted(items.values()), str(output), out_dir=output / 'eval', num_frames=args.num_frames,
                  stride=args.frame_stride, square=args.square, size=args.size if args.square else None,
-                 device=args.device or 'auto')
+                 device=args.device or 'auto', vmaf=args.vmaf)
     except EvalError as e:
         print(f'eval: error: {e}', file=sys.stderr)
         return 1

@@ -155,3 +155,13 @@ def test_report_reads_strict_summary(clips, tmp_path):
                          log=lambda s: None)
     page = write_report(tmp_path / 'r', result['out_dir']).read_text()
     assert '<td>same</td><td>2</td><td>9</td><td>inf</td>' in page  # PSNR null + identical -> inf
+
+
+def test_recon_eval_passes_vmaf_through(monkeypatch, tmp_path):
+    import recon
+    seen = {}
+    monkeypatch.setattr(ev, 'evaluate', lambda *a, **k: seen.update(k))
+    args = recon.build_parser().parse_args(['--input', 'x.mp4', '--output', str(tmp_path), '--eval', '--vmaf'])
+    assert recon.run_eval(args, {'x': 'x.mp4'}, tmp_path) == 0 and seen['vmaf'] is True
+    args = recon.build_parser().parse_args(['--input', 'x.mp4', '--output', str(tmp_path), '--eval'])
+    assert recon.run_eval(args, {'x': 'x.mp4'}, tmp_path) == 0 and seen['vmaf'] is False
