@@ -150,7 +150,8 @@ PLAYER_PROBE = """new Promise(function (done) {
   function state() {
     return {t: performance.now() / 1000, times: vids.map(function (v) { return v.currentTime; }),
             seeking: vids.map(function (v) { return v.seeking; }), paused: vids.map(function (v) { return v.paused; }),
-            frames: Array.prototype.map.call(row.querySelectorAll('canvas'), function (c) { return +c.dataset.frame; })};
+            frames: Array.prototype.map.call(row.querySelectorAll('canvas'),
+                                             function (c) { return +c.dataset.frame; })};
   }
   function later(ms, f) { setTimeout(f, ms); }
   function until(test, then, ms) {

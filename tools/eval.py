@@ -345,8 +345,8 @@ def evaluate(ref, rec, out_dir=None, size=None, num_frames=None, lpips=True, squ
     if report_dir:
         files['report'] = write_report(report_dir, out_dir, copy_videos=copy_videos)
         log(f"report: {files['report']}")
-    return {'methods': summary, 'lpips': lpips_note, 'vmaf': vmaf_info, 'missing': missing, 'skipped': skipped, 'files': files,
-            'out_dir': out_dir}
+    return {'methods': summary, 'lpips': lpips_note, 'vmaf': vmaf_info, 'missing': missing, 'skipped': skipped,
+            'files': files, 'out_dir': out_dir}
 
 
 def parse_args(argv=None):

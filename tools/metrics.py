@@ -264,7 +264,7 @@ def vmaf(ref, rec, threads=None):
         rd_ref, wr_ref = os.pipe()
         raw = ['-f', 'rawvideo', '-pix_fmt', 'rgb24', '-s', f'{w}x{h}', '-framerate', '25']
         graph = ('[0:v]format=yuv444p[dis];[1:v]format=yuv444p[ref];[dis][ref]libvmaf='
-                 f'model=version={VMAF_MODEL}:log_fmt=json:n_threads={threads}:log_path=vmaf.json')  # relative to cwd: no escaping
+                 f'model=version={VMAF_MODEL}:log_fmt=json:n_threads={threads}:log_path=vmaf.json')  # in cwd=tmp
         cmd = [ffmpeg_exe(), '-hide_banner', '-nostdin', '-loglevel', 'error', *raw, '-i', f'pipe:{rd_rec}',
                *raw, '-i', f'pipe:{rd_ref}', '-lavfi', graph, '-f', 'null', '-']
         try:

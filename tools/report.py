@@ -268,7 +268,8 @@ def write_report(report_dir, eval_dir, title='CascadeV reconstruction report', c
             uri = _png_data_uri(buf.getvalue())
             plot = f'<p><img class="plot" alt="{html.escape(name)} per frame" src="{uri}"></p>'
         parts.append(
-            f'<div class="video" data-fps="{_fps(first["rec"]):.4f}" data-cache-mb="{cache_mb:g}"><h2>{html.escape(name)}</h2>'
+            f'<div class="video" data-fps="{_fps(first["rec"]):.4f}" data-cache-mb="{cache_mb:g}">'
+            f'<h2>{html.escape(name)}</h2>'
             f'<div class="controls"><button class="play">play</button><button class="prev">&larr; frame</button>'
             f'<button class="next">frame &rarr;</button><input class="seek" type="range" min="0" max="1000" value="0">'
             f'<span class="time">0.00 s</span><select class="rate"><option value="1">1x</option>'
