@@ -168,8 +168,15 @@ def summary_markdown(summary, videos, setup, notes):
 
 # ---- plots (matplotlib Figure objects: no pyplot state, Agg canvas) -------------------------------------
 
+def _grid(n, per_row=3):
+    """(rows, cols) for n panels, at most per_row panels per row."""
+    cols = min(n, per_row)
+    return -(-n // cols), cols
+
+
 def plot_per_frame(path, frames, available, max_legend=12, width=6, height=4):
-    """PNG (path or binary stream): one panel per metric against the frame index, a line per (method, video)."""
+    """PNG (path or binary stream): one panel per metric against the frame index, a line per (method, video);
+    at most 3 panels per row."""
     from matplotlib.figure import Figure
     keys = [k for k in METRICS if k in available]
     series = {}
@@ -179,9 +186,10 @@ def plot_per_frame(path, frames, available, max_legend=12, width=6, height=4):
     colors = {m: f'C{i % 10}' for i, m in enumerate(methods)}
     per_line = len(series) <= max_legend
     one_video = len({name for _, name in series}) == 1
-    fig = Figure(figsize=(width * len(keys), height), layout='constrained')
+    n_rows, cols = _grid(len(keys))
+    fig = Figure(figsize=(width * cols, height * n_rows), layout='constrained')
     for i, k in enumerate(keys):
-        ax = fig.add_subplot(1, len(keys), i + 1)
+        ax = fig.add_subplot(n_rows, cols, i + 1)
         for j, ((m, name), rows) in enumerate(series.items()):
             x = [r['frame'] for r in rows if r[k] is not None]
             y = [r[k] if math.isfinite(r[k]) else np.nan for r in rows if r[k] is not None]
@@ -207,9 +215,10 @@ def plot_bars(path, summary, available):
     from matplotlib.figure import Figure
     keys = [k for k in METRICS if k in available]
     methods = list(summary)
-    fig = Figure(figsize=(3.2 * len(keys), 3.6), layout='constrained')
+    rows, cols = _grid(len(keys))
+    fig = Figure(figsize=(3.2 * cols, 3.6 * rows), layout='constrained')
     for i, k in enumerate(keys):
-        ax = fig.add_subplot(1, len(keys), i + 1)
+        ax = fig.add_subplot(rows, cols, i + 1)
         vals = [summary[m][k] for m in methods]
         shown = [v if v is not None and math.isfinite(v) else 0 for v in vals]
         bars = ax.bar(methods, shown, color=[f'C{j % 10}' for j in range(len(methods))])
