@@ -268,3 +268,38 @@ def test_native_players_follow_one_clock_without_restart_loop(short_large, tmp_p
     assert [s['times'] for s in out['steps']] == [[pytest.approx(((k + i) % 8 + 0.5) / 25, abs=1e-3)] * 3
                                                  for i in range(1, 10)]
     assert out['seek']['times'] == pytest.approx([0.16] * 3, abs=0.02)
+
+
+EVICT_PROBE = """new Promise(function (done) {
+  var rows = document.querySelectorAll('.video');
+  function loaded(row) { return row.querySelectorAll('canvas').length; }
+  function until(test, then) {
+    var t0 = Date.now();
+    (function poll() { if (test()) { then(); } else if (Date.now() - t0 > 60000) { done('timeout'); }
+                       else { setTimeout(poll, 30); } })();
+  }
+  rows[0].querySelector('.play').click();
+  until(function () { return loaded(rows[0]) === 3; }, function () {
+    rows[1].querySelector('.play').click();
+    until(function () { return loaded(rows[1]) === 3; }, function () {
+      done({first: [loaded(rows[0]), rows[0].querySelector('video').style.display,
+                    rows[0].querySelector('.play').textContent],
+            second: [loaded(rows[1]), rows[1].querySelector('.play').textContent]});
+    });
+  });
+})"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason='headless Chromium not installed (Debian package `chromium`)')
+def test_decoded_frames_are_freed_beyond_the_row_limit(short_large, tmp_path, monkeypatch):
+    monkeypatch.setattr('tools.report.CACHE_ROWS', 1)
+    page = write_report(short_large / 'report_one', short_large / 'eval')
+    chrome = DevTools(tmp_path / 'profile')
+    try:
+        chrome.open(page.as_uri())
+        time.sleep(1.0)
+        out = chrome.call('Runtime.evaluate', {'expression': EVICT_PROBE, 'awaitPromise': True,
+                                               'returnByValue': True}, timeout=120)['result'].get('value')
+    finally:
+        chrome.close()
+    assert out == {'first': [0, '', 'play'], 'second': [3, 'pause']}, out

@@ -26,6 +26,7 @@ from tools.tables import (DECIMALS, HIGHER_IS_BETTER, METRICS, TITLES, EvalError
 from tools.files import write_text_atomic
 
 CACHE_MB = 512  # per video row: short clips are decoded once and played from memory (see JS)
+CACHE_ROWS = 2  # rows that keep their decoded frames at once; playing a third frees the oldest
 
 CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; background: #fafafa; }
@@ -54,6 +55,7 @@ img.plot { max-width: 100%; border: 1px solid #ddd; background: #fff; }
 # at the loop point, is seeked to the clock once. Pause and the frame buttons put every player on one frame;
 # stepping past the last frame wraps to the first. Each canvas carries the index it shows in data-frame.
 JS = """
+var cachedRows = [];  // rows holding decoded frames, oldest first; at most CACHE_ROWS of them at a time
 document.querySelectorAll('.video').forEach(function (row) {
   var vids = Array.prototype.slice.call(row.querySelectorAll('video'));
   var btn = row.querySelector('.play'), seek = row.querySelector('.seek'), label = row.querySelector('.time');
@@ -111,7 +113,17 @@ document.querySelectorAll('.video').forEach(function (row) {
       return c;
     });
     cache = frames; loading = false;
+    cachedRows.push(row);
+    if (cachedRows.length > CACHE_ROWS) { cachedRows.shift().evict(); }
   }
+  row.evict = function () {  // back to the native players; the frames are decoded again on the next play
+    if (running) { pause(); }
+    cache.forEach(function (frames) { frames.forEach(function (b) { b.close(); }); });
+    canvases.forEach(function (c) { c.remove(); });
+    vids.forEach(function (v) { v.style.display = ''; });
+    cache = canvases = null;
+    moveTo(clock);
+  };
   function follow(L) {
     var held = vids.some(busy);
     vids.forEach(function (v) {
@@ -137,7 +149,9 @@ document.querySelectorAll('.video').forEach(function (row) {
   }
   async function play() {
     if (running || loading) { return; }
-    if (!cache && budget) { await load(); }
+    if (!cache && budget) {
+      try { await load(); } catch (e) { loading = false; budget = 0; }  // cannot decode here: play natively
+    }
     running = true; btn.textContent = 'pause';
     if (clock >= length() - step / 2) { moveTo(0); }
     last = performance.now();
@@ -278,7 +292,8 @@ def write_report(report_dir, eval_dir, title='CascadeV reconstruction report', c
 
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>\n'
-            f'<body>\n' + '\n'.join(parts) + f'\n<script>{JS}</script>\n</body></html>\n')
+            f'<body>\n' + '\n'.join(parts) + f'\n<script>var CACHE_ROWS = {CACHE_ROWS};{JS}</script>\n'
+            f'</body></html>\n')
     out = report_dir / 'index.html'
     write_text_atomic(out, page)
     return out
