@@ -83,6 +83,7 @@ def build_parser():
     g.add_argument('--eval', action='store_true', help='after the batch, run tools/eval.py on the outputs')
     g.add_argument('--dit-checkpoint', default=None, metavar='PATH',
                    help="DiT weights (a training checkpoint's model.safetensors, a .pth): weights.dit=PATH")
+    g.add_argument('--vmaf', action='store_true', help='with --eval: also compute VMAF (tools/eval.py --vmaf)')
     add_cfg_options(g)
     return p
 
@@ -517,7 +518,8 @@ def run_eval(args, items, output):
     """tools/eval.py on the outputs against the inputs, each through the frame plan in its done.json; -> 0 or 1."""
     from tools.eval import EvalError, evaluate
     try:
-        result = evaluate(sorted(items.values()), str(output), out_dir=output / 'eval', device=args.device or 'auto')
+        result = evaluate(sorted(items.values()), str(output), out_dir=output / 'eval', device=args.device or 'auto',
+                          vmaf=args.vmaf)
     except EvalError as e:
         print(f'eval: error: {e}', file=sys.stderr)
         return 1
