@@ -109,7 +109,8 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
 
     settings: tools.reconstruct.ReconSettings. chunk_frames: output frames per chunk (memory flat in clip
     length); vae_chunk: frames per SVD decoder call (None: vae.decode_chunk); tile_batch: DiT tiles per call
-    (None: all). timer(stage) wraps each stage: previewer, dit, vae, read, write, metrics.
+    (None: all). timer(stage) wraps each stage: previewer, dit, vae, read, write (frames back to the output
+    geometry, uint8, digests, and waiting for the writer thread), metrics.
     """
     from tools.video_io import side_by_side, to_uint8, write_grid_png
     plan, K = FramePlan.from_dict(meta['plan']), settings.interp
@@ -154,14 +155,16 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
             if refine:
                 with timer('vae'):
                     model_out['refined'] = decoded.take(b - a)[0]
-            clips = {k: plan.to_output(v).cpu() for k, v in model_out.items()}
             if source:
                 with timer('read'):
-                    clips['original'], ref_model = next(sources)
-            u8 = {k: to_uint8(v) for k, v in clips.items()}                     # (k, H, W, 3)
-            for k in digests:
-                digests[k].update(u8[k].tobytes())
-            with timer('write'):
+                    original, ref_model = next(sources)
+            with timer('write'):                                                  # shaping + waiting for the writer
+                clips = {k: plan.to_output(v).cpu() for k, v in model_out.items()}
+                if source:
+                    clips['original'] = original
+                u8 = {k: to_uint8(v) for k, v in clips.items()}                 # (k, H, W, 3)
+                for k in digests:
+                    digests[k].update(u8[k].tobytes())
                 if pending is not None:
                     pending.result()
                 args = (u8, clips, times[a:b] if times else None)
