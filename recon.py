@@ -23,7 +23,6 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tools.config import ConfigError, add_cfg_options, load_config
@@ -266,7 +265,7 @@ def summary_line(done):
 def failure_line(src, e):
     """'PATH: reason' in one line (VideoReadError messages already start with the path)."""
     reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
-    if type(e).__name__ not in ('VideoReadError', 'ValueError', 'NonFiniteError'):
+    if type(e).__name__ not in ('VideoReadError', 'ValueError', 'NonFiniteError', 'LatentError'):
         reason = f'{type(e).__name__}: {reason}' if reason else type(e).__name__
     return reason if reason.startswith(str(src)) else f'{src}: {reason}'
 

@@ -230,7 +230,7 @@ def build_compressor(cfg, device='cpu', dtype=torch.float32):
         path = check_weights(cfg, ('compressor',))['compressor']
         model = SemanticCompressor(chunk_size=chunk_size)
         load_state_dict_strict(model, path, 'a StableCascade EfficientNet encoder (backbone.*, mapper.*)')
-    return model.to(resolve_device(device), resolve_dtype(dtype))
+    return model.to(resolve_device(device), resolve_dtype(dtype, device))
 
 
 def build_previewer(cfg, device='cpu', dtype=torch.float32):
@@ -244,7 +244,7 @@ def build_previewer(cfg, device='cpu', dtype=torch.float32):
         path = check_weights(cfg, ('previewer',))['previewer']
         model = Previewer(chunk_size=chunk_size)
         load_state_dict_strict(model, path, 'a StableCascade previewer (blocks.0 ... blocks.24)')
-    return model.to(resolve_device(device), resolve_dtype(dtype))
+    return model.to(resolve_device(device), resolve_dtype(dtype, device))
 
 
 def build_vae(cfg, device='cpu', dtype=torch.float32):
@@ -269,7 +269,7 @@ def build_vae(cfg, device='cpu', dtype=torch.float32):
     else:
         path = check_weights(cfg, ('vae',))['vae']
         model = SVDVAE.from_pretrained(path, **kw)
-    return model.to(resolve_device(device), resolve_dtype(dtype))
+    return model.to(resolve_device(device), resolve_dtype(dtype, device))
 
 
 def build_dit(cfg, device='cpu', dtype=torch.float32):
@@ -281,7 +281,7 @@ def build_dit(cfg, device='cpu', dtype=torch.float32):
     else:
         path = check_weights(cfg, ('dit',))['dit']
         load_dit_checkpoint(model, path)
-    return model.to(resolve_device(device), resolve_dtype(dtype))
+    return model.to(resolve_device(device), resolve_dtype(dtype, device))
 
 
 # ---- one-off conversion of the released DiT checkpoint to safetensors --------------------------------

@@ -117,6 +117,10 @@ def test_missing_weights_and_bad_input_are_one_line_exit_2(tmp_path, capsys):
         benchmark.main(['recon', '--config', TINY, '--input', str(tmp_path / 'nope.mp4'), '--device', 'cpu'])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and 'nope.mp4: no such file' in err
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(['recon', '--config', TINY, '--frames', '2', '--device', 'tpu9'])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == "benchmark.py recon: device 'tpu9' is unknown; use auto, cpu, cuda or cuda:N"
 
 
 def test_benchmark_imports_no_cli_and_no_private_dit_names():
