@@ -213,6 +213,8 @@ def settings_change(out_dir, expected):
         old = json.loads((Path(out_dir) / DONE).read_text()).get('settings') or {}
     except (OSError, ValueError, AttributeError):
         old = {}
+    if not old:
+        return 'its settings are not recorded (an older recon.py)'
     diff = [f'{k} {old.get(k, "unrecorded")} -> {v}' for k, v in expected.items() if old.get(k, object()) != v]
     return ', '.join(diff)
 
