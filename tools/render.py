@@ -184,8 +184,9 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
         with timer('write'):
             if pending is not None and threads:
                 pending.result()                                                  # its errors surface here
-    write_grid_png(out_dir / 'cmp.png', [torch.cat(grid[k], dim=1) for k in panels], labels,
-                   num_frames=len(grid_idx))
+            stack.close()                                                         # threads, then the encoders' flush
+            write_grid_png(out_dir / 'cmp.png', [torch.cat(grid[k], dim=1) for k in panels], labels,
+                           num_frames=len(grid_idx))
     return _info(clips['preview'], T, fps, times, meta, settings, files, digests, scores)
 
 
