@@ -83,6 +83,7 @@ class CascadeV:
         self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
         self.sr_scale, self.scale_factor = int(cfg.sr_scale), float(cfg.scale_factor)
         self.tile_blend = cfg.sampling.get('tile_blend', 'smooth')
+        self.dit_tile_batch = None              # DiT tiles per forward call (None: all tiles of a window)
         self.schedule = NoiseSchedule.from_config(cfg.diffusion)       # the samplers' β schedule, built once
 
     @classmethod
@@ -157,7 +158,7 @@ class CascadeV:
 
         def eps_fn(x, t):
             with amp:
-                return dit.forward_windowed(x, t, tile_blend=self.tile_blend).float()
+                return dit.forward_windowed(x, t, tile_blend=self.tile_blend, tile_batch=self.dit_tile_batch).float()
         return eps_fn
 
     @torch.no_grad()

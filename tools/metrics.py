@@ -45,9 +45,11 @@ def _error(ref, rec, device):
     return to_levels(rec, device) - to_levels(ref, device)
 
 
-def psnr(ref, rec, chunk=16, device='cpu'):
-    """Per-frame PSNR in dB, 10·log10(1 / MSE) on [0, 1]; inf where the frames are identical. -> (T,) float64."""
+def psnr(ref, rec, chunk=None, device='cpu'):
+    """Per-frame PSNR in dB, 10·log10(1 / MSE) on [0, 1]; inf where the frames are identical. -> (T,) float64.
+    Frames go `chunk` at a time (default: a 32 MiB float64 stack; one 1080p frame)."""
     _check_pair(ref, rec)
+    chunk = chunk or max(1, (1 << 22) // (3 * int(np.prod(np.shape(ref)[1:3]))))
     out = []
     for s in _chunks(len(ref), chunk):
         mse = _error(ref[s], rec[s], device).pow(2).mean(dim=(1, 2, 3)) / 255 ** 2  # (t,) on the [0, 1] scale

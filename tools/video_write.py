@@ -13,8 +13,11 @@ def to_uint8(video):
     """(C, T, H, W) in [-1, 1] -> uint8 numpy (T, H, W, 3) (1-channel videos are repeated to RGB)."""
     if video.ndim != 4 or video.shape[0] not in (1, 3):
         raise ValueError(f"expected a video (C, T, H, W) with C = 1 or 3, got shape {tuple(video.shape)}")
-    x = video.detach().float().cpu().add(1.0).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
-    return x.expand(3, *x.shape[1:]).permute(1, 2, 3, 0).numpy()
+    out = np.empty((video.shape[1], *video.shape[2:], 3), np.uint8)
+    for t in range(video.shape[1]):                  # a frame at a time: one frame of float temporaries
+        x = video[:, t].detach().float().cpu().add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+        out[t] = x.expand(3, *x.shape[1:]).permute(1, 2, 0).numpy()
+    return out
 
 
 def fps_fraction(fps):
