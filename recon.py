@@ -13,6 +13,7 @@ with a done.json is complete and a rerun skips it (--overwrite redoes it). A bad
 (missing weights, bad flags, output inside the input folder) exit with code 2 before any heavy work.
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -79,6 +80,10 @@ def build_parser():
     g.add_argument('--compile', action='store_true', help='torch.compile the DiT (pays off on long runs on GPU)')
     g.add_argument('--chunk-frames', type=int, default=16,
                    help='frames read/decoded/written at a time (memory flat in clip length; default 16)')
+    g.add_argument('--max-memory', default=None, metavar='SIZE',
+                   help="peak memory budget, e.g. 24GB, 2.5GB: chunk frames, DiT tiles per call and the SVD "
+                        "decode chunk/tiles are chosen to fit it and the plan is printed (default: none on CPU, "
+                        "the free device memory on CUDA); CPU: process RSS, CUDA: max allocated + context")
     g.add_argument('--overwrite', action='store_true', help='redo videos whose outputs are already complete')
     g.add_argument('--eval', action='store_true', help='after the batch, run tools/eval.py on the outputs')
     g.add_argument('--dit-checkpoint', default=None, metavar='PATH',
@@ -175,6 +180,12 @@ def validate_args(args):
     for bad, flag, rule in checks:
         if bad:
             raise UsageError(f'{flag} {getattr(args, flag[2:].replace("-", "_"))}: {rule}')
+    if args.max_memory is not None:
+        from tools.memory import parse_size
+        try:
+            args.max_memory = parse_size(args.max_memory)
+        except ValueError as e:
+            raise UsageError(f'--max-memory {e}') from None
 
 
 # ---- latent files -----------------------------------------------------------------------------------
@@ -238,6 +249,35 @@ def read_chunk(path, meta, a, b):
     return video, (list(info.times) if info.times is not None else None)
 
 
+def source_plan(path, args, cfg):
+    """-> (VideoInfo, frames used, FramePlan) of one source video under the flags."""
+    from tools.frames import plan
+    from tools.video_io import probe_video
+    info = probe_video(path)
+    n = len(frame_range(info, args, path))
+    size = cfg.data.sample_size if args.size is None else args.size
+    return info, n, plan(info.height, info.width, size=size, square=args.square, preprocess=args.preprocess,
+                         start=args.start, stride=args.frame_stride, num_frames=n)
+
+
+def fit_memory(pipe, name, frame_plan, frames, args, cfg, metrics):
+    """Chunk frames, DiT tiles per call and SVD decode chunk/tiles for one video under --max-memory (CUDA: the
+    free device memory by default), set on pipe and printed (tools/memory.py); -> chunk frames. PlanError
+    when nothing fits."""
+    from tools.memory import Workload, bytes_in_use, default_budget, gb, plan_memory
+    budget = args.max_memory if args.max_memory is not None else default_budget(pipe.device)
+    w = Workload.from_plan(frame_plan, frames, cfg, refine=not args.preview_only, metrics=metrics,
+                           device=pipe.device.type, dtype=args.dtype)
+    plan = plan_memory(w, budget, base=bytes_in_use(pipe.device), chunk_frames=args.chunk_frames)
+    s = plan.settings
+    pipe.dit_tile_batch = s.dit_tile_batch
+    if pipe.vae is not None:
+        pipe.vae.decode_chunk, pipe.vae.tile_size = s.vae_chunk, s.vae_tile
+    if budget is not None:
+        print(f'{name}: {plan.line()} (budget {gb(budget)})', flush=True)
+    return s.chunk_frames
+
+
 def encode_video(pipe, path, name, out_dir, args, cfg):
     """Read the clip in chunks, encode each, save latent.safetensors; -> (latent (16, T, h, w), metadata).
 
@@ -245,13 +285,7 @@ def encode_video(pipe, path, name, out_dir, args, cfg):
     frame rate source, each frame's time in seconds from the first one used.
     """
     import torch
-    from tools.frames import plan
-    from tools.video_io import probe_video
-    info = probe_video(path)
-    n = len(frame_range(info, args, path))
-    size = cfg.data.sample_size if args.size is None else args.size
-    frame_plan = plan(info.height, info.width, size=size, square=args.square, preprocess=args.preprocess,
-                      start=args.start, stride=args.frame_stride, num_frames=n)
+    info, n, frame_plan = source_plan(path, args, cfg)
     sar = info.sar if info.sar != 1 else None
     meta = {'format': LATENT_FORMAT, 'name': name, 'source': str(Path(path).resolve()), 'source_fps': info.fps,
             'fps': info.fps / args.frame_stride, 'num_frames': n, 'start': args.start,
@@ -328,8 +362,9 @@ def render(pipe, latent, meta, out_dir, args, source=None):
         writers['preview.mp4'].write(u8['preview'], times=t)
         if refine:
             writers['rec.mp4'].write(u8['refined'], times=t)
-        writers['cmp.mp4'].write(side_by_side([clips[k] for k, _ in panels], [labels[k] for k, _ in panels]),
-                                 times=t)
+        for i in range(u8['preview'].shape[0]):                               # a frame at a time: 3 panels wide
+            writers['cmp.mp4'].write(side_by_side([clips[k][:, i:i + 1] for k, _ in panels],
+                                                  [labels[k] for k, _ in panels]), times=t[i:i + 1] if t else None)
 
     spans = [(a, min(a + chunk, T)) for a in range(0, T, chunk)]
     with ExitStack() as stack:
@@ -380,6 +415,14 @@ def process(pipe, name, src, out_dir, args, cfg, decode_from):
     t0 = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / DONE).unlink(missing_ok=True)              # incomplete until the very end
+    args = copy.copy(args)                                # this video's chunk size
+    if decode_from:
+        meta = read_latent_meta(src)
+        args.chunk_frames = fit_memory(pipe, name, FramePlan.from_dict(meta['plan']), meta['num_frames'], args,
+                                       cfg, metrics=False)
+    else:
+        _, n, frame_plan = source_plan(src, args, cfg)
+        args.chunk_frames = fit_memory(pipe, name, frame_plan, n, args, cfg, metrics=True)
     try:
         if decode_from:
             latent, meta = load_latent(src)
@@ -482,17 +525,24 @@ def main(argv=None):
         from tqdm.auto import tqdm
 
         from models.pipeline import CascadeV
+        from tools.memory import PlanError, release_freed_memory_to_os
         device = args.device or cfg.get('device', 'auto')
         if dist_device is not None and device in ('auto', 'cuda'):
             device = dist_device
         args.progress = main_process and sys.stderr.isatty()
         with torch.no_grad():
             pipe = CascadeV.from_config(cfg, device=device, dtype=args.dtype, compile=args.compile, stages=stages)
+            if pipe.device.type == 'cpu':
+                release_freed_memory_to_os()      # the RSS follows the live buffers, flat in clip length
             bar = tqdm(todo, desc='videos', unit='video', disable=not main_process or None)
             for name in bar:
                 try:
                     done = process(pipe, name, items[name], output / name, args, cfg, decode_from)
                     bar.write(summary_line(done))
+                except PlanError as e:        # nothing fits the budget: a usage error, the batch stops
+                    print(f'error: {e}', file=sys.stderr)
+                    remove_if_empty(output / name)
+                    return 2
                 except Exception as e:        # a bad file must not stop the batch
                     failures.append(failure_line(items[name], e))
                     bar.write(f'failed: {failures[-1]}')

@@ -123,3 +123,60 @@ def test_default_budget_is_off_on_cpu_and_the_free_device_memory_on_cuda(monkeyp
     assert default_budget('cuda:0') == 32 * 2 ** 30 + CUDA_CONTEXT
     assert bytes_in_use('cuda') == 2 ** 30
     assert 10 ** 7 < bytes_in_use('cpu') < 10 ** 11            # this process's RSS
+
+
+# ---- recon.py --max-memory ------------------------------------------------------------------------------
+
+def recon_run(argv, monkeypatch):
+    """recon.main in-process (the allocator setting left to pytest) -> (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    import recon
+    import tools.memory
+    monkeypatch.setattr(tools.memory, 'release_freed_memory_to_os', lambda *a: False)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = recon.main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def tiny_argv(repo_root, clip, out, *extra):
+    return ['--config', repo_root / 'configs' / 'tiny.py', '--input', clip, '--output', out, '--num-frames', 4,
+            '--size', 64, '--steps', 1, *extra]
+
+
+def test_recon_too_small_budget_exits_2_with_one_line(repo_root, shared_videos, tmp_path, monkeypatch):
+    code, out, err = recon_run(tiny_argv(repo_root, shared_videos / 'carphone_pristine.mp4', tmp_path / 'o',
+                                         '--max-memory', '100MB'), monkeypatch)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: --max-memory 0.10 GB: even 1-frame chunks'), err
+    assert 'raise --max-memory' in lines[0]
+    assert not (tmp_path / 'o' / 'carphone_pristine').exists()           # nothing half-written is left
+
+
+def test_recon_bad_budget_is_a_usage_error(repo_root, shared_videos, tmp_path, monkeypatch):
+    code, _, err = recon_run(tiny_argv(repo_root, shared_videos / 'carphone_pristine.mp4', tmp_path / 'o',
+                                       '--max-memory', '2.5XB'), monkeypatch)
+    assert code == 2 and err.strip() == "error: --max-memory memory size '2.5XB': use a positive number with a " \
+                                        "unit, e.g. 24GB, 2.5GB, 800MB, 16GiB"
+
+
+def test_recon_prints_the_plan_and_applies_it(repo_root, shared_videos, tmp_path, monkeypatch):
+    """A generous budget keeps the defaults; the plan line names them (4 frames of 64x78 -> 2 DiT tiles)."""
+    import recon
+    seen = {}
+    render = recon.render
+
+    def spy(pipe, latent, meta, out_dir, args, source=None):
+        seen.update(chunk=args.chunk_frames, vae_chunk=pipe.vae.decode_chunk, tile_batch=pipe.dit_tile_batch)
+        return render(pipe, latent, meta, out_dir, args, source=source)
+    monkeypatch.setattr(recon, 'render', spy)
+    code, out, err = recon_run(tiny_argv(repo_root, shared_videos / 'carphone_pristine.mp4', tmp_path / 'o',
+                                         '--max-memory', '64GB'), monkeypatch)
+    assert code == 0, err
+    line = next(ln for ln in out.splitlines() if 'predicted peak' in ln)
+    assert line.startswith('carphone_pristine: predicted peak ') and line.endswith('(budget 64.00 GB)')
+    assert 'chunk 4 frames, DiT tiles 2 at a time, VAE chunk 4, VAE tiles off' in line
+    assert seen == dict(chunk=16, vae_chunk=4, tile_batch=None)

@@ -77,6 +77,7 @@ class Workload:
     dit: tuple = (8, 8, 2, 1152, 16)     # (tile input_size in latent px, lats_per_vid, patch, hidden, heads)
     vae_chunk: int = 4                   # the config's SVD decode chunk (frames) and tile size (latent px, 0 off)
     vae_tile: int = 0
+    vae_overlap: int = 0                 # frames shared by consecutive SVD decode chunks (chunks stay longer)
     attention_quadratic: bool = False    # the 'math' attention backend materialises (heads, n, n) scores
 
     @classmethod
@@ -88,6 +89,7 @@ class Workload:
                    dtype=dtype, dit=(m.input_size, m.lats_per_vid, m.get('patch_size', 2), m.hidden_size,
                                      m.num_heads),
                    vae_chunk=int(cfg.vae.get('decode_chunk', 4)), vae_tile=int(cfg.vae.get('tile_size', 0)),
+                   vae_overlap=int(cfg.vae.get('decode_overlap', 0)),
                    attention_quadratic=m.get('attn_backend', 'sdpa') == 'math')
 
 
@@ -190,8 +192,8 @@ def candidates(w, chunk_frames=16):
     tiles = dit_tiles(w)[0] if w.refine else 1
     vae = [(w.vae_chunk, w.vae_tile)]
     if w.refine:
-        vae += [(w.vae_chunk, t) for t in (64, 32, 16) if t * 8 < max(w.model) and (not w.vae_tile or t < w.vae_tile)]
-        vae += [(k, vae[-1][1]) for k in halvings(w.vae_chunk)[1:]]
+        vae += [(w.vae_chunk, t) for t in (64, 32) if t * 8 < max(w.model) and (not w.vae_tile or t < w.vae_tile)]
+        vae += [(k, vae[-1][1]) for k in halvings(w.vae_chunk)[1:] if k > w.vae_overlap]
     for k, tile in vae:
         group = [Settings(c, None if n == tiles else n, k, tile)
                  for c in halvings(chunk_frames) for n in halvings(tiles)]
