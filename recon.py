@@ -261,9 +261,9 @@ def source_plan(path, args, cfg):
 
 
 def fit_memory(pipe, name, frame_plan, frames, args, cfg, metrics):
-    """Chunk frames, DiT tiles per call and SVD decode chunk/tiles for one video under --max-memory (CUDA: the
-    free device memory by default), set on pipe and printed (tools/memory.py); -> chunk frames. PlanError
-    when nothing fits."""
+    """Chunk frames, DiT tiles per call, SVD decode chunk/tiles and encoder look-ahead for one video under
+    --max-memory (CUDA: the free device memory by default), set on pipe and printed (tools/memory.py);
+    -> (chunk frames, look-ahead or None). PlanError when nothing fits."""
     from tools.memory import Workload, bytes_in_use, default_budget, gb, plan_memory
     budget = args.max_memory if args.max_memory is not None else default_budget(pipe.device)
     w = Workload.from_plan(frame_plan, frames, cfg, refine=not args.preview_only, metrics=metrics,
@@ -275,7 +275,7 @@ def fit_memory(pipe, name, frame_plan, frames, args, cfg, metrics):
         pipe.vae.decode_chunk, pipe.vae.tile_size = s.vae_chunk, s.vae_tile
     if budget is not None:
         print(f'{name}: {plan.line()} (budget {gb(budget)})', flush=True)
-    return s.chunk_frames
+    return s.chunk_frames, s.lookahead
 
 
 def encode_video(pipe, path, name, out_dir, args, cfg):
@@ -305,14 +305,15 @@ def encode_video(pipe, path, name, out_dir, args, cfg):
     return latent, meta
 
 
-def open_writer(path, fps, sar=None, lossless=False):
+def open_writer(path, fps, sar=None, lossless=False, lookahead=None):
     """A VideoWriter for one output: the frames' exact size, the source's SAR ('N:D' or None), lossless on
-    request; its write(frames, times=None) takes each frame's time in seconds (None: constant fps)."""
+    request, x264 look-ahead in frames (None: the preset's); its write(frames, times=None) takes each frame's
+    time in seconds (None: constant fps)."""
     from fractions import Fraction
 
     from tools.video_io import VideoWriter
     sar = Fraction(sar.replace(':', '/')) if sar else None
-    return VideoWriter(path, fps, sar=sar, lossless=lossless)
+    return VideoWriter(path, fps, sar=sar, lossless=lossless, lookahead=lookahead)
 
 
 def output_timing(meta, args):
@@ -338,6 +339,7 @@ def render(pipe, latent, meta, out_dir, args, source=None):
     import torch
     from models.pipeline import noise_seed
     from tools.metrics import mean_psnr, psnr, ssim
+    from tools.memory import CMP_LOOKAHEAD
     from tools.video_io import side_by_side, to_uint8, write_grid_png
 
     frame_plan, T = FramePlan.from_dict(meta['plan']), latent.shape[1]
@@ -368,7 +370,10 @@ def render(pipe, latent, meta, out_dir, args, source=None):
 
     spans = [(a, min(a + chunk, T)) for a in range(0, T, chunk)]
     with ExitStack() as stack:
-        writers = {f: stack.enter_context(open_writer(out_dir / f, fps, meta.get('sar'), args.lossless))
+        la = getattr(args, 'lookahead', None)                # x264 look-ahead of the plan (None: the preset's)
+        cmp_la = CMP_LOOKAHEAD if la is None else min(la, CMP_LOOKAHEAD)
+        writers = {f: stack.enter_context(open_writer(out_dir / f, fps, meta.get('sar'), args.lossless,
+                                                      cmp_la if f == 'cmp.mp4' else la))
                    for f in files if f.endswith('.mp4')}
         # Write-behind and read-ahead threads (exited first, so the writers close after their last frame):
         # video encoding and decoding overlap the next chunk's model work; one chunk waits at most.
@@ -415,14 +420,14 @@ def process(pipe, name, src, out_dir, args, cfg, decode_from):
     t0 = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / DONE).unlink(missing_ok=True)              # incomplete until the very end
-    args = copy.copy(args)                                # this video's chunk size
+    args = copy.copy(args)                                # this video's chunk size and encoder look-ahead
     if decode_from:
         meta = read_latent_meta(src)
-        args.chunk_frames = fit_memory(pipe, name, FramePlan.from_dict(meta['plan']), meta['num_frames'], args,
-                                       cfg, metrics=False)
+        args.chunk_frames, args.lookahead = fit_memory(pipe, name, FramePlan.from_dict(meta['plan']),
+                                                       meta['num_frames'], args, cfg, metrics=False)
     else:
         _, n, frame_plan = source_plan(src, args, cfg)
-        args.chunk_frames = fit_memory(pipe, name, frame_plan, n, args, cfg, metrics=True)
+        args.chunk_frames, args.lookahead = fit_memory(pipe, name, frame_plan, n, args, cfg, metrics=True)
     try:
         if decode_from:
             latent, meta = load_latent(src)

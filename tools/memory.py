@@ -25,11 +25,15 @@ from dataclasses import dataclass, replace
 DTYPE_BYTES = {'fp32': 4, 'bf16': 2, 'fp16': 2}
 CUDA_CONTEXT = 500 * 2 ** 20            # CUDA context + kernels, not counted by max_memory_allocated (estimate)
 
-# Bytes per (frame · model pixel · dtype byte) of each stage's activations, per decoded frame for the SVD decoder
-# (output pixels), and per (token · hidden unit · dtype byte) for the DiT; fitted on CPU by
-# `benchmark.py memory --what stages` (tiny config, exact peaks). `host` scales the counted frame buffers
-# (allocator slack); `encoder` is the video encoder's bytes per output pixel per open file.
-CALIBRATION = dict(compressor=6.0, previewer=40.0, vae=60.0, dit=30.0, state=48.0, host=1.0, encoder=60.0)
+# Bytes per (frame · model pixel · dtype byte) of the compressor, previewer and SVD decoder activations
+# and per (token · hidden unit · dtype byte) for the DiT; `state`: bytes per SVD latent pixel
+# per frame of the sampler; `encoder` + `encoder_frame` · look-ahead frames: x264's bytes per pixel of one open
+# file (fitted to its plateaus at rc-lookahead 0 / 10 / 40: 95 / 117 / 216 MB for 720p). Fitted on CPU by
+# `benchmark.py memory --what stages` (tiny config, exact peaks); `host` scales the host frame buffers.
+CALIBRATION = dict(compressor=36.0, previewer=23.0, vae=253.0, dit=11.8, state=48.0, host=1.0, encoder=98.0,
+                   encoder_frame=3.3)
+X264_LOOKAHEAD = 40                     # x264's rc-lookahead at preset medium (frames)
+CMP_LOOKAHEAD = 10                      # recon's look-ahead for cmp.mp4, three panels wide
 
 
 class PlanError(MemoryError):
@@ -96,11 +100,12 @@ class Workload:
 @dataclass(frozen=True)
 class Settings:
     """What the planner chooses: frames per chunk, DiT tiles per call (None: all of a window), SVD decode
-    chunk (frames) and tile size (latent pixels, 0: off)."""
+    chunk (frames) and tile size (latent pixels, 0: off), the video encoder's look-ahead."""
     chunk_frames: int = 16
     dit_tile_batch: int = None
     vae_chunk: int = 4
     vae_tile: int = 0
+    lookahead: int = None                # x264 look-ahead frames of preview/rec.mp4 (None: the preset's, 40)
 
 
 def dit_tiles(w):
@@ -139,8 +144,12 @@ def stage_bytes(w, s, cal=CALIBRATION):
     # chunk and the one being written (write-behind), plus one resize to the output size in flight.
     chunk_out = c * out * 3 * (4 * (panels - 1) + panels)
     b['outputs'] = (host * (2 * chunk_out + c * out * 3 * 4), False)
-    b['encoder'] = (cal['encoder'] * out * (1 + w.refine + panels), False)    # x264 frames in flight, per file
-    b['metrics'] = ((4 * 3 * out * 8 + 2 * 3 * out * 8 * 5) if w.metrics else 0, True)   # PSNR, SSIM: 1 frame
+    # x264 per open file: a fixed part and one frame per look-ahead frame held (preview/rec.mp4 at the plan's
+    # look-ahead, cmp.mp4, the panels side by side, at most CMP_LOOKAHEAD)
+    held = lambda la: cal['encoder'] + cal['encoder_frame'] * min(w.frames, la)
+    la = X264_LOOKAHEAD if s.lookahead is None else s.lookahead
+    b['encoder'] = (out * (held(la) * (1 + w.refine) + held(min(la, CMP_LOOKAHEAD)) * panels), False)
+    b['metrics'] = ((20 * out * 8) if w.metrics else 0, True)     # SSIM: ~20 float64 maps of one channel, one frame
     b['latent'] = (w.frames * lat * 4 * 4, True)                          # the refined SVD latent (whole clip)
     if w.refine:
         tiles, th, tw, L = dit_tiles(w)
@@ -187,15 +196,16 @@ def halvings(n):
 
 
 def candidates(w, chunk_frames=16):
-    """Settings from the least to the most intrusive: outputs unchanged first (chunk frames, DiT tile batch),
-    then SVD tiles (close to untiled), then shorter SVD chunks (each frame sees fewer neighbours)."""
+    """Settings from the least to the most intrusive: frames unchanged first (chunk frames, DiT tile batch, then
+    a shorter encoder look-ahead: same frames, other bit allocation), then SVD tiles (close to untiled), then
+    shorter SVD chunks (each frame sees fewer neighbours)."""
     tiles = dit_tiles(w)[0] if w.refine else 1
-    vae = [(w.vae_chunk, w.vae_tile)]
+    options = [(w.vae_chunk, w.vae_tile, la) for la in (None, CMP_LOOKAHEAD, 0)]
     if w.refine:
-        vae += [(w.vae_chunk, t) for t in (64, 32) if t * 8 < max(w.model) and (not w.vae_tile or t < w.vae_tile)]
-        vae += [(k, vae[-1][1]) for k in halvings(w.vae_chunk)[1:] if k > w.vae_overlap]
-    for k, tile in vae:
-        group = [Settings(c, None if n == tiles else n, k, tile)
+        options += [(w.vae_chunk, t, 0) for t in (64, 32) if t * 8 < max(w.model) and (not w.vae_tile or t < w.vae_tile)]
+        options += [(k, options[-1][1], 0) for k in halvings(w.vae_chunk)[1:] if k > w.vae_overlap]
+    for k, tile, la in options:
+        group = [Settings(c, None if n == tiles else n, k, tile, la)
                  for c in halvings(chunk_frames) for n in halvings(tiles)]
         yield sorted(group, key=lambda s: (-(chunk_of(w, s)), -(s.dit_tile_batch or tiles)))
 
@@ -214,13 +224,15 @@ class MemoryPlan:
             tiles = dit_tiles(w)[0]
             parts += [f'DiT tiles {s.dit_tile_batch or tiles} at a time', f'VAE chunk {s.vae_chunk}',
                       f'VAE tiles {s.vae_tile} px' if s.vae_tile else 'VAE tiles off']
+        if s.lookahead is not None:
+            parts.append(f'encoder look-ahead {s.lookahead} frames')
         return f'predicted peak {gb(self.prediction.peak)}: ' + ', '.join(parts)
 
 
 def plan_memory(w, budget=None, base=0, chunk_frames=16, cal=CALIBRATION):
     """The least intrusive Settings whose predicted peak fits `budget` bytes (None: the defaults, unchecked);
     within a group, the largest chunk, then the largest DiT tile batch. PlanError (one line) when none fits."""
-    default = Settings(chunk_frames, None, w.vae_chunk, w.vae_tile)
+    default = Settings(chunk_frames, None, w.vae_chunk, w.vae_tile, None)
     if budget is None:
         return MemoryPlan(default, predict(w, default, base, cal), None, w)
     for group in candidates(w, chunk_frames):

@@ -16,7 +16,7 @@ import torch
 from tools.bench.measure import (REPO, environment, load_cfg, peak_memory_mib, print_table, setup_device,
                                  write_json)
 from tools.bench.recon import build_pipeline
-from tools.memory import CALIBRATION, DTYPE_BYTES, dit_tiles
+from tools.memory import CALIBRATION, CUDA_CONTEXT, DTYPE_BYTES, dit_tiles
 
 MIB = 2 ** 20
 
@@ -109,17 +109,21 @@ PREDICTED = re.compile(r'predicted peak ([0-9.]+) GB')
 
 
 PEAK = re.compile(r'peak_rss_kib (\d+)')
-RUN = ('import resource, sys; import recon; code = recon.main(sys.argv[1:]); '
-       'print("peak_rss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)')
+PEAK_CUDA = re.compile(r'peak_cuda_bytes (\d+)')
+RUN = ('import resource, sys, torch; import recon; code = recon.main(sys.argv[1:]); '
+       'print("peak_rss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); '
+       'torch.cuda.is_initialized() and print("peak_cuda_bytes", torch.cuda.max_memory_allocated(), file=sys.stderr); '
+       'sys.exit(code)')
 
 
 def run_recon_peak(argv):
-    """recon.py argv in a fresh process -> (exit code, its output, predicted peak bytes or None, peak RSS bytes)."""
+    """recon.py argv in a fresh process -> (exit code, its output, predicted peak bytes or None, measured peak
+    bytes: on CUDA max allocated + the context estimate tools/memory.py uses, else the peak RSS)."""
     proc = subprocess.run([sys.executable, '-c', RUN, *argv], capture_output=True, text=True, cwd=REPO)
     out = proc.stdout + proc.stderr
-    m, peak = PREDICTED.search(out), PEAK.search(out)
-    return (proc.returncode, out, float(m.group(1)) * 1e9 if m else None,
-            int(peak.group(1)) * 1024 if peak else None)
+    m, rss, cuda = PREDICTED.search(out), PEAK.search(out), PEAK_CUDA.search(out)
+    peak = int(cuda.group(1)) + CUDA_CONTEXT if cuda else int(rss.group(1)) * 1024 if rss else None
+    return proc.returncode, out, float(m.group(1)) * 1e9 if m else None, peak
 
 
 def bench_plan(args):
@@ -133,11 +137,12 @@ def bench_plan(args):
             argv += [] if budget == 'off' else ['--max-memory', budget]
             code, out, predicted, measured = run_recon_peak(argv)
             line = next((ln for ln in out.splitlines() if 'predicted peak' in ln or ln.startswith('error')), '')
-            rows.append(dict(budget=budget, frames=args.lengths[0], exit=code, predicted_gb=predicted and predicted / 1e9,
-                             measured_gb=measured and measured / 1e9,
+            rows.append(dict(budget=budget, frames=args.lengths[0], exit=code,
+                             predicted_gb=predicted and predicted / 1e9, measured_gb=measured and measured / 1e9,
                              ratio=predicted / measured if predicted and measured else None, plan=line.strip()))
     print(f'memory plan: {clip}, {args.lengths[0]} frames, --size {args.sizes[0]}, {args.config}; measured: peak '
-          f'RSS of the recon.py process (ru_maxrss), in GB (10^9 B)')
+          f'RSS of the recon.py process (ru_maxrss), on CUDA max allocated + {CUDA_CONTEXT >> 20} MiB context; '
+          f'GB = 10^9 B')
     print_table(rows, ['budget', 'frames', 'exit', 'predicted_gb', 'measured_gb', 'ratio', 'plan'])
     write_json(args.json, dict(benchmark='memory', what='plan', config=args.config, rows=rows))
     return rows
