@@ -60,10 +60,13 @@ def test_prediction_grows_with_chunk_tiles_and_frame_size():
     assert predict(workload(source=(2160, 3840), output=(2160, 3840)), Settings()).peak > predict(w, Settings()).peak
 
 
-def test_prediction_is_flat_in_clip_length_beyond_the_sampler_state():
-    """16 vs 128 frames: only the whole-clip latent and sampler state differ (here < 1 %)."""
-    short, long_ = (predict(workload(frames=n), Settings(16, None, 4, 0)).peak for n in (16, 128))
-    assert long_ > short and (long_ - short) / short < 0.01
+def test_prediction_is_flat_in_clip_length_beyond_the_encoder_look_ahead():
+    """Clip length enters through the whole-clip latent and x264's look-ahead (40 frames for preview/rec.mp4)."""
+    peak = {n: predict(workload(frames=n), Settings(16, None, 4, 0)).peak for n in (16, 48, 128)}
+    assert 0 < (peak[128] - peak[48]) / peak[48] < 0.01
+    latent = lambda n: n * 32 * 56 * 16
+    look_ahead = 720 * 1280 * CALIBRATION['encoder_frame'] * (40 - 16) * 2          # preview.mp4 and rec.mp4
+    assert peak[128] - peak[16] == pytest.approx(look_ahead + latent(128) - latent(16), abs=2)
 
 
 def test_cuda_counts_device_buffers_and_the_context():
@@ -96,13 +99,20 @@ def test_plan_fits_the_budget_with_the_largest_chunk():
     assert plan_memory(w, budget=full, base=base).settings == Settings(16, None, 4, 0)
 
 
-def test_plan_shrinks_the_vae_last():
-    """A budget only 1-frame chunks with VAE tiles reach: output-neutral settings are exhausted first."""
+def test_plan_order_frames_first_then_encoder_then_vae():
+    """Frame-neutral settings are exhausted first: chunk and DiT tile batch, then the encoder look-ahead
+    (same frames), then SVD tiles, then shorter SVD chunks."""
     w, base = workload(model=(1024, 1024), source=(1024, 1024), output=(1024, 1024)), 10 ** 9
-    smallest_untiled = predict(w, Settings(1, 1, 4, 0), base).peak
-    plan = plan_memory(w, budget=smallest_untiled - 1, base=base)
-    assert plan.settings.vae_tile > 0 and plan.settings.vae_chunk == 4
-    assert plan.prediction.peak < smallest_untiled
+    smallest = lambda **kw: predict(w, Settings(**{**dict(chunk_frames=1, dit_tile_batch=1, vae_chunk=4), **kw}),
+                                     base).peak
+    plan = plan_memory(w, budget=smallest() - 1, base=base)
+    assert plan.settings.lookahead == 10 and plan.settings.vae_tile == 0 and plan.settings.vae_chunk == 4
+    plan = plan_memory(w, budget=smallest(lookahead=0) - 1, base=base)
+    assert plan.settings.lookahead == 0 and plan.settings.vae_tile == 64 and plan.settings.vae_chunk == 4
+    plan = plan_memory(w, budget=smallest(lookahead=0, vae_tile=32) - 1, base=base)
+    assert plan.settings.vae_tile == 32 and plan.settings.vae_chunk in (2, 1)
+    assert plan.prediction.peak < smallest(lookahead=0, vae_tile=32)
+    assert 'encoder look-ahead 0 frames' in plan.line() and 'VAE tiles 32 px' in plan.line()
 
 
 def test_plan_error_is_one_line():
@@ -180,3 +190,9 @@ def test_recon_prints_the_plan_and_applies_it(repo_root, shared_videos, tmp_path
     assert line.startswith('carphone_pristine: predicted peak ') and line.endswith('(budget 64.00 GB)')
     assert 'chunk 4 frames, DiT tiles 2 at a time, VAE chunk 4, VAE tiles off' in line
     assert seen == dict(chunk=16, vae_chunk=4, tile_batch=None)
+
+
+def test_writer_look_ahead_reaches_x264(tmp_path):
+    from tools.video_write import VideoWriter
+    assert VideoWriter(tmp_path / 'a.mp4', 25, lookahead=10)._codec(720, 1280)[2]['rc-lookahead'] == '10'
+    assert 'rc-lookahead' not in VideoWriter(tmp_path / 'a.mp4', 25)._codec(720, 1280)[2]

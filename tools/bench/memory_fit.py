@@ -88,6 +88,7 @@ def bench_stage_constants(args):
             pts.append(record('state', T, T * h * h * 4, got))
         pipe.dit_tile_batch = None
         fits['state'] = slope(pts)
+    fits.update(encoder_constants(record, device))
     print(f'memory stages: {cfg.config_path}, {device} {dtype}; added_mib: peak minus memory before the call; '
           f'fixed_mib: its output, subtracted before the fit')
     print_table(rows, ['stage', 'size', 'unit', 'added_mib', 'fixed_mib'])
@@ -97,6 +98,25 @@ def bench_stage_constants(args):
     write_json(args.json, dict(benchmark='memory', what='stages', config=cfg.config_path, dtype=dtype,
                                env=environment(device), rows=rows, fitted=fits))
     return fits
+
+
+def encoder_constants(record, device, height=360, width=640, frames=56):
+    """x264 (preset medium) memory once full, at look-ahead 0 and 40: -> {'encoder': bytes per pixel,
+    'encoder_frame': bytes per pixel per look-ahead frame}."""
+    import numpy as np
+
+    from tools.video_write import VideoWriter
+    rng = np.random.default_rng(0)
+    tex = (rng.random((height // 8, width // 8 + frames, 3)) * 255).astype(np.uint8).repeat(8, 0).repeat(8, 1)
+    px, plateau = height * width, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for la in (0, 40):
+            def write():
+                with VideoWriter(Path(tmp) / f'{la}.mp4', 25, lookahead=la) as w:
+                    for i in range(frames):                       # a texture panning 8 px per frame
+                        w.write(np.ascontiguousarray(tex[None, :, i * 8:i * 8 + width]))
+            plateau[la] = record('encoder', la, px, peak_memory_mib(write, device) * MIB)[1]
+    return {'encoder': plateau[0] / px, 'encoder_frame': (plateau[40] - plateau[0]) / (40 * px)}
 
 
 class _Shape:
