@@ -32,6 +32,7 @@ CUDA_CONTEXT = 500 * 2 ** 20            # CUDA context + kernels, not counted by
 # `benchmark.py memory --what stages` (tiny config, exact peaks); `host` scales the host frame buffers.
 CALIBRATION = dict(compressor=36.0, previewer=23.0, vae=253.0, dit=11.8, state=48.0, host=1.0, encoder=98.0,
                    encoder_frame=3.3)
+HEADROOM = 0.05                         # of the budget, for the model's error (measured within 5 % on CPU)
 X264_LOOKAHEAD = 40                     # x264's rc-lookahead at preset medium (frames)
 CMP_LOOKAHEAD = 10                      # recon's look-ahead for cmp.mp4, three panels wide
 
@@ -230,21 +231,23 @@ class MemoryPlan:
 
 
 def plan_memory(w, budget=None, base=0, chunk_frames=16, cal=CALIBRATION):
-    """The least intrusive Settings whose predicted peak fits `budget` bytes (None: the defaults, unchecked);
-    within a group, the largest chunk, then the largest DiT tile batch. PlanError (one line) when none fits."""
+    """The least intrusive Settings whose predicted peak fits `budget` bytes less HEADROOM (None: the defaults,
+    unchecked); within a group, the largest chunk, then the largest DiT tile batch. PlanError (one line) when
+    none fits."""
     default = Settings(chunk_frames, None, w.vae_chunk, w.vae_tile, None)
     if budget is None:
         return MemoryPlan(default, predict(w, default, base, cal), None, w)
     for group in candidates(w, chunk_frames):
         for s in group:
             p = predict(w, s, base, cal)
-            if p.peak <= budget:
+            if p.peak <= budget * (1 - HEADROOM):
                 return MemoryPlan(s, p, budget, w)
     smallest = min((predict(w, s, base, cal) for g in candidates(w, chunk_frames) for s in g), key=lambda p: p.peak)
     hm, wm = w.model
     raise PlanError(f'--max-memory {gb(budget)}: even 1-frame chunks, 1 DiT tile and 1-frame VAE chunks need '
                     f'{gb(smallest.peak)} ({gb(base)} before the work) for {w.frames} frames at {hm}x{wm} from '
-                    f'{w.source[0]}x{w.source[1]}; raise --max-memory or lower --size')
+                    f'{w.source[0]}x{w.source[1]}; raise --max-memory to {gb(smallest.peak / (1 - HEADROOM))} '
+                    f'(5 % headroom) or lower --size')
 
 
 def bytes_in_use(device):
