@@ -247,7 +247,7 @@ def plan_memory(w, budget=None, base=0, chunk_frames=16, cal=CALIBRATION):
     raise PlanError(f'--max-memory {gb(budget)}: even 1-frame chunks, 1 DiT tile and 1-frame VAE chunks need '
                     f'{gb(smallest.peak)} ({gb(base)} before the work) for {w.frames} frames at {hm}x{wm} from '
                     f'{w.source[0]}x{w.source[1]}; raise --max-memory to {gb(smallest.peak / (1 - HEADROOM))} '
-                    f'(5 % headroom) or lower --size')
+                    f'({HEADROOM:.0%} headroom) or lower --size')
 
 
 def bytes_in_use(device):
