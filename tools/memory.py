@@ -28,9 +28,10 @@ CUDA_CONTEXT = 500 * 2 ** 20            # CUDA context + kernels, not counted by
 # Bytes per (frame · model pixel · dtype byte) of the compressor, previewer and SVD decoder activations
 # and per (token · hidden unit · dtype byte) for the DiT; `state`: bytes per SVD latent pixel
 # per frame of the sampler; `encoder` + `encoder_frame` · look-ahead frames: x264's bytes per pixel of one open
-# file (fitted to its plateaus at rc-lookahead 0 / 10 / 40: 95 / 117 / 216 MB for 720p). Fitted on CPU by
-# `benchmark.py memory --what stages` (tiny config, exact peaks); `host` scales the host frame buffers.
-CALIBRATION = dict(compressor=36.0, previewer=23.0, vae=253.0, dit=11.8, state=48.0, host=1.0, encoder=98.0,
+# file (fitted after a warm-up: 69 + 3.27 per frame; `encoder` also counts libx264's one-time allocations, 31 MB
+# at 720p, for every file: 98). Fitted on CPU by `benchmark.py memory --what stages` (tiny config, exact peaks);
+# `host` scales the host frame buffers.
+CALIBRATION = dict(compressor=36.0, previewer=23.0, vae=253.0, dit=12.1, state=53.7, host=1.0, encoder=98.0,
                    encoder_frame=3.3)
 HEADROOM = 0.05                         # of the budget, for the model's error (measured within 5 % on CPU)
 X264_LOOKAHEAD = 40                     # x264's rc-lookahead at preset medium (frames)

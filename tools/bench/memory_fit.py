@@ -100,7 +100,7 @@ def bench_stage_constants(args):
     return fits
 
 
-def encoder_constants(record, device, height=360, width=640, frames=56):
+def encoder_constants(record, device, height=720, width=1280, frames=64):
     """x264 (preset medium) memory once full, at look-ahead 0 and 40: -> {'encoder': bytes per pixel,
     'encoder_frame': bytes per pixel per look-ahead frame}."""
     import numpy as np
@@ -110,12 +110,13 @@ def encoder_constants(record, device, height=360, width=640, frames=56):
     tex = (rng.random((height // 8, width // 8 + frames, 3)) * 255).astype(np.uint8).repeat(8, 0).repeat(8, 1)
     px, plateau = height * width, {}
     with tempfile.TemporaryDirectory() as tmp:
+        def write(la, n):
+            with VideoWriter(Path(tmp) / f'{la}.mp4', 25, lookahead=la) as w:
+                for i in range(n):                                # a texture panning 8 px per frame
+                    w.write(np.ascontiguousarray(tex[None, :, i * 8:i * 8 + width]))
+        write(0, 4)                                               # warm-up: libx264's one-time allocations
         for la in (0, 40):
-            def write():
-                with VideoWriter(Path(tmp) / f'{la}.mp4', 25, lookahead=la) as w:
-                    for i in range(frames):                       # a texture panning 8 px per frame
-                        w.write(np.ascontiguousarray(tex[None, :, i * 8:i * 8 + width]))
-            plateau[la] = record('encoder', la, px, peak_memory_mib(write, device) * MIB)[1]
+            plateau[la] = record('encoder', la, px, peak_memory_mib(lambda: write(la, frames), device) * MIB)[1]
     return {'encoder': plateau[0] / px, 'encoder_frame': (plateau[40] - plateau[0]) / (40 * px)}
 
 
