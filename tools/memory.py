@@ -4,13 +4,16 @@
     plan = plan_memory(w, budget=parse_size('2.5GB'), base=bytes_in_use_now)   # MemoryError: nothing fits
     print(plan.line())      # predicted peak 2.31 GB: chunk 16 frames, DiT tiles 4 at a time, VAE chunk 4, VAE tiles off
 
+The planner keeps HEADROOM of the budget for the model's error and gives up first what leaves the frames unchanged
+(chunk frames, DiT tiles per call, x264 look-ahead), then SVD decode tiles, then shorter SVD decode chunks.
+
 The model (`predict`) adds the memory in use before the work (`base`: libraries, weights, on CUDA the context) to
 the largest of the three phases of a reconstruction, each a sum of the buffers alive at once:
 
     encode  source chunks (read-ahead: 2) + model frames + the compressor's activations
     refine  sampler state (the whole clip's latents, the only whole-clip tensors) + one DiT tile batch
-    render  source chunks (2) + output chunks (this one and the one being written) + the writer's conversion
-            + the largest of: previewer, SVD decode chunk, metrics
+    render  source chunks (2) + output chunks (this one and the one being written) + x264's frames in flight
+            + the whole-clip latent + the largest of: previewer, SVD decode chunk, metrics
 
 Every term is tensor bytes counted from the shapes (frame size, chunk and tile sizes, dtype) times a constant
 measured by `python tools/benchmark.py memory --what stages` (tools/bench/memory.py fits and prints
@@ -20,7 +23,7 @@ plus the context. Sizes are in bytes; GB means 10⁹ bytes.
 """
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 DTYPE_BYTES = {'fp32': 4, 'bf16': 2, 'fp16': 2}
 CUDA_CONTEXT = 500 * 2 ** 20            # CUDA context + kernels, not counted by max_memory_allocated (estimate)
