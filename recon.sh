@@ -5,7 +5,7 @@
 #
 # INPUT: a video or a folder of videos (default: example/); OUTPUT: the output folder (default:
 # outputs/recon). Further flags go to recon.py (`.venv/bin/python recon.py --help`), e.g.
-#   bash recon.sh my_videos outputs/mine --num-frames 32 --dtype bf16
+#   bash recon.sh my_videos outputs/mine --num-frames 32 --upscale
 # Installs .venv on the first run. Missing weights: exits with code 2 and says how to fetch them.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -57,6 +57,23 @@ def upsample_latent(latent, sr_scale, scale_factor):
     return rearrange(frames, '(b t) c h w -> b c t h w', b=B) * scale_factor
 
 
+def interpolate_latent(latent, k):
+    """Compressor latent (..., T, h, w) -> (..., k·(T−1)+1, h, w): k× the frames, linear in time between
+    consecutive latent frames, the originals kept at multiples of k (frame j = mix of frames j//k and j//k+1
+    with weight (j mod k)/k). k=1 returns `latent` itself. The cascade's frame-rate mode: refinement then
+    fills in the in-between frames (CascadeV paper, arXiv 2501.16612, "4× ... frames per second")."""
+    if not (isinstance(k, int) and k >= 1):
+        raise ValueError(f'interpolate_latent: k={k!r}; use an integer >= 1 (1: no interpolation)')
+    T = latent.shape[-3]
+    if k == 1 or T < 2:
+        return latent
+    a, b = latent[..., :-1, :, :], latent[..., 1:, :, :]                  # (..., T-1, h, w)
+    w = (torch.arange(k, dtype=torch.float32, device=latent.device) / k).view(k, 1, 1)
+    mixed = a.unsqueeze(-3) * (1 - w) + b.unsqueeze(-3) * w                # (..., T-1, k, h, w)
+    mixed = mixed.flatten(-4, -3)                                          # (..., (T-1)·k, h, w)
+    return torch.cat([mixed, latent[..., -1:, :, :]], dim=-3).to(latent.dtype)
+
+
 def to_channels_last(module):
     """2D convolution weights in channels-last (NHWC) memory, so activations follow: the layout tensor-core
     convolutions (cuDNN) run natively. 3D convolutions (the SVD decoder's temporal ones) stay as they are.
@@ -80,14 +97,14 @@ class CascadeV:
     def __init__(self, cfg, compressor=None, previewer=None, dit=None, vae=None, device='cpu', dtype=torch.float32):
         self.cfg = cfg
         self.compressor, self.previewer, self.dit, self.vae = compressor, previewer, dit, vae
-        self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.sr_scale, self.scale_factor = int(cfg.sr_scale), float(cfg.scale_factor)
         self.tile_blend = cfg.sampling.get('tile_blend', 'smooth')
-        self.dit_tile_batch = None              # DiT tiles per forward call (None: all tiles of a window)
         self.schedule = NoiseSchedule.from_config(cfg.diffusion)       # the samplers' β schedule, built once
 
     @classmethod
-    def from_config(cls, cfg, device='cpu', dtype='fp32', compile=False, stages=STAGES, channels_last=None):
+    def from_config(cls, cfg, device='cpu', dtype='auto', compile=False, stages=STAGES, channels_last=None):
         """Check the weights of `stages` (MissingWeightsError before any heavy work), then build them.
 
         The compressor, previewer and VAE run in `dtype`; the DiT keeps fp32 weights and runs under
@@ -102,7 +119,8 @@ class CascadeV:
         check_weights(cfg, stages)
         if cfg.get('random_init', False):
             print(f'warning: {RANDOM_INIT_WARNING}')
-        device, dtype = resolve_device(device), resolve_dtype(dtype)
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
         if channels_last is None:
             channels_last = device.type == 'cuda'
         layout = to_channels_last if channels_last else (lambda module: module)
@@ -150,19 +168,21 @@ class CascadeV:
         return video[0] if single else video
 
     # ---- stage 2: refinement in the SVD latent space ------------------------------------------------
-    def _eps_fn(self):
-        """ε of the windowed/tiled DiT; under fp16/bf16 the DiT runs in autocast and ε comes back fp32."""
+    def _eps_fn(self, tile_batch=None):
+        """ε of the windowed/tiled DiT; under fp16/bf16 the DiT runs in autocast and ε comes back fp32.
+        tile_batch: spatial tiles per DiT call (None: all of a window's tiles at once; fewer: less memory)."""
         dit = self._need('dit')
         amp = (torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype != torch.float32
                else nullcontext())
 
         def eps_fn(x, t):
             with amp:
-                return dit.forward_windowed(x, t, tile_blend=self.tile_blend, tile_batch=self.dit_tile_batch).float()
+                return dit.forward_windowed(x, t, tile_blend=self.tile_blend, tile_batch=tile_batch).float()
         return eps_fn
 
     @torch.no_grad()
-    def refine(self, latent, steps=8, scheduler='EulerA', seed=42, name=None, generator=None, progress=False):
+    def refine(self, latent, steps=8, scheduler='EulerA', seed=42, name=None, generator=None, progress=False,
+               tile_batch=None):
         """Compressor latent (B, 16, T, h, w) -> SVD latent (B, 4, T, sr·h, sr·w) (scaled by scale_factor).
 
         The noise comes from `generator` if given, else from a CPU generator seeded with `seed`, or with
@@ -176,7 +196,7 @@ class CascadeV:
         cond = upsample_latent(latent.to(self.device), self.sr_scale, self.scale_factor)   # (B, 16, T, H/8, W/8)
         shape = (cond.shape[0], 4, *cond.shape[2:])
         noise = torch.randn(shape, generator=generator, device=generator.device).to(self.device)
-        z = sampler(self._eps_fn(), noise, cond, steps, generator, progress, self.schedule)
+        z = sampler(self._eps_fn(tile_batch), noise, cond, steps, generator, progress, self.schedule)
         check_finite(z, f'DiT sampler ({scheduler})', self.dtype)
         return z[0] if single else z
 
@@ -186,9 +206,12 @@ class CascadeV:
             yield check_finite(frames, 'SVD VAE decoder', self.dtype).float().clamp(-1, 1)
 
     @torch.no_grad()
-    def decode(self, latent, steps=8, scheduler='EulerA', seed=42, name=None, generator=None, progress=False):
-        """Compressor latent (B, 16, T, h, w) -> refined video (B, 3, T, 32h, 32w): refine, then SVD decode."""
+    def decode(self, latent, steps=8, scheduler='EulerA', seed=42, name=None, generator=None, progress=False,
+               interp=1):
+        """Compressor latent (B, 16, T, h, w) -> refined video (B, 3, T', 32h, 32w): refine, then SVD decode.
+        interp=K > 1 first interpolates the latent K× in time (interpolate_latent): T' = K·(T−1)+1."""
         latent, single = _batched(latent)
+        latent = interpolate_latent(latent, interp)
         z = self.refine(latent, steps=steps, scheduler=scheduler, seed=seed, name=name, generator=generator,
                         progress=progress)
         video = torch.cat(list(self.vae_decode_chunks(z)), dim=2)

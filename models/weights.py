@@ -35,20 +35,51 @@ class WeightsFormatError(ValueError):
     """A weight file exists but does not hold what the stage expects."""
 
 
-def resolve_dtype(dtype):
-    """'fp32' | 'fp16' | 'bf16' | torch.dtype -> torch.dtype."""
+def resolve_dtype(dtype, device=None):
+    """'auto' | 'fp32' | 'fp16' | 'bf16' | torch.dtype -> torch.dtype.
+
+    'auto' (None too): bf16 on a CUDA device that supports it natively, else fp32 — on CPUs without native
+    bf16 matrix units bf16 is emulated and many times slower than fp32 (README: Speed).
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype in (None, 'auto'):
+        device = resolve_device(device)
+        native = device.type == 'cuda' and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if native else torch.float32
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        raise ValueError(f"dtype {dtype!r}: use auto or one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 
+def dtype_name(dtype):
+    """torch.dtype -> 'fp32' | 'fp16' | 'bf16' (the names flags and configs use)."""
+    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype).replace('torch.', ''))
+
+
 def resolve_device(device):
-    """'auto' -> cuda when available else cpu; anything else is passed to torch.device."""
+    """'auto' (None too) -> cuda when available else cpu; 'cpu', 'cuda', 'cuda:N' -> that torch.device.
+
+    ValueError (one line) for a name torch does not know and for a CUDA device this machine does not have.
+    """
+    if isinstance(device, torch.device):
+        return device
     if device in (None, 'auto'):
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is unknown; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == 'cuda':
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: this machine has no CUDA GPU (or this torch build has no CUDA); "
+                             f"use --device cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    elif dev.type not in ('cpu', 'mps', 'xpu'):
+        raise ValueError(f"device {device!r}: not supported; use auto, cpu, cuda or cuda:N")
+    return dev
 
 
 def resolve_path(path):
@@ -199,7 +230,7 @@ def build_compressor(cfg, device='cpu', dtype=torch.float32):
         path = check_weights(cfg, ('compressor',))['compressor']
         model = SemanticCompressor(chunk_size=chunk_size)
         load_state_dict_strict(model, path, 'a StableCascade EfficientNet encoder (backbone.*, mapper.*)')
-    return model.to(resolve_device(device), resolve_dtype(dtype))
+    return model.to(resolve_device(device), resolve_dtype(dtype, device))
 
 
 def build_previewer(cfg, device='cpu', dtype=torch.float32):
@@ -213,7 +244,7 @@ def build_previewer(cfg, device='cpu', dtype=torch.float32):
         path = check_weights(cfg, ('previewer',))['previewer']
         model = Previewer(chunk_size=chunk_size)
         load_state_dict_strict(model, path, 'a StableCascade previewer (blocks.0 ... blocks.24)')
-    return model.to(resolve_device(device), resolve_dtype(dtype))
+    return model.to(resolve_device(device), resolve_dtype(dtype, device))
 
 
 def build_vae(cfg, device='cpu', dtype=torch.float32):
@@ -238,7 +269,7 @@ def build_vae(cfg, device='cpu', dtype=torch.float32):
     else:
         path = check_weights(cfg, ('vae',))['vae']
         model = SVDVAE.from_pretrained(path, **kw)
-    return model.to(resolve_device(device), resolve_dtype(dtype))
+    return model.to(resolve_device(device), resolve_dtype(dtype, device))
 
 
 def build_dit(cfg, device='cpu', dtype=torch.float32):
@@ -250,7 +281,7 @@ def build_dit(cfg, device='cpu', dtype=torch.float32):
     else:
         path = check_weights(cfg, ('dit',))['dit']
         load_dit_checkpoint(model, path)
-    return model.to(resolve_device(device), resolve_dtype(dtype))
+    return model.to(resolve_device(device), resolve_dtype(dtype, device))
 
 
 # ---- one-off conversion of the released DiT checkpoint to safetensors --------------------------------

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
 TINY = str(REPO / 'configs' / 'tiny.py')
 RELEASED = str(REPO / 'configs' / 's1024.effn-f32.py')
-STAGES = ['read', 'compressor', 'dit', 'previewer', 'svd_decode', 'write']
+STAGES = ['read', 'compressor', 'dit', 'previewer', 'vae', 'write', 'metrics']
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -78,7 +78,7 @@ def test_recon_is_the_default_subcommand_cli(tmp_path):
                           '--size', '64', '--device', 'cpu', '--threads', '1', '--warmup', '0', '--json', str(out)],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert 'svd_decode' in res.stdout and 'frames/s' in res.stdout
+    assert 'vae' in res.stdout and 'frames/s' in res.stdout
     check_recon_record(json.loads(out.read_text()), frames=4, size=64, steps=2)
 
 
@@ -117,6 +117,10 @@ def test_missing_weights_and_bad_input_are_one_line_exit_2(tmp_path, capsys):
         benchmark.main(['recon', '--config', TINY, '--input', str(tmp_path / 'nope.mp4'), '--device', 'cpu'])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and 'nope.mp4: no such file' in err
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(['recon', '--config', TINY, '--frames', '2', '--device', 'tpu9'])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == "benchmark.py recon: device 'tpu9' is unknown; use auto, cpu, cuda or cuda:N"
 
 
 def test_benchmark_imports_no_cli_and_no_private_dit_names():

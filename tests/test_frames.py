@@ -90,7 +90,7 @@ def test_json_round_trip_keeps_every_field():
         d = json.loads(json.dumps(p.to_dict()))
         assert FramePlan.from_dict(d) == p and d['source'] == [p.source[0], p.source[1]]
     assert set(plan(8, 8).to_dict()) == {'source', 'size', 'square', 'preprocess', 'start', 'stride', 'num_frames',
-                                         'crop', 'resized', 'pad', 'model', 'output'}
+                                         'upscale', 'crop', 'resized', 'pad', 'model', 'output'}
     with pytest.raises(ValueError, match=r"unknown keys \['geometry'\]"):
         FramePlan.from_dict({**plan(8, 8).to_dict(), 'geometry': 1})
 

@@ -36,10 +36,12 @@ def test_dit_tiles_match_the_dit(model):
 
 
 def test_counted_buffers():
-    """Frame buffers are shape arithmetic: 16 frames of 720x1280 uint8 + two fp32 chunks = 16·921600·27 bytes."""
+    """Frame buffers are shape arithmetic: 16 frames of 720x1280 uint8 + two fp32 chunks = 16·921600·27 bytes,
+    and for the metrics two fp32 chunks at the model's 256x448, made twice (resize, pad)."""
     w, s = workload(), Settings(16, None, 4, 0)
     b = stage_bytes(w, s, dict(CALIBRATION, host=1.0))
-    assert b['read'] == (16 * 720 * 1280 * 27, False)
+    assert b['read'] == (16 * 720 * 1280 * 27 + 16 * 256 * 448 * 3 * 4 * 2 * 2, False)
+    assert stage_bytes(workload(metrics=False), s)['read'] == (16 * 720 * 1280 * 27, False)
     assert b['latent'] == (32 * 32 * 56 * 16, True)
     # 2 chunks of (fp32 preview + refined, uint8 original/preview/refined) + one fp32 resize in flight
     assert b['outputs'][0] == 2 * 16 * 921600 * 3 * (8 + 3) + 16 * 921600 * 12
@@ -177,21 +179,21 @@ def test_recon_bad_budget_is_a_usage_error(repo_root, shared_videos, tmp_path, m
 
 def test_recon_prints_the_plan_and_applies_it(repo_root, shared_videos, tmp_path, monkeypatch):
     """A generous budget keeps the defaults; the plan line names them (4 frames of 64x78 -> 2 DiT tiles)."""
-    import recon
+    import tools.reconstruct
     seen = {}
-    render = recon.render
+    reconstruct = tools.reconstruct.reconstruct
 
-    def spy(pipe, latent, meta, out_dir, args, source=None):
-        seen.update(chunk=args.chunk_frames, vae_chunk=pipe.vae.decode_chunk, tile_batch=pipe.dit_tile_batch)
-        return render(pipe, latent, meta, out_dir, args, source=source)
-    monkeypatch.setattr(recon, 'render', spy)
+    def spy(pipe, out_dir, **kw):
+        seen.update({k: kw[k] for k in ('chunk_frames', 'vae_chunk', 'tile_batch', 'lookahead')})
+        return reconstruct(pipe, out_dir, **kw)
+    monkeypatch.setattr(tools.reconstruct, 'reconstruct', spy)
     code, out, err = recon_run(tiny_argv(repo_root, shared_videos / 'carphone_pristine.mp4', tmp_path / 'o',
                                          '--max-memory', '64GB'), monkeypatch)
     assert code == 0, err
     line = next(ln for ln in out.splitlines() if 'predicted peak' in ln)
     assert line.startswith('carphone_pristine: predicted peak ') and line.endswith('(budget 64.00 GB)')
     assert 'chunk 4 frames, DiT tiles 2 at a time, VAE chunk 4, VAE tiles off' in line
-    assert seen == dict(chunk=16, vae_chunk=4, tile_batch=None)
+    assert seen == dict(chunk_frames=16, vae_chunk=4, tile_batch=None, lookahead=None)
 
 
 def test_writer_look_ahead_reaches_x264(tmp_path):

@@ -16,6 +16,7 @@ from models.pipeline import CascadeV
 from models.weights import STAGES
 from tools import eval as ev
 from tools.frames import FramePlan, plan, resize_short_side
+from tools.latents import load_latent
 from tools.video_io import probe_video, read_video, to_uint8, write_video
 
 TINY_OPTS = []                     # --cfg-options applied to configs/tiny.py in these tests
@@ -104,7 +105,7 @@ def test_outputs_match_the_input(runs, clips, name, size):
 
 def test_latent_file_round_trips(runs, clips, shared_pipelines):
     out, _ = runs
-    latent, meta = recon.load_latent(out / 'carphone_pristine' / 'carphone_pristine' / 'latent.safetensors')
+    latent, meta = load_latent(out / 'carphone_pristine' / 'carphone_pristine' / 'latent.safetensors')
     assert latent.shape == (16, FRAMES, 5, 6) and latent.dtype == torch.float32        # 160x192 padded / 32
     assert meta['name'] == 'carphone_pristine' and meta['config'] == 'tiny.py'
     assert meta['source'] == str((clips / 'carphone_pristine.mp4').resolve())
@@ -154,7 +155,7 @@ def test_resized_input_comes_back_at_source_size(clips, tiny, tmp_path):
     assert code == 0, err
     info = probe_video(tmp_path / 'carphone_pristine' / 'rec.mp4')
     assert (info.num_frames, info.height, info.width) == (2, 144, 176)
-    latent, meta = recon.load_latent(tmp_path / 'carphone_pristine' / 'latent.safetensors')
+    latent, meta = load_latent(tmp_path / 'carphone_pristine' / 'latent.safetensors')
     assert latent.shape == (16, 2, 3, 4) and meta['plan']['resized'] == [96, 117]   # padded to 96x128
 
 
@@ -294,7 +295,7 @@ def test_eval_of_a_perfect_reconstruction_is_inf(row, odd_clip, tiny, tmp_path, 
     assert perfect.shape == (done['frames'], done['height'], done['width'], 3) == (p.num_frames, *p.output, 3)
     write_lossless(folder / 'preview.mp4', perfect, done['fps'])
 
-    assert recon.run_eval(argparse.Namespace(device='cpu'), {'odd': str(odd_clip)}, tmp_path) == 0
+    assert recon.run_eval(argparse.Namespace(device='cpu', vmaf=False), {'odd': str(odd_clip)}, tmp_path) == 0
     assert ev.main(['--ref', str(odd_clip), '--rec', str(tmp_path), '--out', str(tmp_path / 'standalone'),
                     '--no-lpips', '--quiet']) == 0
     for out in (tmp_path / 'eval', tmp_path / 'standalone'):
@@ -392,3 +393,71 @@ def test_sar_times_and_lossless_reach_the_writer(clips, tiny, tmp_path, monkeypa
     assert done['sar'] == '4:3' and done['lossless'] is True
     assert done['frame_times'] == ('constant' if fps else 'source')
     assert ('variable frame rate source written at a constant --fps 12' in stdout) == bool(fps)
+
+
+# ---- reruns, errors, --decode-from settings -------------------------------------------------------------
+
+def test_rerun_with_other_settings_redoes_the_video_and_overwrite_clears_old_files(clips, tiny, tmp_path):
+    base = [*tiny, '--input', clips / 'carphone_pristine.mp4', '--output', tmp_path, '--size', '64']
+    folder = tmp_path / 'carphone_pristine'
+    code, _, err = run([*base, '--num-frames', '2', '--preview-only', '--no-metrics'])
+    assert code == 0 and not (folder / 'rec.mp4').exists(), err
+    done = json.loads((folder / 'done.json').read_text())
+    assert done['metrics'] == {} and done['settings']['preview_only'] is True
+    assert {'num_frames', 'start', 'stride', 'size', 'square', 'preprocess', 'scheduler', 'steps', 'seed', 'dtype',
+            'preview_only', 'upscale', 'interp', 'lossless', 'fps', 'decode_overlap', 'decode_chunk', 'config',
+            'dit_weights', 'tile_blend'} <= set(done['settings'])
+    code, stdout, err = run([*base, '--num-frames', '2', '--no-metrics'])          # the full run is not "done"
+    assert code == 0, err
+    assert 'holds a run with other settings (preview_only True -> False); redoing it' in stdout
+    assert probe_video(folder / 'rec.mp4').num_frames == 2
+    code, stdout, _ = run([*base, '--num-frames', '2', '--no-metrics'])
+    assert code == 0 and 'skipped' in stdout
+    code, _, err = run([*base, '--num-frames', '1', '--preview-only', '--overwrite', '--no-metrics'])
+    assert code == 0, err
+    assert sorted(os.listdir(folder)) == ['cmp.mp4', 'cmp.png', 'done.json', 'latent.safetensors', 'preview.mp4']
+
+
+def test_decode_from_keeps_the_encoding_runs_fps_and_refuses_unsafe_names(clips, tiny, tmp_path):
+    code, _, err = run([*tiny, '--input', clips / 'carphone_pristine.mp4', '--output', tmp_path / 'a', '--size', '64',
+                        '--num-frames', '2', '--preview-only', '--fps', '10', '--no-metrics'])
+    assert code == 0, err
+    latent = tmp_path / 'a' / 'carphone_pristine' / 'latent.safetensors'
+    code, _, err = run([*tiny, '--decode-from', latent, '--output', tmp_path / 'b', '--preview-only'])
+    assert code == 0, err
+    assert probe_video(tmp_path / 'b' / 'carphone_pristine' / 'preview.mp4').fps == pytest.approx(10)
+    from tools.latents import save_latent
+    data, meta = load_latent(latent)
+    for bad in ('../../escaped', str(tmp_path / 'abs'), '..'):
+        save_latent(tmp_path / 'evil.safetensors', data, {**meta, 'name': bad})
+        code, _, err = run([*tiny, '--decode-from', tmp_path / 'evil.safetensors', '--output', tmp_path / 'o' / 'p'])
+        assert code == 2 and 'not a single safe folder name' in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / 'o').exists() and not (tmp_path / 'escaped').exists() and not (tmp_path / 'abs').exists()
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--device', 'cuda:7'], 'error: --device: device '),
+    (['--device', 'tpu9'], "error: --device: device 'tpu9' is unknown"),
+    (['--cfg-options', 'sampling.tile_blend=foo'], "sampling.tile_blend = 'foo'; use smooth or overwrite"),
+    (['--interp', '0'], '--interp 0: must be >= 1')])
+def test_bad_device_blend_interp_exit_2_before_any_work(flags, message, clips, tiny, tmp_path):
+    if flags[:2] == ['--device', 'cuda:7'] and torch.cuda.device_count() > 7:
+        pytest.skip('this machine has a cuda:7')
+    code, _, err = run([*tiny, '--input', clips, '--output', tmp_path / 'o', *flags])
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / 'o').exists()
+
+
+def test_ctrl_c_says_what_is_done_and_exits_130(clips, tiny, tmp_path, monkeypatch):
+    real = recon.process
+
+    def interrupt_second(pipe, name, *rest):
+        if name == 'demo':
+            raise KeyboardInterrupt
+        return real(pipe, name, *rest)
+    monkeypatch.setattr(recon, 'process', interrupt_second)
+    code, _, err = run([*tiny, '--input', clips, '--output', tmp_path, '--num-frames', '1', '--preview-only',
+                        '--size', '64'])
+    assert code == 130
+    assert 'interrupted: 1/2 videos complete' in err and 'rerun the same command to resume' in err
+    assert recon.is_complete(tmp_path / 'carphone_pristine') and not recon.is_complete(tmp_path / 'demo')

@@ -111,6 +111,11 @@ def _check(cfg, path):
     from diffusion.samplers import SAMPLERS          # here: torch is slow to import, `--help` needs none
     if cfg.sampling.scheduler not in SAMPLERS:
         raise ConfigError(f"{path}: sampling.scheduler = {cfg.sampling.scheduler!r}; use {', '.join(SAMPLERS)}")
+    from models.dit import TILE_BLENDS
+    if cfg.sampling.get('tile_blend', 'smooth') not in TILE_BLENDS:
+        raise ConfigError(f"{path}: sampling.tile_blend = {cfg.sampling.tile_blend!r}; use {' or '.join(TILE_BLENDS)}")
+    if cfg.get('dtype', 'auto') not in ('auto', 'fp32', 'fp16', 'bf16'):
+        raise ConfigError(f"{path}: dtype = {cfg.dtype!r}; use auto, fp32, fp16 or bf16")
 
 
 def load_config(path, overrides=None):

@@ -1,6 +1,6 @@
-"""Compare reconstructions with their originals: PSNR, SSIM, LPIPS and flicker per frame, per video, per method.
+"""Compare reconstructions with their originals: PSNR, SSIM, LPIPS, flicker, tOF and VMAF per frame, video, method.
 
-    python tools/eval.py --ref VIDEOS --rec OUTPUTS [--report REPORT_DIR]
+    python tools/eval.py --ref VIDEOS --rec OUTPUTS [--vmaf] [--protocol cascadev-inter4k] [--report REPORT_DIR]
     python tools/eval.py --ref VIDEOS --rec FOLDER_OF_MP4S [--square] [--start K --frame-stride S --num-frames N]
 
 --ref is a folder of videos, a .txt/.json list or one video. Each --rec is `[LABEL=]SOURCE`, matched to the
@@ -17,9 +17,7 @@ warning). Writes per_frame.csv, per_video.csv, summary.md, summary.json, per_fra
 several methods) to --out; --report DIR adds an HTML page (tools/report.py).
 """
 import argparse
-import csv
 import glob
-import io
 import json
 import math
 import os
@@ -37,29 +35,22 @@ from tqdm import tqdm
 
 from tools import metrics
 from tools.data import DataError, read_video_list
-from tools.files import write_text_atomic
 from tools.frames import PREPROCESS, FramePlan, plan
+from tools.report import write_report
+from tools.tables import METRICS, EvalError, markdown_table, mean, summarize, write_outputs
+from tools.tables import read_table  # noqa: F401 (scripts read the CSVs with tools.eval.read_table)
 from tools.video_io import (VIDEO_EXTS, VideoReadError, frame_indices, list_videos, probe_video, read_video,
                             to_uint8)
 
-METRICS = ('psnr', 'ssim', 'lpips', 'flicker')
-TITLES = {'psnr': 'PSNR (dB) ↑', 'ssim': 'SSIM ↑', 'lpips': 'LPIPS ↓', 'flicker': 'flicker ↓'}
-DECIMALS = {'psnr': 2, 'ssim': 4, 'lpips': 4, 'flicker': 5}
+# Named evaluation presets: flag defaults (explicit flags still win) and the source fps the numbers assume.
+PROTOCOLS = {
+    # The seed's Inter4K-200 table (README "Reproducing the Inter4K-200 protocol"): the original's
+    # preprocessing to a 1024 short edge, then the centre square, of 30 fps clips; every frame compared.
+    'cascadev-inter4k': {'size': 1024, 'square': True, 'preprocess': 'cascadev', 'frame_stride': 1,
+                         'num_frames': None, 'fps': 30},
+}
 RECON_FILES = {'preview': 'preview.mp4', 'refined': 'rec.mp4'}  # recon.py layout: OUTPUT/<name>/<file>
 READ_BUDGET = 1 << 30  # bytes of float32 frames decoded at once (4K clips are read in chunks)
-
-PER_FRAME_NOTE = ("# Per-frame metrics on uint8 frames; psnr, ssim and flicker in float64 on the [0, 1] scale. "
-                  "psnr: 10*log10(1/MSE) in dB, 'inf' for identical frames. ssim: Gaussian window 11x11 sigma 1.5, "
-                  "K1 0.01, K2 0.03, mean of the R, G, B channel SSIMs. lpips: AlexNet LPIPS v0.1, empty if "
-                  "unavailable. flicker: mean |(rec[t] - rec[t-1]) - (ref[t] - ref[t-1])|, empty for frame 0.")
-PER_VIDEO_NOTE = ("# Per-video values are means over the frames. psnr = mean of the per-frame PSNRs (dB) over the "
-                  "frames with finite PSNR; psnr_inf_frames counts identical frames left out of that mean; 'inf' "
-                  "if every frame is identical. flicker is the mean over the frames-1 consecutive pairs.")
-
-
-class EvalError(ValueError):
-    """Bad --ref/--rec/--out input; the message is one line naming the path, the rule and the fix."""
-
 
 # ---- matching videos by name -----------------------------------------------------------------------
 
@@ -240,126 +231,6 @@ def match_size(rec, ref_shape, path, warn):
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-# ---- formatting ------------------------------------------------------------------------------------
-
-def fmt(value, decimals=6):
-    """A metric value for CSV/Markdown: 'inf', '' for missing, else fixed decimals."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ''
-    if math.isinf(value):
-        return 'inf' if value > 0 else '-inf'
-    return f'{value:.{decimals}f}'
-
-
-def read_table(path):
-    """Rows of a per_frame/per_video CSV (comment lines skipped) as dicts of strings."""
-    with open(path, newline='') as f:
-        return list(csv.DictReader(line for line in f if not line.startswith('#')))
-
-
-def _csv_text(note, header, rows):
-    buf = io.StringIO()
-    buf.write(note + '\n')
-    w = csv.writer(buf, lineterminator='\n')
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
-
-
-def _mean(values):
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(values) / len(values) if values else None
-
-
-def summarize(videos):
-    """Per-video rows -> {method: {videos, frames, psnr, ssim, lpips, flicker}} (means over videos)."""
-    out = {}
-    for v in videos:
-        out.setdefault(v['method'], []).append(v)
-    return {m: {'videos': len(rows), 'frames': sum(r['frames'] for r in rows),
-                'psnr': metrics.mean_psnr([r['psnr'] for r in rows]),
-                **{k: _mean([r[k] for r in rows]) for k in ('ssim', 'lpips', 'flicker')}}
-            for m, rows in out.items()}
-
-
-def markdown_table(summary):
-    """The per-method summary as a Markdown table."""
-    lines = ['| method | videos | frames | ' + ' | '.join(TITLES[k] for k in METRICS) + ' |',
-             '|---|---:|---:|' + '---:|' * len(METRICS)]
-    for m, s in summary.items():
-        vals = [fmt(s[k], DECIMALS[k]) or 'n/a' for k in METRICS]
-        lines.append(f"| {m} | {s['videos']} | {s['frames']} | " + ' | '.join(vals) + ' |')
-    return '\n'.join(lines)
-
-
-def summary_markdown(summary, videos, setup, notes):
-    per_video = ['| video | method | frames | ' + ' | '.join(TITLES[k] for k in METRICS) + ' |',
-                 '|---|---|---:|' + '---:|' * len(METRICS)]
-    for v in sorted(videos, key=lambda v: (v['video'], v['method'])):
-        per_video.append(f"| {v['video']} | {v['method']} | {v['frames']} | "
-                         + ' | '.join(fmt(v[k], DECIMALS[k]) or 'n/a' for k in METRICS) + ' |')
-    return '\n'.join([
-        '# Evaluation summary', '', setup, '', markdown_table(summary), '',
-        'Method values are means over videos of the per-video means over frames; per-video PSNR is the mean of '
-        'the per-frame PSNRs (dB) of frames that differ (identical frames have PSNR inf). Metrics are computed '
-        'on uint8 frames on the [0, 1] scale; flicker is the mean |Δrec − Δref| of consecutive-frame differences.',
-        '', *[f'- {n}' for n in notes], '', '## Per video', '', *per_video, ''])
-
-
-# ---- plots (matplotlib Figure objects: no pyplot state, Agg canvas) -------------------------------------
-
-def plot_per_frame(path, frames, available, max_legend=12, width=6, height=4):
-    """PNG (path or binary stream): one panel per metric against the frame index, a line per (method, video)."""
-    from matplotlib.figure import Figure
-    keys = [k for k in METRICS if k in available]
-    series = {}
-    for r in frames:
-        series.setdefault((r['method'], r['video']), []).append(r)
-    methods = list(dict.fromkeys(m for m, _ in series))
-    colors = {m: f'C{i % 10}' for i, m in enumerate(methods)}
-    per_line = len(series) <= max_legend
-    one_video = len({name for _, name in series}) == 1
-    fig = Figure(figsize=(width * len(keys), height), layout='constrained')
-    for i, k in enumerate(keys):
-        ax = fig.add_subplot(1, len(keys), i + 1)
-        for j, ((m, name), rows) in enumerate(series.items()):
-            x = [r['frame'] for r in rows if r[k] is not None]
-            y = [r[k] if math.isfinite(r[k]) else np.nan for r in rows if r[k] is not None]
-            color = colors[m] if one_video or not per_line else f'C{j % 10}'
-            ax.plot(x, y, color=color, lw=1.2 if per_line else 0.6, alpha=1 if per_line else 0.5,
-                    label=(m if one_video else f'{m} · {name}') if per_line else None)
-        if k == 'psnr' and any(math.isinf(r['psnr']) for r in frames):
-            ax.set_title(TITLES[k] + ' (identical frames: inf, not drawn)', fontsize=9)
-        else:
-            ax.set_title(TITLES[k])
-        ax.set_xlabel('frame')
-        ax.grid(alpha=0.3)
-    if per_line:
-        fig.axes[0].legend(fontsize=7)
-    else:
-        from matplotlib.lines import Line2D
-        fig.axes[0].legend([Line2D([], [], color=colors[m]) for m in methods], methods, fontsize=8)
-    fig.savefig(path, dpi=100, format='png')
-
-
-def plot_bars(path, summary, available):
-    """PNG bar chart of each metric's mean per method."""
-    from matplotlib.figure import Figure
-    keys = [k for k in METRICS if k in available]
-    methods = list(summary)
-    fig = Figure(figsize=(3.2 * len(keys), 3.6), layout='constrained')
-    for i, k in enumerate(keys):
-        ax = fig.add_subplot(1, len(keys), i + 1)
-        vals = [summary[m][k] for m in methods]
-        shown = [v if v is not None and math.isfinite(v) else 0 for v in vals]
-        bars = ax.bar(methods, shown, color=[f'C{j % 10}' for j in range(len(methods))])
-        ax.bar_label(bars, labels=[fmt(v, DECIMALS[k]) or 'n/a' for v in vals], fontsize=8)
-        ax.set_title(TITLES[k])
-        ax.tick_params(axis='x', labelrotation=20)
-        ax.margins(y=0.15)
-    fig.savefig(path, dpi=100, format='png')
-
-
 # ---- evaluation -------------------------------------------------------------------------------------
 
 def pick_device(device):
@@ -368,54 +239,39 @@ def pick_device(device):
     return device
 
 
-def frame_metrics(ref, rec, lpips_model=None, device='cpu'):
-    """Two uint8 clips (T, H, W, 3) -> {metric: [T values]}; flicker[0] and LPIPS without a model are None."""
+def frame_metrics(ref, rec, lpips_model=None, device='cpu', vmaf=False):
+    """Two uint8 clips (T, H, W, 3) -> ({metric: [T values]}, libvmaf version or None).
+
+    flicker[0] and tof[0] are None (no previous frame); LPIPS without a model and VMAF without `vmaf` are None."""
     t = len(ref)
-    return {'psnr': metrics.psnr(ref, rec, device=device).tolist(),
-            'ssim': metrics.ssim(ref, rec, device=device).tolist(),
-            'lpips': (metrics.lpips_distance(lpips_model, ref, rec, device=device).tolist()
-                      if lpips_model is not None else [None] * t),
-            'flicker': [None] + metrics.flicker(ref, rec, device=device).tolist()}
+    per = {'psnr': metrics.psnr(ref, rec, device=device).tolist(),
+           'ssim': metrics.ssim(ref, rec, device=device).tolist(),
+           'lpips': (metrics.lpips_distance(lpips_model, ref, rec, device=device).tolist()
+                     if lpips_model is not None else [None] * t),
+           'flicker': [None] + metrics.flicker(ref, rec, device=device).tolist(),
+           'tof': [None] + metrics.tof(ref, rec).tolist(),
+           'vmaf': [None] * t}
+    version = None
+    if vmaf:
+        scores, version = metrics.vmaf(ref, rec)
+        per['vmaf'] = scores.tolist()
+    return per, version
 
 
 def video_row(method, name, per, shape, ref_path, rec_path):
     """One per_video.csv row from frame_metrics output."""
     return {'method': method, 'video': name, 'frames': len(per['psnr']), 'height': shape[0], 'width': shape[1],
             'psnr': metrics.mean_psnr(per['psnr']), 'psnr_inf_frames': sum(math.isinf(v) for v in per['psnr']),
-            'ssim': _mean(per['ssim']), 'lpips': _mean(per['lpips']), 'flicker': _mean(per['flicker'][1:]),
+            'ssim': mean(per['ssim']), 'lpips': mean(per['lpips']), 'flicker': mean(per['flicker'][1:]),
+            'tof': mean(per['tof'][1:]), 'vmaf': mean(per['vmaf']),
             'ref': str(Path(ref_path).resolve()), 'rec': str(Path(rec_path).resolve())}
 
 
-def write_outputs(out_dir, frames, videos, summary, setup, notes):
-    """per_frame.csv, per_video.csv, summary.md, summary.json, per_frame.png (+ bars.png) -> {name: path}."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {'per_frame': out_dir / 'per_frame.csv', 'per_video': out_dir / 'per_video.csv',
-             'summary': out_dir / 'summary.md', 'summary_json': out_dir / 'summary.json',
-             'per_frame_plot': out_dir / 'per_frame.png'}
-    write_text_atomic(files['per_frame'], _csv_text(PER_FRAME_NOTE, ['method', 'video', 'frame', *METRICS], [
-        [r['method'], r['video'], r['frame'], *(fmt(r[k]) for k in METRICS)] for r in frames]))
-    columns = ['method', 'video', 'frames', 'height', 'width', 'psnr', 'psnr_inf_frames', 'ssim', 'lpips',
-               'flicker', 'ref', 'rec']
-    write_text_atomic(files['per_video'], _csv_text(PER_VIDEO_NOTE, columns, [
-        [fmt(v[c]) if c in METRICS else v[c] for c in columns] for v in videos]))
-    write_text_atomic(files['summary'], summary_markdown(summary, videos, setup, notes))
-    write_text_atomic(files['summary_json'], json.dumps({
-        'setup': setup, 'notes': notes,
-        'methods': {m: {k: fmt(v) if k in METRICS else v for k, v in s.items()} for m, s in summary.items()}},
-        indent=1) + '\n')
-    available = [k for k in METRICS if any(v[k] is not None for v in videos)]
-    plot_per_frame(files['per_frame_plot'], frames, available)
-    if len(summary) > 1:
-        files['bars_plot'] = out_dir / 'bars.png'
-        plot_bars(files['bars_plot'], summary, available)
-    return files
-
-
-def describe_setup(ref, refs, videos, size, square, num_frames, stride):
-    """One line: which references, at which size, how many frames."""
+def describe_setup(ref, refs, videos, size, square, num_frames, stride, protocol=None):
+    """One line: which references, at which size, how many frames (and the --protocol preset)."""
     source = f'{len(ref)} files' if isinstance(ref, (list, tuple)) else str(ref)
     sizes = ', '.join(sorted({f"{v['height']}x{v['width']}" for v in videos}))
-    flags = []
+    flags = [f'--protocol {protocol}'] if protocol else []
     if size:
         flags.append(f'--size {size}' + (' --square' if square else ''))
     if num_frames:
@@ -428,16 +284,18 @@ def describe_setup(ref, refs, videos, size, square, num_frames, stride):
 
 def evaluate(ref, rec, out_dir=None, size=None, num_frames=None, lpips=True, square=False, stride=1,
              device='auto', report_dir=None, copy_videos=False, progress=True, log=print, start=0,
-             preprocess='default'):
-    """Evaluate reconstructions against references and write the CSV/Markdown/PNG outputs to out_dir.
+             preprocess='default', vmaf=False, protocol=None):
+    """Evaluate reconstructions against references and write the CSV/Markdown/JSON/PNG outputs to out_dir.
 
     ref: folder / .txt / .json / video, or a list of paths. rec: one --rec spec, a list of them, or
     {label: source}. Each pair is compared through recon.py's frame plan from the done.json beside the
     reconstruction, else through the plan of size / square / preprocess / start / stride / num_frames
     (recon.py's flags, tools/frames.py); selection and crop apply to the reference only.
-    Returns {'methods': {label: {videos, frames, psnr, ssim, lpips, flicker}},
-    'lpips': None or why it is missing, 'missing': {label: [names]}, 'skipped': [messages],
-    'files': {name: path}, 'out_dir': Path}.
+    vmaf: also run libvmaf (raises EvalError when ffmpeg lacks it). protocol: a PROTOCOLS name, recorded in
+    the outputs (its settings are the caller's other arguments; see parse_args).
+    Returns {'methods': {label: {videos, frames, psnr, ssim, lpips, flicker, tof, vmaf}},
+    'lpips': None or why it is missing, 'vmaf': None or {model, libvmaf, ffmpeg_version, ffmpeg},
+    'missing': {label: [names]}, 'skipped': [messages], 'files': {name: path}, 'out_dir': Path}.
     """
     refs = list_references(ref)
     methods = resolve_methods(rec)
@@ -450,6 +308,13 @@ def evaluate(ref, rec, out_dir=None, size=None, num_frames=None, lpips=True, squ
         raise EvalError(f"--rec: no reconstruction matches a --ref video by name (references: "
                         f"{', '.join(list(refs)[:3])}...; reconstructions: {', '.join(list(some)[:3]) or 'none'}); "
                         f"reconstructions must be named like their originals")
+    vmaf_info = None
+    if vmaf:
+        try:
+            vmaf_info = metrics.vmaf_check()
+        except metrics.VMAFUnavailable as e:
+            raise EvalError(f'--vmaf: {e}') from None
+    expect_fps = PROTOCOLS[protocol]['fps'] if protocol else None
     device = pick_device(device)
     warned = set()
 
@@ -508,7 +373,13 @@ def evaluate(ref, rec, out_dir=None, size=None, num_frames=None, lpips=True, squ
             if len(ref_u8) != len(rec_u8):
                 warn(f'{rec_path}: {len(rec_u8)} frames vs {len(ref_u8)} in {ref_path}; the first {t} are compared',
                      key=f'frames:{rec_path}')
-            per = frame_metrics(ref_u8[:t], rec_u8[:t], lpips_model, device)
+            if expect_fps and abs(probe_video(ref_path).fps / stride - expect_fps) > 0.5:
+                warn(f'{ref_path}: {probe_video(ref_path).fps:g} fps with --frame-stride {stride}, but --protocol '
+                     f'{protocol} assumes {expect_fps} fps clips; use a {expect_fps} fps copy or a matching '
+                     f'--frame-stride', key=f'fps:{ref_path}')
+            per, version = frame_metrics(ref_u8[:t], rec_u8[:t], lpips_model, device, vmaf=vmaf_info is not None)
+            if version:
+                vmaf_info['libvmaf'] = version
             frames += [{'method': m, 'video': name, 'frame': i, **{k: per[k][i] for k in METRICS}} for i in range(t)]
             videos.append(video_row(m, name, per, ref_u8.shape[1:3], ref_path, rec_path))
     if not videos:
@@ -522,16 +393,22 @@ def evaluate(ref, rec, out_dir=None, size=None, num_frames=None, lpips=True, squ
         notes.append(f"{from_done} of {len(videos)} pairs compared through recon.py's frame plan (done.json)")
     if start or preprocess != 'default':
         notes.append(f'flags: --start {start} --preprocess {preprocess}')
-    setup = describe_setup(ref, refs, videos, size, square, num_frames, stride)
-    files = write_outputs(out_dir, frames, videos, summary, setup, notes)
+    if vmaf_info:
+        notes.append(f"VMAF: libvmaf {vmaf_info.get('libvmaf', '?')}, model {vmaf_info['model']}, "
+                     f"ffmpeg {vmaf_info['ffmpeg_version']}")
+    else:
+        notes.append('VMAF not computed (pass --vmaf)')
+    setup = describe_setup(ref, refs, videos, size, square, num_frames, stride, protocol)
+    extra = {'protocol': protocol, 'lpips': lpips_note,
+             'vmaf': {k: v for k, v in vmaf_info.items() if k != 'ffmpeg'} if vmaf_info else None}
+    files = write_outputs(out_dir, frames, videos, summary, setup, notes, extra)
     log(markdown_table(summary))  # the notes were logged as warnings when they arose
     log(f'wrote {", ".join(str(p) for p in files.values())}')
     if report_dir:
-        from tools.report import write_report
         files['report'] = write_report(report_dir, out_dir, copy_videos=copy_videos)
         log(f"report: {files['report']}")
-    return {'methods': summary, 'lpips': lpips_note, 'missing': missing, 'skipped': skipped, 'files': files,
-            'out_dir': out_dir}
+    return {'methods': summary, 'lpips': lpips_note, 'vmaf': vmaf_info, 'missing': missing, 'skipped': skipped,
+            'files': files, 'out_dir': out_dir}
 
 
 def parse_args(argv=None):
@@ -552,10 +429,18 @@ def parse_args(argv=None):
     g.add_argument('--size', type=int, default=None,
                    help='the --size recon.py used; only --preprocess cascadev depends on it (default 0: native)')
     p.add_argument('--no-lpips', action='store_true', help='skip LPIPS')
+    p.add_argument('--vmaf', action='store_true',
+                   help="also compute VMAF (libvmaf, model vmaf_v0.6.1, in imageio-ffmpeg's ffmpeg)")
+    p.add_argument('--protocol', choices=sorted(PROTOCOLS), default=None,
+                   help='a named preset of the frame flags (explicit flags still win): cascadev-inter4k = '
+                        '--size 1024 --square, 30 fps clips, all frames (the README says what is known)')
     p.add_argument('--device', default='auto', help='auto | cpu | cuda[:i]')
     p.add_argument('--report', default=None, metavar='DIR', help='also write an HTML report to DIR')
     p.add_argument('--copy-videos', action='store_true', help='with --report: copy the clips next to the page')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
+    preset = p.parse_known_args(argv)[0].protocol
+    if preset:
+        p.set_defaults(**{k: v for k, v in PROTOCOLS[preset].items() if k != 'fps'})
     args = p.parse_args(argv)
     if args.size is not None and args.size < 0:
         p.error(f'--size {args.size}: must be >= 0 pixels (0: native size)')
@@ -579,7 +464,7 @@ def main(argv=None):
                           lpips=not args.no_lpips, square=args.square, stride=args.frame_stride,
                           start=args.start, preprocess=args.preprocess,
                           device=args.device, report_dir=args.report, copy_videos=args.copy_videos,
-                          progress=not args.quiet,
+                          progress=not args.quiet, vmaf=args.vmaf, protocol=args.protocol,
                           log=lambda s: print(s, file=sys.stderr if s.startswith('warning') else sys.stdout))
     except EvalError as e:
         print(f'error: {e}', file=sys.stderr)

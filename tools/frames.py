@@ -157,6 +157,10 @@ class FramePlan:
     No padding: `model` == `output` == the crop, and `reference` is the preprocessed source, as the
     original compared.
 
+    upscale=True keeps the model's resolution: `output` is `resized` (short side `size`, the source's
+    aspect ratio, no padding) instead of the source size, and `reference` is the source resized to it —
+    the cascade as a super-resolution stage. (With cascadev, output already is the model's size.)
+
     Frames: source frames start, start + stride, ..., `num_frames` of them (None: all that exist).
     Boxes are [top, left, h, w], pad is [top, bottom, left, right], sizes are [h, w] in pixels.
     """
@@ -167,6 +171,7 @@ class FramePlan:
     start: int = 0
     stride: int = 1
     num_frames: int = None
+    upscale: bool = False
     crop: tuple = None
     resized: tuple = None
     pad: tuple = (0, 0, 0, 0)
@@ -200,12 +205,13 @@ class FramePlan:
     def reference(self, video):
         """Source frames (..., C, T, H, W) in [-1, 1] -> what the outputs are compared with, (..., *output).
 
-        default: the crop of the source (exact values); cascadev: the original's preprocessed frames.
+        default: the crop of the source (exact values; resized to `output` with upscale); cascadev: the
+        original's preprocessed frames.
         """
         self._check_source(video)
         if self.preprocess == 'default':
             top, left, h, w = self.crop or (0, 0, *self.source)
-            return video[..., top:top + h, left:left + w]
+            return resize(video[..., top:top + h, left:left + w], *self.output)
         if video.dim() == 5:
             return torch.stack([self.reference(clip) for clip in video])
         from tools.video_io import to_uint8  # noqa: PLC0415 (video_io imports this module)
@@ -229,7 +235,8 @@ class FramePlan:
                              f'{self.source[0]}x{self.source[1]} sources; make a plan for these frames')
 
 
-def plan(height, width, size=0, square=False, preprocess='default', start=0, stride=1, num_frames=None):
+def plan(height, width, size=0, square=False, preprocess='default', start=0, stride=1, num_frames=None,
+         upscale=False):
     """The FramePlan for (height, width) source frames (see FramePlan); ValueError for impossible settings."""
     if preprocess not in PREPROCESS:
         raise ValueError(f"preprocess={preprocess!r}; use one of {', '.join(PREPROCESS)}")
@@ -238,7 +245,8 @@ def plan(height, width, size=0, square=False, preprocess='default', start=0, str
                          f'size >= 0, start >= 0, stride >= 1, num_frames >= 1 or None')
     height, width = int(height), int(width)
     common = dict(source=(height, width), size=int(size), square=bool(square), preprocess=preprocess,
-                  start=int(start), stride=int(stride), num_frames=None if num_frames is None else int(num_frames))
+                  start=int(start), stride=int(stride), num_frames=None if num_frames is None else int(num_frames),
+                  upscale=bool(upscale))
     if preprocess == 'cascadev':
         h, w = short_side_size(height, width, size or min(height, width))   # the original's round(H·s)
         ch, cw = h // MULTIPLE * MULTIPLE, w // MULTIPLE * MULTIPLE
@@ -256,5 +264,5 @@ def plan(height, width, size=0, square=False, preprocess='default', start=0, str
     ph, pw = -resized[0] % MULTIPLE, -resized[1] % MULTIPLE
     pad = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)                   # as pad_to_multiple splits it
     return FramePlan(**common, crop=crop, resized=resized, pad=pad,
-                     model=(resized[0] + ph, resized[1] + pw), output=(h, w))
+                     model=(resized[0] + ph, resized[1] + pw), output=resized if upscale else (h, w))
 

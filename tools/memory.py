@@ -13,7 +13,8 @@ the largest of the three phases of a reconstruction, each a sum of the buffers a
     encode  source chunks (read-ahead: 2) + model frames + the compressor's activations
     refine  sampler state (the whole clip's latents, the only whole-clip tensors) + one DiT tile batch
     render  source chunks (2) + output chunks (this one and the one being written) + x264's frames in flight
-            + the whole-clip latent + the largest of: previewer, SVD decode chunk, metrics
+            + the whole-clip latent + the largest of: previewer, SVD decode chunk, metrics (per chunk, float32
+            at the model's size)
 
 Every term is tensor bytes counted from the shapes (frame size, chunk and tile sizes, dtype) times a constant
 measured by `python tools/benchmark.py memory --what stages` (tools/bench/memory.py fits and prints
@@ -140,8 +141,9 @@ def stage_bytes(w, s, cal=CALIBRATION):
     panels = 1 + w.refine + w.metrics                                  # original | preview | refined
     host = cal['host']
     b = {}
-    # Source chunks: uint8 decode + fp32 (3, k, H, W); read-ahead holds the one in use and the next.
-    b['read'] = (host * c * src * 3 * (4 + 4 + 1), False)
+    # Source chunks: uint8 decode + fp32 (3, k, H, W), and for the metrics a copy at the model's geometry;
+    # the read-ahead holds the one in use and the next.
+    b['read'] = (host * c * (src * 3 * (4 + 4 + 1) + (2 * mdl * 3 * 4 * 2 if w.metrics else 0)), False)
     b['model_frames'] = (c * mdl * 3 * 4 * 2, True)                   # resized, then padded to multiples of 32
     b['compressor'] = (cal['compressor'] * min(c, 8) * mdl * e, True)
     b['previewer'] = (cal['previewer'] * min(c, 8) * mdl * e + c * mdl * 3 * 4 * 2, True)
@@ -154,7 +156,8 @@ def stage_bytes(w, s, cal=CALIBRATION):
     held = lambda la: cal['encoder'] + cal['encoder_frame'] * min(w.frames, la)
     la = X264_LOOKAHEAD if s.lookahead is None else s.lookahead
     b['encoder'] = (out * (held(la) * (1 + w.refine) + held(min(la, CMP_LOOKAHEAD)) * panels), False)
-    b['metrics'] = ((20 * out * 8) if w.metrics else 0, True)     # SSIM: ~20 float64 maps of one channel, one frame
+    # in-loop PSNR/SSIM (tools/render.py quick_scores): ~24 float32 maps of the chunk at the model's size
+    b['metrics'] = ((24 * 3 * c * mdl * 4) if w.metrics else 0, True)
     b['latent'] = (w.frames * lat * 4 * 4, True)                          # the refined SVD latent (whole clip)
     if w.refine:
         tiles, th, tw, L = dit_tiles(w)

@@ -6,4 +6,4 @@ sampling = dict(
     tile_blend='smooth',     # smooth (no seams) | overwrite (the original's last-tile-wins)
 )
 device = 'auto'              # auto | cpu | cuda
-dtype = 'fp32'               # fp32 | fp16 | bf16
+dtype = 'auto'               # auto (bf16 on CUDA GPUs with native bf16, else fp32) | fp32 | fp16 | bf16

@@ -23,7 +23,8 @@ def bench_memory(args):
         return bench_plan(args)
     cfg = load_cfg(args, random_init=True)
     device = setup_device(args, exact_cpu_peaks=True)
-    dtype = args.dtype or cfg.get('dtype', 'fp32')
+    from models.weights import dtype_name, resolve_dtype
+    dtype = dtype_name(resolve_dtype(args.dtype or cfg.get('dtype', 'auto'), device))   # 'auto' resolved
     tiles = args.tiles or [cfg.model.input_size]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +89,7 @@ def add_memory_parser(subparsers):
     p.add_argument('--sizes', type=int, nargs='+', default=[64], help='frame sizes in pixels (square)')
     p.add_argument('--tiles', type=int, nargs='+', default=None,
                    help='DiT tile sizes in latent pixels (model.input_size; default: the config)')
-    p.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default=None)
+    p.add_argument('--dtype', choices=['auto', 'fp32', 'bf16', 'fp16'], default=None)
     p.add_argument('--steps', type=int, default=1, help='sampler steps for --what recon (default 1)')
     p.add_argument('--chunk-frames', type=int, default=16)
     p.add_argument('--budgets', nargs='+', default=None, metavar='SIZE',

@@ -68,25 +68,21 @@ def bench_stage_constants(args):
             pts.append(record('vae', s, k * s * s * e, got, fixed=k * s * s * 3 * 4))
         fits['vae'] = slope(pts)
         L, S, p, D = cfg.model.lats_per_vid, cfg.model.input_size, cfg.model.get('patch_size', 2), cfg.model.hidden_size
-        eps = pipe._eps_fn()
         lat = 3 * S                                       # a latent of several tiles per axis
         x = torch.randn(1, 20, L, lat, lat, device=device)
         tiles = dit_tiles(_Shape((lat * 8, lat * 8), L, (S, L)))[0]
         pts = []
         for batch in (1, tiles):                          # DiT: one window, 1 tile per call vs all at once
-            pipe.dit_tile_batch = batch
+            eps = pipe._eps_fn(batch)
             got = added_bytes(lambda: eps(x, torch.full((1,), 500.0, device=device)), device)
             pts.append(record('dit', batch, batch * L * (S // p) ** 2 * D * e, got))
-        pipe.dit_tile_batch = None
         fits['dit'] = slope(pts)
         pts = []
         h = sizes[-1] // 8                                # sampler state: T frames of the largest size, 1 step
-        pipe.dit_tile_batch = 1
         for T in (2 * L, 8 * L):
             lat16 = torch.randn(1, 16, T, h // 4, h // 4, device=device)
-            got = added_bytes(lambda: pipe.refine(lat16, steps=1, seed=0), device)
+            got = added_bytes(lambda: pipe.refine(lat16, steps=1, seed=0, tile_batch=1), device)
             pts.append(record('state', T, T * h * h * 4, got))
-        pipe.dit_tile_batch = None
         fits['state'] = slope(pts)
     fits.update(encoder_constants(record, device))
     print(f'memory stages: {cfg.config_path}, {device} {dtype}; added_mib: peak minus memory before the call; '

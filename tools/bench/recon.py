@@ -1,7 +1,6 @@
 """`recon`: the streamed reconstruction end to end through CascadeV, timed per stage and per DiT sampler step."""
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,7 +11,6 @@ from tools.bench.flops import recon_flops
 from tools.bench.measure import (TARGET, StageTimer, StepTimer, add_config_args, add_run_args, bf16_peak_tflops,
                                  current_memory_mib, environment, fmt, load_cfg, memory_kind, print_table,
                                  setup_device, synthetic_video, write_json)
-from tools.streaming import read_ahead
 
 
 def build_pipeline(cfg, device, dtype, compile=False, compile_mode=None, stages=None, channels_last=None):
@@ -27,79 +25,45 @@ def build_pipeline(cfg, device, dtype, compile=False, compile_mode=None, stages=
 def timed_dit_steps(pipe, step_timer):
     """Inside: every DiT call of pipe.refine (one per sampler step) is timed by step_timer."""
     make = pipe._eps_fn
-    pipe._eps_fn = lambda: step_timer.wrap(make())
+    pipe._eps_fn = lambda *args, **kw: step_timer.wrap(make(*args, **kw))
     try:
         yield
     finally:
         del pipe._eps_fn
 
 
-def run_recon(pipe, path, out_dir, size=0, frames=None, steps=8, scheduler='EulerA', seed=42, chunk_frames=16,
-               overlap=True):
-    """One reconstruction of `path`, streamed as recon.py does it, timed per stage; -> (stages, step seconds, info).
+STAGE_ORDER = ['read', 'compressor', 'dit', 'previewer', 'vae', 'write', 'metrics']
 
-    read + compressor per chunk of frames → DiT sampler over the whole clip → per chunk: previewer, SVD decode,
-    write (rec.mp4 and preview.mp4 in out_dir). overlap: as recon.py, the next chunk is read and the last one
-    written in background threads, so 'read' and 'write' count only the time the model work waited for them.
+
+def run_recon(pipe, path, out_dir, size=0, frames=None, steps=8, scheduler='EulerA', seed=42, chunk_frames=16,
+              overlap=True, metrics=True):
+    """One reconstruction of `path` by the library function recon.py runs (tools/reconstruct.reconstruct), timed
+    through its stage hooks; -> (stages, step seconds, info).
+
+    Stages: read, compressor, dit (the whole sampler; its steps in the step seconds), previewer, vae (the SVD
+    decode stream), write, metrics (in-loop PSNR/SSIM; metrics=False skips them as --no-metrics). overlap: as
+    recon.py, the next chunk is read and the last one written in background threads, so 'read' and 'write'
+    count only the time the model work waited for them (False: serial, for a side-by-side ratio).
     """
-    from tools.frames import plan
-    from tools.video_io import VideoWriter, probe_video, read_video, to_uint8
+    from tools.reconstruct import ReconSettings, reconstruct
+    from tools.video_io import probe_video
     device = pipe.device
     timer, steps_timer = StageTimer(device), StepTimer(device)
-    info = probe_video(path)
-    n = min(frames, info.num_frames) if frames else info.num_frames
+    available = probe_video(path).num_frames
+    settings = ReconSettings(num_frames=min(frames, available) if frames else None, size=size, steps=steps,
+                             scheduler=scheduler, seed=seed)
     base = current_memory_mib(device)
-    read = lambda a, b: read_video(path, num_frames=b - a, start=a)[0]                     # (3, k, H, W)
-    spans = [(a, min(a + chunk_frames, n)) for a in range(0, n, chunk_frames)]
     start = time.perf_counter()
-    parts, geom = [], None
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        clips = read_ahead(read, spans, pool) if overlap else (read(a, b) for a, b in spans)
-        for _ in spans:
-            with timer('read'):
-                clip = next(clips)
-                geom = geom or plan(*clip.shape[-2:], size=size)
-                clip = geom.to_model(clip)
-            with timer('compressor'):
-                parts.append(pipe.encode(clip[None]))                                        # (1, 16, k, h, w)
-    latent = torch.cat(parts, dim=2)
-    with timer('dit'), timed_dit_steps(pipe, steps_timer):
-        z = pipe.refine(latent, steps=steps, scheduler=scheduler, seed=seed, name=Path(path).stem)
-    decode_chunk = pipe.vae.decode_chunk
-    chunk = decode_chunk * max(1, round(chunk_frames / decode_chunk))
-
-    def write(rec, preview):
-        rec_w.write(to_uint8(geom.to_output(rec)))
-        prev_w.write(to_uint8(geom.to_output(preview)))
-    rec_w, prev_w = VideoWriter(Path(out_dir) / 'rec.mp4', info.fps), VideoWriter(Path(out_dir) / 'preview.mp4', info.fps)
-    try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = None
-            for a in range(0, n, chunk):
-                with timer('previewer'):
-                    preview = pipe.preview(latent[:, :, a:a + chunk])[0].cpu()
-                with timer('svd_decode'):
-                    rec = torch.cat(list(pipe.vae_decode_chunks(z[:, :, a:a + chunk])), dim=2)[0].cpu()
-                with timer('write'):
-                    if pending is not None:
-                        pending.result()
-                    pending = pool.submit(write, rec, preview) if overlap else write(rec, preview)
-            with timer('write'):
-                if pending is not None:
-                    pending.result()
-                rec_w.close()                             # flushes the encoder
-                prev_w.close()
-    except BaseException:
-        rec_w.abort()
-        prev_w.abort()
-        raise
+    with timed_dit_steps(pipe, steps_timer):
+        info = reconstruct(pipe, out_dir, video=path, settings=settings, chunk_frames=chunk_frames, metrics=metrics,
+                           timer=timer, threads=overlap, warn=lambda message: None)
     total = time.perf_counter() - start
-    order = ['read', 'compressor', 'dit', 'previewer', 'svd_decode', 'write']
-    stages = [timer.stages[k] for k in order if k in timer.stages]
+    stages = [timer.stages[k] for k in STAGE_ORDER if k in timer.stages]
     peaks = [s['peak_mib'] for s in stages if s['peak_mib'] is not None]
+    model = info['meta']['plan']['model']
     return stages, steps_timer.seconds(), dict(
-        frames=n, model_size=list(geom.model), latent=list(latent.shape[2:]), end_to_end_s=total,
-        base_mib=base, peak_mib=max(peaks) if peaks else None)
+        frames=info['frames'], model_size=list(model), latent=[info['frames'], model[0] // 32, model[1] // 32],
+        end_to_end_s=total, base_mib=base, peak_mib=max(peaks) if peaks else None)
 
 
 def _input_video(args, tmp, frames, height, width):
@@ -113,11 +77,12 @@ def _input_video(args, tmp, frames, height, width):
 
 
 def bench_recon(args):
-    """End to end per stage: read, compressor, previewer, DiT per sampler step, SVD decode, write."""
+    """End to end per stage through recon.py's loop: read, compressor, DiT per sampler step, previewer, SVD
+    decode (vae), write, in-loop metrics."""
     from models.weights import resolve_dtype
     cfg = load_cfg(args, random_init=args.random_init)
     device = setup_device(args)
-    dtype = args.dtype or cfg.get('dtype', 'fp32')
+    dtype = args.dtype or cfg.get('dtype', 'auto')
     steps = args.steps or cfg.sampling.steps
     scheduler = args.scheduler or cfg.sampling.scheduler
     height = args.size or cfg.data.sample_size
@@ -134,7 +99,8 @@ def bench_recon(args):
         pipe = build_pipeline(cfg, device, dtype, args.compile, args.compile_mode, channels_last=channels_last)
         load_s = time.perf_counter() - t0
         size = height if args.input else 0             # synthetic frames are made at the size asked for
-        kw = dict(size=size, frames=frames, steps=steps, scheduler=scheduler, chunk_frames=args.chunk_frames)
+        kw = dict(size=size, frames=frames, steps=steps, scheduler=scheduler, chunk_frames=args.chunk_frames,
+                  metrics=not args.no_metrics)
         overlaps = {'on': [True], 'off': [False], 'both': [False, True]}[args.overlap]
         for _ in range(args.warmup):                   # first-call costs: kernels, allocator, compilation
             run_recon(pipe, path, out_dir, overlap=overlaps[-1], **kw)
@@ -160,7 +126,7 @@ def bench_recon(args):
                   random_init=bool(cfg.get('random_init', False)), input=args.input or 'synthetic',
                   frames=info['frames'], height=height, width=width, model_size=info['model_size'],
                   latent=[T, 4 * h, 4 * w], dit_latent=flops['latent'], steps=steps, scheduler=scheduler,
-                  device=str(device), dtype=str(resolve_dtype(dtype)).replace('torch.', ''),
+                  device=str(device), dtype=str(resolve_dtype(dtype, device)).replace('torch.', ''),
                   fp32_attention=bool(cfg.model.get('fp32_attention', False)), compile=bool(args.compile),
                   compile_mode=args.compile_mode, warmup=args.warmup, chunk_frames=args.chunk_frames,
                   env=environment(device), memory_kind=memory_kind(device), load_s=load_s, stages=stages,
@@ -200,10 +166,11 @@ def add_recon_parser(subparsers):
     p.add_argument('--width', type=int, default=None)
     p.add_argument('--steps', type=int, default=None, help='sampler steps (default: sampling.steps)')
     p.add_argument('--scheduler', choices=list(SAMPLERS), default=None)
-    p.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default=None, help="default: the config's dtype")
+    p.add_argument('--dtype', choices=['auto', 'fp32', 'bf16', 'fp16'], default=None, help="default: the config's dtype")
     p.add_argument('--compile', action='store_true', help='torch.compile the DiT (warm-up runs compile it)')
     p.add_argument('--compile-mode', default=None, help='torch.compile mode (reduce-overhead: CUDA graphs)')
     p.add_argument('--chunk-frames', type=int, default=16, help='frames read/decoded/written at a time')
+    p.add_argument('--no-metrics', action='store_true', help="skip the in-loop PSNR/SSIM (as recon.py's flag)")
     p.add_argument('--warmup', type=int, default=1, help='untimed runs first (default 1)')
     p.add_argument('--repeats', type=int, default=1, help='timed runs (the fastest is reported)')
     p.add_argument('--overlap', choices=['on', 'off', 'both'], default='on',

@@ -1,0 +1,74 @@
+"""Latent files: the compressor latent of one clip plus the metadata needed to render it again without the source.
+
+    save_latent(path, latent, meta)          # (16, T, h, w) fp32 + JSON metadata, via a temp file
+    latent, meta = load_latent(path)         # LatentError (one line) for anything not written by save_latent
+
+A latent file may come from someone else: its metadata is data, never trusted as a path. `safe_name` is the
+only way a name read from a file becomes a folder name.
+"""
+import json
+import os
+
+from tools.files import atomic_write
+
+LATENT_FORMAT = 'cascadev-latent-v2'            # v2: the frame plan, SAR and frame times in the metadata
+
+
+class LatentError(ValueError):
+    """A latent file that cannot be used; the message is one line naming the file, the rule and the fix."""
+
+
+def safe_name(name, path):
+    """`name` if it is one safe path component (no separator, not '.', '..', empty, NUL or a control
+    character, at most 255 bytes), else LatentError naming `path`, the file it came from."""
+    ok = (isinstance(name, str) and name not in ('', '.', '..') and '/' not in name and '\\' not in name
+          and not any(ord(c) < 32 for c in name) and len(name.encode('utf-8', 'surrogatepass')) <= 255)
+    if not ok:
+        raise LatentError(f"{path}: its metadata names the video {name!r}, which is not a single safe folder name "
+                          f"(no '/', '\\\\', '..', NUL or empty names); the file is refused — re-encode the source")
+    return name
+
+
+def save_latent(path, latent, meta):
+    """Compressor latent (16, T, h, w) fp32 + JSON metadata (key 'meta') as safetensors, via a temp file."""
+    from safetensors.torch import save_file
+
+    def write(tmp):
+        save_file({'latent': latent.detach().float().cpu().contiguous()}, str(tmp), metadata={'meta': json.dumps(meta)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)               # safetensors creates 0600; match the other outputs
+    atomic_write(path, write)
+
+
+def read_latent_meta(path):
+    """The metadata of a latent file (its 'name' checked by safe_name); LatentError if it is not one."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), 'pt') as f:
+            meta = json.loads((f.metadata() or {}).get('meta', '{}'))
+    except Exception as e:
+        raise LatentError(f'{path}: not a readable safetensors file ({e}); pass a latent.safetensors written by '
+                          f'recon.py') from None
+    if not isinstance(meta, dict):
+        meta = {}
+    if meta.get('format') == 'cascadev-latent-v1':
+        raise LatentError(f'{path}: was written by an older recon.py without the frame plan; reconstruct its '
+                          f'source video again')
+    if meta.get('format') != LATENT_FORMAT:
+        raise LatentError(f'{path}: has no CascadeV latent metadata (format {LATENT_FORMAT}); pass a '
+                          f'latent.safetensors written by recon.py')
+    safe_name(meta.get('name'), path)
+    return meta
+
+
+def load_latent(path):
+    """-> (latent (16, T, h, w) fp32, metadata dict); LatentError if the shape disagrees with the metadata."""
+    from safetensors.torch import load_file
+    meta = read_latent_meta(path)
+    latent = load_file(str(path))['latent'].float()
+    h, w = meta['plan']['model']
+    if latent.ndim != 4 or latent.shape[0] != 16 or tuple(latent.shape[2:]) != (h // 32, w // 32):
+        raise LatentError(f'{path}: latent of shape {tuple(latent.shape)} does not match its metadata '
+                          f'(16, T, {h // 32}, {w // 32}); the file was edited or is corrupt')
+    return latent, meta

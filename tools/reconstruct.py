@@ -1,0 +1,168 @@
+"""Reconstruct one video (or one saved latent) with CascadeV, streamed: the per-video loop of recon.py.
+
+    from models.pipeline import CascadeV
+    from tools.config import load_config
+    from tools.reconstruct import ReconSettings, reconstruct
+    pipe = CascadeV.from_config(load_config('configs/tiny.py'), device='cpu')
+    info = reconstruct(pipe, 'out/clip', video='clip.mp4', settings=ReconSettings(size=256, num_frames=16))
+    info = reconstruct(pipe, 'out2/clip', latent_file='out/clip/latent.safetensors')   # no source needed
+
+Stages, each wrapped in timer(stage) when a timer is given (tools/bench/recon.py passes its StageTimer):
+read (time spent waiting for frames; reading runs ahead in a thread), compressor, previewer, dit (the whole
+sampler), vae (the SVD decode stream), write (waiting for the write-behind thread), metrics (in-loop
+PSNR/SSIM in float32 at the model's resolution, on the pipeline's device; metrics=False skips them).
+
+Memory is flat in clip length: frames go `chunk_frames` at a time; the SVD decoder runs `vae_chunk` frames
+per call in one stream over the clip; the DiT runs `tile_batch` tiles per call. A planner can set all three.
+"""
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from models.weights import dtype_name
+from tools.frames import plan as make_plan
+from tools.latents import LATENT_FORMAT, load_latent, safe_name, save_latent
+from tools.render import no_timer, read_chunk, render
+from tools.streaming import read_ahead
+
+
+@dataclass(frozen=True)
+class ReconSettings:
+    """The settings that shape a reconstruction's output files (done.json records them with the pipeline's
+    dtype, config and VAE decode chunks: output_settings).
+
+    num_frames (None: all), start, stride: which source frames; size: short side the model sees (0: the
+    source's); square: centre square first; preprocess: 'default' or 'cascadev' (tools/frames.py);
+    upscale: outputs at the model's resolution instead of the source's; interp: K ≥ 1, the latent
+    interpolated K× in time (K·(T−1)+1 frames at K× the rate); scheduler/steps/seed: the sampler;
+    preview_only: previewer only; fps: a constant output rate (None: the source's times); lossless: files.
+    """
+    num_frames: int = None
+    start: int = 0
+    stride: int = 1
+    size: int = 0
+    square: bool = False
+    preprocess: str = 'default'
+    scheduler: str = 'EulerA'
+    steps: int = 8
+    seed: int = 42
+    preview_only: bool = False
+    upscale: bool = False
+    interp: int = 1
+    fps: float = None
+    lossless: bool = False
+
+    def __post_init__(self):
+        if not (isinstance(self.interp, int) and self.interp >= 1):
+            raise ValueError(f'ReconSettings: interp={self.interp!r}; use an integer >= 1 (1: the source rate)')
+
+
+def output_settings(settings, cfg, dtype, vae_chunk=None):
+    """Everything that shapes the files, as done.json records it (a rerun compares it): the settings, the
+    stage dtype ('fp32' | 'fp16' | 'bf16', resolved), the config's file name, DiT weights, tile blend and the
+    SVD decoder's temporal chunking (vae_chunk: frames per decoder call when not the config's)."""
+    vae = cfg.get('vae', {})
+    return {**asdict(settings), 'dtype': dtype_name(dtype), 'config': Path(cfg.config_path).name,
+            'dit_weights': str(cfg.weights.dit), 'tile_blend': cfg.sampling.get('tile_blend', 'smooth'),
+            'decode_chunk': vae_chunk or vae.get('decode_chunk', 4), 'decode_overlap': vae.get('decode_overlap', 0)}
+
+
+def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_timer, threads=True):
+    """Read the clip in chunks and encode each -> (latent (16, T, h, w) fp32 on the CPU, metadata).
+
+    The metadata holds the frame plan (tools/frames.py), the source's SAR ('N:D') and, for a variable
+    frame rate source, each frame's time in seconds from the first one used. VideoReadError (one line) for
+    a file that cannot be read or is too short for the settings.
+    """
+    from tools.video_io import frame_indices, probe_video
+    info = probe_video(path)
+    n = len(frame_indices(info.num_frames, settings.num_frames, settings.stride, settings.start, path))
+    frame_plan = make_plan(info.height, info.width, size=settings.size, square=settings.square,
+                           preprocess=settings.preprocess, start=settings.start, stride=settings.stride,
+                           num_frames=n, upscale=settings.upscale)
+    sar = info.sar if info.sar != 1 else None
+    name = name or Path(path).stem
+    meta = {'format': LATENT_FORMAT, 'name': name, 'source': str(Path(path).resolve()), 'source_fps': info.fps,
+            'fps': info.fps / settings.stride, 'num_frames': n, 'start': settings.start,
+            'frame_stride': settings.stride, 'plan': frame_plan.to_dict(),
+            'sar': None if sar is None else f'{sar.numerator}:{sar.denominator}', 'vfr': info.vfr, 'times': None}
+
+    def read(a, b):                                        # in the reader thread: decode and shape
+        frames, t = read_chunk(path, meta, a, b)
+        return frame_plan.to_model(frames), t
+    parts, times = [], []
+    spans = [(a, min(a + chunk_frames, n)) for a in range(0, n, chunk_frames)]
+    with ThreadPoolExecutor(max_workers=1) as reader:       # the next chunk decodes while this one encodes
+        chunks = read_ahead(read, spans, reader) if threads else (read(a, b) for a, b in spans)
+        for _ in spans:
+            with timer('read'):
+                frames, t = next(chunks)                                                 # (C, k, *model)
+            with timer('compressor'):
+                parts.append(pipe.encode(frames[None])[0].cpu())                       # (16, k, h, w)
+            times = None if t is None or times is None else times + t
+    if meta['vfr'] and times:
+        meta['times'] = [round(x - times[0], 6) for x in times]   # the output starts at its first frame
+    return torch.cat(parts, dim=1), meta
+
+
+def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings=None, chunk_frames=16,
+                vae_chunk=None, tile_batch=None, metrics=True, timer=None, threads=True, progress=False,
+                warn=print, meta_extra=None, lookahead=None):
+    """All output files of one video (video=PATH: encodes it and saves out_dir/latent.safetensors) or of a
+    saved latent (latent_file=PATH: its frame plan, frame times and fps; frame settings are ignored).
+    -> info dict (render's, plus 'latent' and 'timings', seconds per stage). Files go through temp names;
+    a failure leaves no latent behind for a video (the caller decides about the folder).
+
+    name: the folder's video name (default: the file stem, or the latent's checked metadata name).
+    timer(stage) -> context manager, around each stage (see the module docstring); None: timed here with
+    perf_counter into info['timings']. meta_extra: more metadata for the latent file (e.g. the config).
+    lookahead: x264 look-ahead frames of preview/rec.mp4 (None: the preset's; tools/memory.py plans it).
+    """
+    if (video is None) == (latent_file is None):
+        raise ValueError('reconstruct: pass exactly one of video=PATH or latent_file=PATH')
+    settings = settings or ReconSettings()
+    out_dir = Path(out_dir)
+    timings = {}
+    timer = timer or _perf_timer(timings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if latent_file is not None:
+            latent, meta = load_latent(latent_file)
+            if name is not None:
+                safe_name(name, latent_file)
+            source = None
+        else:
+            latent, meta = encode_video(pipe, video, settings, name, chunk_frames, timer, threads)
+            meta.update(meta_extra or {})
+            save_latent(out_dir / 'latent.safetensors', latent, meta)
+            source = video
+        info = render(pipe, latent, meta, out_dir, settings, source=source, chunk_frames=chunk_frames,
+                      vae_chunk=vae_chunk, tile_batch=tile_batch, metrics=metrics, progress=progress, timer=timer,
+                      threads=threads, warn=warn, lookahead=lookahead)
+    except BaseException:
+        if video is not None:                             # a failed video leaves no file that looks complete
+            (out_dir / 'latent.safetensors').unlink(missing_ok=True)
+        raise
+    if video is not None:
+        info['files'] = ['latent.safetensors'] + info['files']
+    info['latent'] = str(Path(latent_file).resolve()) if latent_file is not None else 'latent.safetensors'
+    info['meta'] = meta
+    info['timings'] = {k: round(v, 4) for k, v in timings.items()}
+    return info
+
+
+def _perf_timer(into):
+    """A timer hook summing wall seconds per stage into the dict `into`."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def timer(stage):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            into[stage] = into.get(stage, 0.0) + time.perf_counter() - t0
+    return timer
