@@ -63,13 +63,14 @@ def test_prediction_grows_with_chunk_tiles_and_frame_size():
     assert predict(workload(source=(2160, 3840), output=(2160, 3840)), Settings()).peak > predict(w, Settings()).peak
 
 
-def test_prediction_is_flat_in_clip_length_beyond_the_encoder_look_ahead():
-    """Clip length enters through the whole-clip latent and x264's look-ahead (40 frames for preview/rec.mp4)."""
-    peak = {n: predict(workload(frames=n), Settings(16, None, 4, 0)).peak for n in (16, 48, 128)}
-    assert 0 < (peak[128] - peak[48]) / peak[48] < 0.01
+def test_prediction_is_flat_in_clip_length():
+    """Clip length enters through the whole-clip latent only once x264's look-ahead (10 frames) is full."""
+    peak = {n: predict(workload(frames=n), Settings(16, None, 4, 0)).peak for n in (8, 16, 128)}
     latent = lambda n: n * 32 * 56 * 16
-    look_ahead = 720 * 1280 * CALIBRATION['encoder_frame'] * (40 - 16) * 2          # preview.mp4 and rec.mp4
-    assert peak[128] - peak[16] == pytest.approx(look_ahead + latent(128) - latent(16), abs=2)
+    assert peak[128] - peak[16] == latent(128) - latent(16)
+    assert 0 < (peak[128] - peak[16]) / peak[16] < 0.01
+    look_ahead = 720 * 1280 * CALIBRATION['encoder_frame'] * (10 - 8) * 3          # preview, rec and cmp.mp4
+    assert peak[16] - peak[8] > look_ahead
 
 
 def test_cuda_counts_device_buffers_and_the_context():
@@ -105,12 +106,12 @@ def test_plan_fits_the_budget_with_the_largest_chunk():
 
 def test_plan_order_frames_first_then_encoder_then_vae():
     """Frame-neutral settings are exhausted first: chunk and DiT tile batch, then the encoder look-ahead
-    (same frames), then SVD tiles, then shorter SVD chunks."""
+    (same frames, 10 -> 0), then SVD tiles, then shorter SVD chunks."""
     w, base = workload(model=(1024, 1024), source=(1024, 1024), output=(1024, 1024)), 10 ** 9
     smallest = lambda **kw: predict(w, Settings(**{**dict(chunk_frames=1, dit_tile_batch=1, vae_chunk=4), **kw}),
                                      base).peak
     plan = plan_memory(w, budget=budget_for(smallest() - 1), base=base)
-    assert plan.settings.lookahead == 10 and plan.settings.vae_tile == 0 and plan.settings.vae_chunk == 4
+    assert plan.settings.lookahead == 0 and plan.settings.vae_tile == 0 and plan.settings.vae_chunk == 4
     plan = plan_memory(w, budget=budget_for(smallest(lookahead=0) - 1), base=base)
     assert plan.settings.lookahead == 0 and plan.settings.vae_tile == 64 and plan.settings.vae_chunk == 4
     plan = plan_memory(w, budget=budget_for(smallest(lookahead=0, vae_tile=32) - 1), base=base)

@@ -38,8 +38,7 @@ CUDA_CONTEXT = 500 * 2 ** 20            # CUDA context + kernels, not counted by
 CALIBRATION = dict(compressor=36.0, previewer=23.0, vae=253.0, dit=12.1, state=53.7, host=1.0, encoder=98.0,
                    encoder_frame=3.3)
 HEADROOM = 0.05                         # of the budget, for the model's error (measured within 5 % on CPU)
-X264_LOOKAHEAD = 40                     # x264's rc-lookahead at preset medium (frames)
-CMP_LOOKAHEAD = 10                      # recon's look-ahead for cmp.mp4, three panels wide
+WRITER_LOOKAHEAD = 10                   # recon's x264 look-ahead (frames); preset medium's 40 hold 216 MB per 720p file
 
 
 class PlanError(MemoryError):
@@ -111,7 +110,7 @@ class Settings:
     dit_tile_batch: int = None
     vae_chunk: int = 4
     vae_tile: int = 0
-    lookahead: int = None                # x264 look-ahead frames of preview/rec.mp4 (None: the preset's, 40)
+    lookahead: int = None                # x264 look-ahead frames of the files (None: WRITER_LOOKAHEAD)
 
 
 def dit_tiles(w):
@@ -151,11 +150,11 @@ def stage_bytes(w, s, cal=CALIBRATION):
     # chunk and the one being written (write-behind), plus one resize to the output size in flight.
     chunk_out = c * out * 3 * (4 * (panels - 1) + panels)
     b['outputs'] = (host * (2 * chunk_out + c * out * 3 * 4), False)
-    # x264 per open file: a fixed part and one frame per look-ahead frame held (preview/rec.mp4 at the plan's
-    # look-ahead, cmp.mp4, the panels side by side, at most CMP_LOOKAHEAD)
-    held = lambda la: cal['encoder'] + cal['encoder_frame'] * min(w.frames, la)
-    la = X264_LOOKAHEAD if s.lookahead is None else s.lookahead
-    b['encoder'] = (out * (held(la) * (1 + w.refine) + held(min(la, CMP_LOOKAHEAD)) * panels), False)
+    # x264 per open file (preview, rec, and cmp.mp4 with the panels side by side): a fixed part and one frame
+    # per look-ahead frame held
+    la = WRITER_LOOKAHEAD if s.lookahead is None else s.lookahead
+    b['encoder'] = (out * (cal['encoder'] + cal['encoder_frame'] * min(w.frames, la)) * (1 + w.refine + panels),
+                    False)
     # in-loop PSNR/SSIM (tools/render.py quick_scores): ~24 float32 maps of the chunk at the model's size
     b['metrics'] = ((24 * 3 * c * mdl * 4) if w.metrics else 0, True)
     b['latent'] = (w.frames * lat * 4 * 4, True)                          # the refined SVD latent (whole clip)
@@ -208,7 +207,7 @@ def candidates(w, chunk_frames=16):
     a shorter encoder look-ahead: same frames, other bit allocation), then SVD tiles (close to untiled), then
     shorter SVD chunks (each frame sees fewer neighbours)."""
     tiles = dit_tiles(w)[0] if w.refine else 1
-    options = [(w.vae_chunk, w.vae_tile, la) for la in (None, CMP_LOOKAHEAD, 0)]
+    options = [(w.vae_chunk, w.vae_tile, la) for la in (None, 0)]
     if w.refine:
         options += [(w.vae_chunk, t, 0) for t in (64, 32) if t * 8 < max(w.model) and (not w.vae_tile or t < w.vae_tile)]
         options += [(k, options[-1][1], 0) for k in halvings(w.vae_chunk)[1:] if k > w.vae_overlap]

@@ -119,7 +119,7 @@ def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings
     name: the folder's video name (default: the file stem, or the latent's checked metadata name).
     timer(stage) -> context manager, around each stage (see the module docstring); None: timed here with
     perf_counter into info['timings']. meta_extra: more metadata for the latent file (e.g. the config).
-    lookahead: x264 look-ahead frames of preview/rec.mp4 (None: the preset's; tools/memory.py plans it).
+    lookahead: x264 look-ahead frames of the files (None: tools/memory.py WRITER_LOOKAHEAD; its planner sets it).
     """
     if (video is None) == (latent_file is None):
         raise ValueError('reconstruct: pass exactly one of video=PATH or latent_file=PATH')

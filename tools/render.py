@@ -111,11 +111,11 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
 
     settings: tools.reconstruct.ReconSettings. chunk_frames: output frames per chunk (memory flat in clip
     length); vae_chunk: frames per SVD decoder call (None: vae.decode_chunk); tile_batch: DiT tiles per call
-    (None: all); lookahead: x264 look-ahead of preview/rec.mp4 (None: the preset's; cmp.mp4, three panels
-    wide, uses at most CMP_LOOKAHEAD). timer(stage) wraps each stage: previewer, dit, vae, read, write (frames back to the output
+    (None: all); lookahead: x264 look-ahead frames of the files (None: tools/memory.py WRITER_LOOKAHEAD, 10;
+    x264's own 40 hold 216 MB per 720p file). timer(stage) wraps each stage: previewer, dit, vae, read, write (frames back to the output
     geometry, uint8, digests, and waiting for the writer thread), metrics.
     """
-    from tools.memory import CMP_LOOKAHEAD
+    from tools.memory import WRITER_LOOKAHEAD
     from tools.video_io import side_by_side, to_uint8, write_grid_png
     plan, K = FramePlan.from_dict(meta['plan']), settings.interp
     lat = interpolate_latent(latent, K)                                   # (16, T', h, w), T' = K·(T−1)+1
@@ -147,9 +147,8 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
 
     spans = [(a, min(a + chunk_frames, T)) for a in range(0, T, chunk_frames)]
     with ExitStack() as stack:
-        cmp_la = CMP_LOOKAHEAD if lookahead is None else min(lookahead, CMP_LOOKAHEAD)
-        writers = {f: stack.enter_context(open_writer(out_dir / f, fps, meta.get('sar'), settings.lossless,
-                                                      cmp_la if f == 'cmp.mp4' else lookahead))
+        la = WRITER_LOOKAHEAD if lookahead is None else lookahead
+        writers = {f: stack.enter_context(open_writer(out_dir / f, fps, meta.get('sar'), settings.lossless, la))
                    for f in files if f.endswith('.mp4')}
         # Write-behind and read-ahead threads (exited first, so the writers close after their last frame):
         # video encoding and decoding overlap the next chunk's model work; one chunk waits at most.
