@@ -37,7 +37,7 @@ CUDA_CONTEXT = 500 * 2 ** 20            # CUDA context + kernels, not counted by
 # `host` scales the host frame buffers.
 CALIBRATION = dict(compressor=36.0, previewer=23.0, vae=253.0, dit=12.1, state=53.7, host=1.0, encoder=98.0,
                    encoder_frame=3.3)
-HEADROOM = 0.05                         # of the budget, for the model's error (measured within 5 % on CPU)
+HEADROOM = 0.05                         # of the budget, for the model's error (tight plans: +4 % measured, CPU)
 WRITER_LOOKAHEAD = 10                   # recon's x264 look-ahead (frames); preset medium's 40 hold 216 MB per 720p file
 
 
