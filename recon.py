@@ -87,6 +87,11 @@ def build_parser():
     g.add_argument('--compile', action='store_true', help='torch.compile the DiT (pays off on long runs on GPU)')
     g.add_argument('--chunk-frames', type=int, default=16,
                    help='frames read/decoded/written at a time (memory flat in clip length; default 16)')
+    g.add_argument('--max-memory', default=None, metavar='SIZE',
+                   help="peak memory budget, e.g. 24GB, 2.5GB: chunk frames, DiT tiles per call, the SVD decode "
+                        "chunk/tiles and the encoder look-ahead are chosen to fit it and the plan is printed "
+                        "(default: none on CPU, the free device memory on CUDA); CPU: process RSS, CUDA: max "
+                        "allocated + context")
     g.add_argument('--overwrite', action='store_true',
                    help='redo videos whose outputs are already complete (their old files are removed first)')
     g.add_argument('--no-metrics', action='store_true',
@@ -194,6 +199,12 @@ def validate_args(args):
     for bad, flag, rule in checks:
         if bad:
             raise UsageError(f'{flag} {getattr(args, flag[2:].replace("-", "_"))}: {rule}')
+    if args.max_memory is not None:
+        from tools.memory import parse_size
+        try:
+            args.max_memory = parse_size(args.max_memory)
+        except ValueError as e:
+            raise UsageError(f'--max-memory {e}') from None
 
 
 # ---- one video ----------------------------------------------------------------------------------------
@@ -229,13 +240,47 @@ def clear_outputs(out_dir, keep=None):
             path.unlink()
 
 
-def process(pipe, name, src, out_dir, args, settings, record, decode_from):
+def fit_memory(pipe, name, src, args, settings, cfg, decode_from):
+    """Chunk frames, DiT tiles per call, SVD decode chunk/tiles and encoder look-ahead for one video under
+    --max-memory (CUDA: the free device memory by default), printed (tools/memory.py); the SVD tile size is
+    set on pipe.vae. -> Settings. PlanError (one line) when nothing fits."""
+    from models.weights import dtype_name
+    from tools.frames import FramePlan, plan
+    from tools.memory import Workload, bytes_in_use, default_budget, gb, plan_memory
+    if decode_from:
+        from tools.latents import read_latent_meta
+        meta = read_latent_meta(src)
+        frame_plan, n = FramePlan.from_dict(meta['plan']), meta['num_frames']
+    else:
+        from tools.video_io import frame_indices, probe_video
+        info = probe_video(src)
+        n = len(frame_indices(info.num_frames, settings.num_frames, settings.stride, settings.start, src))
+        frame_plan = plan(info.height, info.width, size=settings.size, square=settings.square,
+                          preprocess=settings.preprocess, start=settings.start, stride=settings.stride,
+                          num_frames=n, upscale=settings.upscale)
+    budget = args.max_memory if args.max_memory is not None else default_budget(pipe.device)
+    w = Workload.from_plan(frame_plan, settings.interp * (n - 1) + 1, cfg, refine=not settings.preview_only,
+                           metrics=not (decode_from or args.no_metrics), device=pipe.device.type,
+                           dtype=dtype_name(pipe.dtype))
+    memory_plan = plan_memory(w, budget, base=bytes_in_use(pipe.device), chunk_frames=args.chunk_frames)
+    if pipe.vae is not None:
+        pipe.vae.tile_size = memory_plan.settings.vae_tile
+    if budget is not None:
+        print(f'{name}: {memory_plan.line()} (budget {gb(budget)})', flush=True)
+    return memory_plan.settings
+
+
+def process(pipe, name, src, out_dir, args, settings, record, decode_from, cfg):
     """All outputs of one video (or one saved latent); done.json last. -> the done.json dict."""
     from tools.reconstruct import reconstruct
     t0 = time.time()
+    mem = fit_memory(pipe, name, src, args, settings, cfg, decode_from)
+    if mem.vae_chunk != cfg.vae.get('decode_chunk', 4):
+        record = {**record, 'decode_chunk': mem.vae_chunk}
     clear_outputs(out_dir, keep=src if decode_from else None)      # nothing of another run is taken for ours
     source = dict(latent_file=src) if decode_from else dict(video=src)
-    info = reconstruct(pipe, out_dir, name=name, settings=settings, chunk_frames=args.chunk_frames,
+    info = reconstruct(pipe, out_dir, name=name, settings=settings, chunk_frames=mem.chunk_frames,
+                       vae_chunk=mem.vae_chunk, tile_batch=mem.dit_tile_batch, lookahead=mem.lookahead,
                        metrics=not args.no_metrics, progress=args.progress, warn=tqdm_write,
                        meta_extra={'config': record['config'], 'output_fps': args.fps}, **source)
     meta, timings = info.pop('meta'), info.pop('timings')
@@ -342,9 +387,13 @@ def main(argv=None):
             print(f'{n}: complete in {output / n}, skipped (--overwrite redoes it)')
     failures, completed = [], []
     if todo:
+        from tools.memory import PlanError
         try:
             run_batch(todo, items, output, args, cfg, device, dtype, stages, settings, record, decode_from,
                       main_process, failures, completed)
+        except PlanError as e:
+            print(f'error: {e}', file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print(f'\ninterrupted: {len(mine) - len(todo) + len(completed)}/{len(mine)} videos complete in {output}; '
                   f'rerun the same command to resume (complete videos are skipped, the interrupted one is redone)',
@@ -374,16 +423,22 @@ def run_batch(todo, items, output, args, cfg, device, dtype, stages, settings, r
     from tqdm.auto import tqdm
 
     from models.pipeline import CascadeV
+    from tools.memory import PlanError, release_freed_memory_to_os
     args.progress = main_process and sys.stderr.isatty()
     with torch.no_grad():
         pipe = CascadeV.from_config(cfg, device=device, dtype=dtype, compile=args.compile, stages=stages)
+        if pipe.device.type == 'cpu':
+            release_freed_memory_to_os()      # the RSS follows the live buffers, flat in clip length
         bar = tqdm(todo, desc='videos', unit='video', disable=not main_process or None)
         for name in bar:
             rec = {**record, 'decode_from': str(Path(items[name]).resolve())} if decode_from else record
             try:
-                done = process(pipe, name, items[name], output / name, args, settings, rec, decode_from)
+                done = process(pipe, name, items[name], output / name, args, settings, rec, decode_from, cfg)
                 bar.write(summary_line(done))
                 completed.append(name)
+            except PlanError:             # nothing fits the budget: a usage error, the batch stops
+                remove_if_empty(output / name)
+                raise
             except Exception as e:        # a bad file must not stop the batch
                 failures.append(failure_line(items[name], e))
                 bar.write(f'failed: {failures[-1]}')

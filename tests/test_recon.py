@@ -339,7 +339,8 @@ class RecordingWriter:
     """Stands in for VideoWriter with the sar/lossless/times interface: records what recon hands it."""
     calls = []
 
-    def __init__(self, path, fps, crf=18, preset='medium', pix_fmt='yuv420p', sar=None, lossless=False):
+    def __init__(self, path, fps, crf=18, preset='medium', pix_fmt='yuv420p', sar=None, lossless=False,
+                 lookahead=None):
         self.record = {'file': os.path.basename(str(path)), 'fps': fps, 'sar': sar, 'lossless': lossless,
                        'times': [], 'frames': 0, 'size': None}
         RecordingWriter.calls.append(self.record)

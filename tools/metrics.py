@@ -51,9 +51,11 @@ def _error(ref, rec, device):
     return to_levels(rec, device) - to_levels(ref, device)
 
 
-def psnr(ref, rec, chunk=16, device='cpu'):
-    """Per-frame PSNR in dB, 10·log10(1 / MSE) on [0, 1]; inf where the frames are identical. -> (T,) float64."""
+def psnr(ref, rec, chunk=None, device='cpu'):
+    """Per-frame PSNR in dB, 10·log10(1 / MSE) on [0, 1]; inf where the frames are identical. -> (T,) float64.
+    Frames go `chunk` at a time (default: a 32 MiB float64 stack; one 1080p frame)."""
     _check_pair(ref, rec)
+    chunk = chunk or max(1, (1 << 22) // (3 * int(np.prod(np.shape(ref)[1:3]))))
     out = []
     for s in _chunks(len(ref), chunk):
         mse = _error(ref[s], rec[s], device).pow(2).mean(dim=(1, 2, 3)) / 255 ** 2  # (t,) on the [0, 1] scale
@@ -84,15 +86,17 @@ def ssim(ref, rec, win_size=11, sigma=1.5, k1=0.01, k2=0.03, chunk=None, device=
         raise ValueError(f'SSIM needs frames of at least {win_size}x{win_size} pixels, got {h}x{w}')
     c1, c2 = k1 ** 2, k2 ** 2  # (K·L)² with L = 1
     win = gaussian_window(win_size, sigma).to(device)
-    chunk = chunk or max(1, (1 << 21) // (15 * h * w))  # frames per step: a 16 MiB float64 stack
+    chunk = chunk or max(1, (1 << 21) // (5 * h * w))  # frames per step: a 16 MiB float64 stack per channel
     out = []
     for s in _chunks(len(ref), chunk):
-        x = to_unit(ref[s], device).flatten(0, 1)  # (t·3, H, W)
-        y = to_unit(rec[s], device).flatten(0, 1)
-        mx, my, mxx, myy, mxy = _blur(torch.cat([x, y, x * x, y * y, x * y]), win).chunk(5)
-        vx, vy, vxy = mxx - mx * mx, myy - my * my, mxy - mx * my
-        smap = (2 * mx * my + c1) * (2 * vxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
-        out.append(smap.mean(dim=(1, 2)).view(-1, 3).mean(dim=1))  # (t,) mean over pixels, then channels
+        per_channel = []
+        for c in range(3):                          # one channel at a time: a third of the float64 maps
+            x, y = to_unit(ref[s], device)[:, c], to_unit(rec[s], device)[:, c]   # (t, H, W)
+            mx, my, mxx, myy, mxy = _blur(torch.cat([x, y, x * x, y * y, x * y]), win).chunk(5)
+            vx, vy, vxy = mxx - mx * mx, myy - my * my, mxy - mx * my
+            smap = (2 * mx * my + c1) * (2 * vxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+            per_channel.append(smap.mean(dim=(1, 2)))
+        out.append(torch.stack(per_channel, dim=1).mean(dim=1))  # (t,) mean over pixels, then channels
     return torch.cat(out).cpu()
 
 

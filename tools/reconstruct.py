@@ -110,7 +110,7 @@ def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_time
 
 def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings=None, chunk_frames=16,
                 vae_chunk=None, tile_batch=None, metrics=True, timer=None, threads=True, progress=False,
-                warn=print, meta_extra=None):
+                warn=print, meta_extra=None, lookahead=None):
     """All output files of one video (video=PATH: encodes it and saves out_dir/latent.safetensors) or of a
     saved latent (latent_file=PATH: its frame plan, frame times and fps; frame settings are ignored).
     -> info dict (render's, plus 'latent' and 'timings', seconds per stage). Files go through temp names;
@@ -119,6 +119,7 @@ def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings
     name: the folder's video name (default: the file stem, or the latent's checked metadata name).
     timer(stage) -> context manager, around each stage (see the module docstring); None: timed here with
     perf_counter into info['timings']. meta_extra: more metadata for the latent file (e.g. the config).
+    lookahead: x264 look-ahead frames of the files (None: tools/memory.py WRITER_LOOKAHEAD; its planner sets it).
     """
     if (video is None) == (latent_file is None):
         raise ValueError('reconstruct: pass exactly one of video=PATH or latent_file=PATH')
@@ -140,7 +141,7 @@ def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings
             source = video
         info = render(pipe, latent, meta, out_dir, settings, source=source, chunk_frames=chunk_frames,
                       vae_chunk=vae_chunk, tile_batch=tile_batch, metrics=metrics, progress=progress, timer=timer,
-                      threads=threads, warn=warn)
+                      threads=threads, warn=warn, lookahead=lookahead)
     except BaseException:
         if video is not None:                             # a failed video leaves no file that looks complete
             (out_dir / 'latent.safetensors').unlink(missing_ok=True)

@@ -37,14 +37,16 @@ def read_chunk(path, meta, a, b):
     return video, (list(info.times) if info.times is not None else None)
 
 
-def open_writer(path, fps, sar=None, lossless=False):
+def open_writer(path, fps, sar=None, lossless=False, lookahead=None):
     """A VideoWriter for one output: the frames' exact size, the source's SAR ('N:D' or None), lossless on
-    request; its write(frames, times=None) takes each frame's time in seconds (None: constant fps)."""
+    request, x264 look-ahead in frames (None: the preset's); its write(frames, times=None) takes each frame's
+    time in seconds (None: constant fps)."""
     from fractions import Fraction
 
     from tools.video_io import VideoWriter
     sar = Fraction(sar.replace(':', '/')) if sar else None
-    return VideoWriter(path, fps, sar=sar, lossless=lossless)
+    kw = {} if lookahead is None else {'lookahead': lookahead}
+    return VideoWriter(path, fps, sar=sar, lossless=lossless, **kw)
 
 
 def output_timing(meta, fps=None, interp=1, warn=print):
@@ -100,7 +102,7 @@ class _Source:
 
 
 def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, vae_chunk=None, tile_batch=None,
-           metrics=True, progress=False, timer=no_timer, threads=True, warn=print):
+           metrics=True, progress=False, timer=no_timer, threads=True, warn=print, lookahead=None):
     """Preview and (unless settings.preview_only) refine + decode one latent (16, T, h, w); write
     preview.mp4, rec.mp4, cmp.mp4 (and the source beside them when `source` is its path) and cmp.png in
     out_dir. -> info dict for done.json: frames, height, width, fps, sar, frame_times, lossless, files,
@@ -109,9 +111,11 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
 
     settings: tools.reconstruct.ReconSettings. chunk_frames: output frames per chunk (memory flat in clip
     length); vae_chunk: frames per SVD decoder call (None: vae.decode_chunk); tile_batch: DiT tiles per call
-    (None: all). timer(stage) wraps each stage: previewer, dit, vae, read, write (frames back to the output
+    (None: all); lookahead: x264 look-ahead frames of the files (None: tools/memory.py WRITER_LOOKAHEAD, 10;
+    x264's own 40 hold 216 MB per 720p file). timer(stage) wraps each stage: previewer, dit, vae, read, write (frames back to the output
     geometry, uint8, digests, and waiting for the writer thread), metrics.
     """
+    from tools.memory import WRITER_LOOKAHEAD
     from tools.video_io import side_by_side, to_uint8, write_grid_png
     plan, K = FramePlan.from_dict(meta['plan']), settings.interp
     lat = interpolate_latent(latent, K)                                   # (16, T', h, w), T' = K·(T−1)+1
@@ -137,11 +141,14 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
         writers['preview.mp4'].write(u8['preview'], times=t)
         if refine:
             writers['rec.mp4'].write(u8['refined'], times=t)
-        writers['cmp.mp4'].write(side_by_side([clips[k] for k in panels], labels), times=t)
+        for i in range(u8['preview'].shape[0]):                  # a frame at a time: three panels wide
+            writers['cmp.mp4'].write(side_by_side([clips[k][:, i:i + 1] for k in panels], labels),
+                                     times=t[i:i + 1] if t else None)
 
     spans = [(a, min(a + chunk_frames, T)) for a in range(0, T, chunk_frames)]
     with ExitStack() as stack:
-        writers = {f: stack.enter_context(open_writer(out_dir / f, fps, meta.get('sar'), settings.lossless))
+        la = WRITER_LOOKAHEAD if lookahead is None else lookahead
+        writers = {f: stack.enter_context(open_writer(out_dir / f, fps, meta.get('sar'), settings.lossless, la))
                    for f in files if f.endswith('.mp4')}
         # Write-behind and read-ahead threads (exited first, so the writers close after their last frame):
         # video encoding and decoding overlap the next chunk's model work; one chunk waits at most.

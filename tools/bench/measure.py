@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tools.memory import release_freed_memory_to_os  # noqa: F401 (the benchmarks' and recon's one setting)
+
 REPO = Path(__file__).resolve().parents[2]
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}   # None: no autocast
 TINY = str(REPO / 'configs' / 'tiny.py')
@@ -49,16 +51,6 @@ def _reset_rss_peak():
         Path('/proc/self/clear_refs').write_text('5')
         return True
     except OSError:
-        return False
-
-
-def release_freed_memory_to_os():
-    """glibc: serve allocations ≥ 128 KiB by mmap so freed tensors leave the RSS (makes CPU peaks exact)."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL('libc.so.6')
-        return bool(libc.mallopt(-3, 128 * 1024) and libc.mallopt(-1, 128 * 1024))  # M_MMAP/TRIM_THRESHOLD
-    except (OSError, AttributeError):
         return False
 
 

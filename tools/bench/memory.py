@@ -12,8 +12,15 @@ from tools.bench.recon import build_pipeline, run_recon
 
 
 def bench_memory(args):
-    """Peak memory vs clip length and frame/tile size: the DiT's forward_windowed, or the whole reconstruction."""
+    """Peak memory vs clip length and frame/tile size: the DiT's forward_windowed, or the whole reconstruction;
+    or the calibration of tools/memory.py (stages) and its check against recon.py (plan)."""
     from models.dit import build_dit, init_random_weights_
+    if args.what == 'stages':
+        from tools.bench.memory_fit import bench_stage_constants
+        return bench_stage_constants(args)
+    if args.what == 'plan':
+        from tools.bench.memory_fit import bench_plan
+        return bench_plan(args)
     cfg = load_cfg(args, random_init=True)
     device = setup_device(args, exact_cpu_peaks=True)
     from models.weights import dtype_name, resolve_dtype
@@ -74,8 +81,10 @@ def bench_memory(args):
 def add_memory_parser(subparsers):
     p = subparsers.add_parser('memory', help='peak memory vs clip length and size', description=bench_memory.__doc__)
     add_config_args(p)
-    p.add_argument('--what', choices=['dit', 'recon'], default='dit',
-                   help="dit: forward_windowed on the latent; recon: the whole streamed reconstruction")
+    p.add_argument('--what', choices=['dit', 'recon', 'stages', 'plan'], default='dit',
+                   help="dit: forward_windowed on the latent; recon: the whole streamed reconstruction; stages: "
+                        "each stage's peak at two sizes, fitted to tools/memory.py's CALIBRATION; plan: recon.py "
+                        "with --max-memory budgets, its printed prediction against the measured peak RSS")
     p.add_argument('--lengths', type=int, nargs='+', default=[8, 16, 32], help='clip lengths in frames')
     p.add_argument('--sizes', type=int, nargs='+', default=[64], help='frame sizes in pixels (square)')
     p.add_argument('--tiles', type=int, nargs='+', default=None,
@@ -83,6 +92,9 @@ def add_memory_parser(subparsers):
     p.add_argument('--dtype', choices=['auto', 'fp32', 'bf16', 'fp16'], default=None)
     p.add_argument('--steps', type=int, default=1, help='sampler steps for --what recon (default 1)')
     p.add_argument('--chunk-frames', type=int, default=16)
+    p.add_argument('--budgets', nargs='+', default=None, metavar='SIZE',
+                   help="--what plan: recon.py --max-memory values, 'off' for none (default: off)")
+    p.add_argument('--clip', default=None, help='--what plan: the video (default: ../shared/videos/bigbuckbunny.mp4)')
     add_run_args(p)
     p.set_defaults(func=bench_memory)
 

@@ -1,0 +1,203 @@
+"""tools/memory.py: the memory model's arithmetic and the planner (pure functions, no measuring)."""
+import pytest
+
+from tools.memory import (CALIBRATION, CUDA_CONTEXT, HEADROOM, PlanError, Settings, Workload, chunk_of, dit_tiles, parse_size,
+                          plan_memory, predict, stage_bytes)
+
+budget_for = lambda peak: int(peak / (1 - HEADROOM))   # the budget a predicted peak fits exactly
+TINY_DIT = (8, 4, 2, 64, 4)          # configs/tiny.py: input_size, lats_per_vid, patch, hidden, heads
+
+
+def workload(**kw):
+    base = dict(source=(720, 1280), model=(256, 448), output=(720, 1280), frames=32, dit=TINY_DIT)
+    return Workload(**{**base, **kw})
+
+
+@pytest.mark.parametrize('text, expected', [('24GB', 24 * 10 ** 9), ('2.5GB', 2_500_000_000), ('800MB', 8 * 10 ** 8),
+                                            ('16GiB', 16 * 2 ** 30), ('1.5 gib', int(1.5 * 2 ** 30)), ('4096', 4096)])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize('text', ['', 'GB', '-1GB', '0GB', '2.5XB', 'lots'])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError, match='e.g. 24GB'):
+        parse_size(text)
+
+
+@pytest.mark.parametrize('model', [(64, 64), (256, 448), (1024, 1024), (720, 1280), (96, 2048)])
+def test_dit_tiles_match_the_dit(model):
+    from models.dit import tile_starts
+    w = workload(model=model, dit=(128, 8, 2, 1152, 16), frames=5)
+    tiles, th, tw, L = dit_tiles(w)
+    H, W = model[0] // 8, model[1] // 8
+    assert tiles == len(tile_starts(H, 128)) * len(tile_starts(W, 128))
+    assert (th, tw, L) == (min(128, H), min(128, W), 5)
+
+
+def test_counted_buffers():
+    """Frame buffers are shape arithmetic: 16 frames of 720x1280 uint8 + two fp32 chunks = 16·921600·27 bytes,
+    and for the metrics two fp32 chunks at the model's 256x448, made twice (resize, pad)."""
+    w, s = workload(), Settings(16, None, 4, 0)
+    b = stage_bytes(w, s, dict(CALIBRATION, host=1.0))
+    assert b['read'] == (16 * 720 * 1280 * 27 + 16 * 256 * 448 * 3 * 4 * 2 * 2, False)
+    assert stage_bytes(workload(metrics=False), s)['read'] == (16 * 720 * 1280 * 27, False)
+    assert b['latent'] == (32 * 32 * 56 * 16, True)
+    # 2 chunks of (fp32 preview + refined, uint8 original/preview/refined) + one fp32 resize in flight
+    assert b['outputs'][0] == 2 * 16 * 921600 * 3 * (8 + 3) + 16 * 921600 * 12
+
+
+def test_chunk_is_a_multiple_of_the_vae_chunk_when_refining():
+    assert chunk_of(workload(), Settings(10, None, 4, 0)) == 8
+    assert chunk_of(workload(), Settings(2, None, 4, 0)) == 4
+    assert chunk_of(workload(refine=False), Settings(10, None, 4, 0)) == 10
+    assert chunk_of(workload(frames=6), Settings(16, None, 4, 0)) == 6
+
+
+def test_prediction_grows_with_chunk_tiles_and_frame_size():
+    w = workload()
+    p = {c: predict(w, Settings(c, None, 4, 0)).peak for c in (4, 8, 16)}
+    assert p[4] < p[8] < p[16]
+    dit = {n: stage_bytes(w, Settings(16, n, 4, 0))['dit'][0] for n in (1, 4, None)}
+    assert dit[1] < dit[4] < dit[None]
+    assert predict(workload(source=(2160, 3840), output=(2160, 3840)), Settings()).peak > predict(w, Settings()).peak
+
+
+def test_prediction_is_flat_in_clip_length():
+    """Clip length enters through the whole-clip latent only once x264's look-ahead (10 frames) is full."""
+    peak = {n: predict(workload(frames=n), Settings(16, None, 4, 0)).peak for n in (8, 16, 128)}
+    latent = lambda n: n * 32 * 56 * 16
+    assert peak[128] - peak[16] == latent(128) - latent(16)
+    assert 0 < (peak[128] - peak[16]) / peak[16] < 0.01
+    look_ahead = 720 * 1280 * CALIBRATION['encoder_frame'] * (10 - 8) * 3          # preview, rec and cmp.mp4
+    assert peak[16] - peak[8] > look_ahead
+
+
+def test_cuda_counts_device_buffers_and_the_context():
+    cpu = predict(workload(), Settings(), base=10 ** 9)
+    cuda = predict(workload(device='cuda'), Settings(), base=10 ** 9)
+    assert cuda.stages['read'] == 0 and cuda.stages['outputs'] == 0 and cpu.stages['read'] > 0
+    assert cuda.stages['vae'] == cpu.stages['vae'] and cuda.stages['metrics'] == cpu.stages['metrics']
+    assert cuda.peak == 10 ** 9 + CUDA_CONTEXT + max(cuda.phases.values())
+
+
+def test_bf16_halves_the_stage_activations():
+    fp32, bf16 = (stage_bytes(workload(dtype=d), Settings()) for d in ('fp32', 'bf16'))
+    assert bf16['compressor'][0] * 2 == fp32['compressor'][0]
+
+
+def test_plan_without_budget_keeps_the_defaults():
+    plan = plan_memory(workload(), budget=None, base=10 ** 9)
+    assert plan.settings == Settings(16, None, 4, 0)
+    assert plan.line().startswith('predicted peak ') and 'chunk 16 frames, DiT tiles 45 at a time, VAE chunk 4, ' \
+                                                         'VAE tiles off' in plan.line()
+
+
+def test_plan_fits_the_budget_with_the_largest_chunk():
+    w, base = workload(), 10 ** 9
+    full = predict(w, Settings(16, None, 4, 0), base).peak
+    half = predict(w, Settings(8, None, 4, 0), base).peak
+    plan = plan_memory(w, budget=budget_for((full + half) // 2), base=base)
+    assert plan.prediction.peak <= (full + half) // 2
+    assert chunk_of(w, plan.settings) == 8 and plan.settings.vae_chunk == 4 and plan.settings.vae_tile == 0
+    assert plan_memory(w, budget=budget_for(full) + 1, base=base).settings == Settings(16, None, 4, 0)
+    assert plan_memory(w, budget=full, base=base).settings != Settings(16, None, 4, 0)      # 5 % headroom
+
+
+def test_plan_order_frames_first_then_encoder_then_vae():
+    """Frame-neutral settings are exhausted first: chunk and DiT tile batch, then the encoder look-ahead
+    (same frames, 10 -> 0), then SVD tiles, then shorter SVD chunks."""
+    w, base = workload(model=(1024, 1024), source=(1024, 1024), output=(1024, 1024)), 10 ** 9
+    smallest = lambda **kw: predict(w, Settings(**{**dict(chunk_frames=1, dit_tile_batch=1, vae_chunk=4), **kw}),
+                                     base).peak
+    plan = plan_memory(w, budget=budget_for(smallest() - 1), base=base)
+    assert plan.settings.lookahead == 0 and plan.settings.vae_tile == 0 and plan.settings.vae_chunk == 4
+    plan = plan_memory(w, budget=budget_for(smallest(lookahead=0) - 1), base=base)
+    assert plan.settings.lookahead == 0 and plan.settings.vae_tile == 64 and plan.settings.vae_chunk == 4
+    plan = plan_memory(w, budget=budget_for(smallest(lookahead=0, vae_tile=32) - 1), base=base)
+    assert plan.settings.vae_tile == 32 and plan.settings.vae_chunk in (2, 1)
+    assert plan.prediction.peak < smallest(lookahead=0, vae_tile=32)
+    assert 'encoder look-ahead 0 frames' in plan.line() and 'VAE tiles 32 px' in plan.line()
+
+
+def test_plan_error_is_one_line():
+    with pytest.raises(PlanError) as e:
+        plan_memory(workload(), budget=parse_size('1.1GB'), base=10 ** 9)
+    msg = str(e.value)
+    assert '\n' not in msg and msg.startswith('--max-memory 1.10 GB: ') and 'raise --max-memory' in msg
+
+
+def test_default_budget_is_off_on_cpu_and_the_free_device_memory_on_cuda(monkeypatch):
+    import torch
+
+    from tools.memory import bytes_in_use, default_budget
+    assert default_budget('cpu') is None
+    monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device=None: (30 * 2 ** 30, 80 * 2 ** 30))
+    monkeypatch.setattr(torch.cuda, 'memory_reserved', lambda device=None: 2 * 2 ** 30)
+    monkeypatch.setattr(torch.cuda, 'memory_allocated', lambda device=None: 2 ** 30)
+    assert default_budget('cuda:0') == 32 * 2 ** 30 + CUDA_CONTEXT
+    assert bytes_in_use('cuda') == 2 ** 30
+    assert 10 ** 7 < bytes_in_use('cpu') < 10 ** 11            # this process's RSS
+
+
+# ---- recon.py --max-memory ------------------------------------------------------------------------------
+
+def recon_run(argv, monkeypatch):
+    """recon.main in-process (the allocator setting left to pytest) -> (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    import recon
+    import tools.memory
+    monkeypatch.setattr(tools.memory, 'release_freed_memory_to_os', lambda *a: False)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = recon.main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def tiny_argv(repo_root, clip, out, *extra):
+    return ['--config', repo_root / 'configs' / 'tiny.py', '--input', clip, '--output', out, '--num-frames', 4,
+            '--size', 64, '--steps', 1, *extra]
+
+
+def test_recon_too_small_budget_exits_2_with_one_line(repo_root, shared_videos, tmp_path, monkeypatch):
+    code, out, err = recon_run(tiny_argv(repo_root, shared_videos / 'carphone_pristine.mp4', tmp_path / 'o',
+                                         '--max-memory', '100MB'), monkeypatch)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: --max-memory 0.10 GB: even 1-frame chunks'), err
+    assert 'raise --max-memory' in lines[0]
+    assert not (tmp_path / 'o' / 'carphone_pristine').exists()           # nothing half-written is left
+
+
+def test_recon_bad_budget_is_a_usage_error(repo_root, shared_videos, tmp_path, monkeypatch):
+    code, _, err = recon_run(tiny_argv(repo_root, shared_videos / 'carphone_pristine.mp4', tmp_path / 'o',
+                                       '--max-memory', '2.5XB'), monkeypatch)
+    assert code == 2 and err.strip() == "error: --max-memory memory size '2.5XB': use a positive number with a " \
+                                        "unit, e.g. 24GB, 2.5GB, 800MB, 16GiB"
+
+
+def test_recon_prints_the_plan_and_applies_it(repo_root, shared_videos, tmp_path, monkeypatch):
+    """A generous budget keeps the defaults; the plan line names them (4 frames of 64x78 -> 2 DiT tiles)."""
+    import tools.reconstruct
+    seen = {}
+    reconstruct = tools.reconstruct.reconstruct
+
+    def spy(pipe, out_dir, **kw):
+        seen.update({k: kw[k] for k in ('chunk_frames', 'vae_chunk', 'tile_batch', 'lookahead')})
+        return reconstruct(pipe, out_dir, **kw)
+    monkeypatch.setattr(tools.reconstruct, 'reconstruct', spy)
+    code, out, err = recon_run(tiny_argv(repo_root, shared_videos / 'carphone_pristine.mp4', tmp_path / 'o',
+                                         '--max-memory', '64GB'), monkeypatch)
+    assert code == 0, err
+    line = next(ln for ln in out.splitlines() if 'predicted peak' in ln)
+    assert line.startswith('carphone_pristine: predicted peak ') and line.endswith('(budget 64.00 GB)')
+    assert 'chunk 4 frames, DiT tiles 2 at a time, VAE chunk 4, VAE tiles off' in line
+    assert seen == dict(chunk_frames=16, vae_chunk=4, tile_batch=None, lookahead=None)
+
+
+def test_writer_look_ahead_reaches_x264(tmp_path):
+    from tools.video_write import VideoWriter
+    assert VideoWriter(tmp_path / 'a.mp4', 25, lookahead=10)._codec(720, 1280)[2]['rc-lookahead'] == '10'
+    assert 'rc-lookahead' not in VideoWriter(tmp_path / 'a.mp4', 25)._codec(720, 1280)[2]

@@ -1,0 +1,165 @@
+"""`memory --what stages`: fit tools/memory.py's CALIBRATION; `memory --what plan`: its predictions against recon.py.
+
+stages: each stage alone (exact CPU peaks: freed tensors leave the RSS at once) at two sizes; the constant is the
+slope of the added peak over the stage's unit (tools/memory.py: bytes per frame · pixel · dtype byte, per DiT
+token · hidden unit · dtype byte, per latent pixel of the sampler state), so fixed costs do not enter it.
+plan: recon.py in a fresh process per budget; its printed "predicted peak" against its peak RSS (ru_maxrss).
+"""
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tools.bench.measure import (REPO, environment, load_cfg, peak_memory_mib, print_table, setup_device,
+                                 write_json)
+from tools.bench.recon import build_pipeline
+from tools.memory import CALIBRATION, CUDA_CONTEXT, DTYPE_BYTES, dit_tiles
+
+MIB = 2 ** 20
+
+
+def added_bytes(fn, device):
+    """The peak bytes fn adds, after a warm-up call (one-time allocations are not the call's)."""
+    fn()
+    return peak_memory_mib(fn, device) * MIB
+
+
+def slope(points):
+    """[(unit, bytes)] at two or more sizes -> bytes per unit (least squares line through them)."""
+    n = len(points)
+    mx, my = sum(u for u, _ in points) / n, sum(b for _, b in points) / n
+    return sum((u - mx) * (b - my) for u, b in points) / sum((u - mx) ** 2 for u, _ in points)
+
+
+def bench_stage_constants(args):
+    """Measure each stage at two sizes; print the fitted constants next to the ones tools/memory.py uses."""
+    cfg = load_cfg(args, random_init=True)
+    device = setup_device(args, exact_cpu_peaks=True)
+    dtype = args.dtype or cfg.get('dtype', 'fp32')
+    e = DTYPE_BYTES[dtype]
+    pipe = build_pipeline(cfg, device, dtype)
+    sizes = args.sizes if len(args.sizes) > 1 else [128, 256]
+    rows, fits = [], {}
+
+    def record(stage, size, unit, got, fixed=0.0):
+        rows.append(dict(stage=stage, size=size, unit=unit, added_mib=got / MIB, fixed_mib=fixed / MIB))
+        return unit, got - fixed
+
+    with torch.inference_mode():
+        pts = []
+        for s in sizes:                                   # compressor: 8 frames (its chunk) of s x s
+            x = torch.rand(1, 3, 8, s, s, device=device) * 2 - 1
+            pts.append(record('compressor', s, 8 * s * s * e, added_bytes(lambda: pipe.encode(x), device)))
+        fits['compressor'] = slope(pts)
+        pts = []
+        for s in sizes:                                   # previewer: one chunk of 8 frames, minus its fp32 output
+            lat = torch.randn(1, 16, 8, s // 32, s // 32, device=device)
+            got = added_bytes(lambda: list(pipe.preview_chunks(lat, chunk_size=8)), device)
+            pts.append(record('previewer', s, 8 * s * s * e, got, fixed=8 * s * s * 3 * 4))
+        fits['previewer'] = slope(pts)
+        k = pipe.vae.decode_chunk
+        pts = []
+        for s in sizes:                                   # SVD decode: one chunk of k frames, minus its fp32 output
+            z = torch.randn(1, 4, k, s // 8, s // 8, device=device)
+            got = added_bytes(lambda: list(pipe.vae_decode_chunks(z)), device)
+            pts.append(record('vae', s, k * s * s * e, got, fixed=k * s * s * 3 * 4))
+        fits['vae'] = slope(pts)
+        L, S, p, D = cfg.model.lats_per_vid, cfg.model.input_size, cfg.model.get('patch_size', 2), cfg.model.hidden_size
+        lat = 3 * S                                       # a latent of several tiles per axis
+        x = torch.randn(1, 20, L, lat, lat, device=device)
+        tiles = dit_tiles(_Shape((lat * 8, lat * 8), L, (S, L)))[0]
+        pts = []
+        for batch in (1, tiles):                          # DiT: one window, 1 tile per call vs all at once
+            eps = pipe._eps_fn(batch)
+            got = added_bytes(lambda: eps(x, torch.full((1,), 500.0, device=device)), device)
+            pts.append(record('dit', batch, batch * L * (S // p) ** 2 * D * e, got))
+        fits['dit'] = slope(pts)
+        pts = []
+        h = sizes[-1] // 8                                # sampler state: T frames of the largest size, 1 step
+        for T in (2 * L, 8 * L):
+            lat16 = torch.randn(1, 16, T, h // 4, h // 4, device=device)
+            got = added_bytes(lambda: pipe.refine(lat16, steps=1, seed=0, tile_batch=1), device)
+            pts.append(record('state', T, T * h * h * 4, got))
+        fits['state'] = slope(pts)
+    fits.update(encoder_constants(record, device))
+    print(f'memory stages: {cfg.config_path}, {device} {dtype}; added_mib: peak minus memory before the call; '
+          f'fixed_mib: its output, subtracted before the fit')
+    print_table(rows, ['stage', 'size', 'unit', 'added_mib', 'fixed_mib'])
+    table = [dict(constant=k, fitted=round(v, 2), in_use=CALIBRATION.get(k)) for k, v in fits.items()]
+    print('fitted constants (tools/memory.py CALIBRATION: bytes per unit):')
+    print_table(table, ['constant', 'fitted', 'in_use'])
+    write_json(args.json, dict(benchmark='memory', what='stages', config=cfg.config_path, dtype=dtype,
+                               env=environment(device), rows=rows, fitted=fits))
+    return fits
+
+
+def encoder_constants(record, device, height=720, width=1280, frames=64):
+    """x264 (preset medium) memory once full, at look-ahead 0 and 40: -> {'encoder': bytes per pixel,
+    'encoder_frame': bytes per pixel per look-ahead frame}."""
+    import numpy as np
+
+    from tools.video_write import VideoWriter
+    rng = np.random.default_rng(0)
+    tex = (rng.random((height // 8, width // 8 + frames, 3)) * 255).astype(np.uint8).repeat(8, 0).repeat(8, 1)
+    px, plateau = height * width, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        def write(la, n):
+            with VideoWriter(Path(tmp) / f'{la}.mp4', 25, lookahead=la) as w:
+                for i in range(n):                                # a texture panning 8 px per frame
+                    w.write(np.ascontiguousarray(tex[None, :, i * 8:i * 8 + width]))
+        write(0, 4)                                               # warm-up: libx264's one-time allocations
+        for la in (0, 40):
+            plateau[la] = record('encoder', la, px, peak_memory_mib(lambda: write(la, frames), device) * MIB)[1]
+    return {'encoder': plateau[0] / px, 'encoder_frame': (plateau[40] - plateau[0]) / (40 * px)}
+
+
+class _Shape:
+    """The few Workload fields dit_tiles reads."""
+    def __init__(self, model, frames, dit):
+        self.model, self.frames, self.dit = model, frames, dit
+
+
+PREDICTED = re.compile(r'predicted peak ([0-9.]+) GB')
+
+
+PEAK = re.compile(r'peak_rss_kib (\d+)')
+PEAK_CUDA = re.compile(r'peak_cuda_bytes (\d+)')
+RUN = ('import resource, sys, torch; import recon; code = recon.main(sys.argv[1:]); '
+       'print("peak_rss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); '
+       'torch.cuda.is_initialized() and print("peak_cuda_bytes", torch.cuda.max_memory_allocated(), file=sys.stderr); '
+       'sys.exit(code)')
+
+
+def run_recon_peak(argv):
+    """recon.py argv in a fresh process -> (exit code, its output, predicted peak bytes or None, measured peak
+    bytes: on CUDA max allocated + the context estimate tools/memory.py uses, else the peak RSS)."""
+    proc = subprocess.run([sys.executable, '-c', RUN, *argv], capture_output=True, text=True, cwd=REPO)
+    out = proc.stdout + proc.stderr
+    m, rss, cuda = PREDICTED.search(out), PEAK.search(out), PEAK_CUDA.search(out)
+    peak = int(cuda.group(1)) + CUDA_CONTEXT if cuda else int(rss.group(1)) * 1024 if rss else None
+    return proc.returncode, out, float(m.group(1)) * 1e9 if m else None, peak
+
+
+def bench_plan(args):
+    """recon.py on a clip with each --max-memory budget ('off': none), one fresh process each."""
+    clip = args.clip or str(REPO.parent / 'shared' / 'videos' / 'bigbuckbunny.mp4')
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for budget in args.budgets or ['off']:
+            argv = ['--config', args.config, '--input', clip, '--output', tmp, '--overwrite', '--size',
+                    str(args.sizes[0]), '--num-frames', str(args.lengths[0]), '--device', args.device]
+            argv += [] if budget == 'off' else ['--max-memory', budget]
+            code, out, predicted, measured = run_recon_peak(argv)
+            line = next((ln for ln in out.splitlines() if 'predicted peak' in ln or ln.startswith('error')), '')
+            rows.append(dict(budget=budget, frames=args.lengths[0], exit=code,
+                             predicted_gb=predicted and predicted / 1e9, measured_gb=measured and measured / 1e9,
+                             ratio=predicted / measured if predicted and measured else None, plan=line.strip()))
+    print(f'memory plan: {clip}, {args.lengths[0]} frames, --size {args.sizes[0]}, {args.config}; measured: peak '
+          f'RSS of the recon.py process (ru_maxrss), on CUDA max allocated + {CUDA_CONTEXT >> 20} MiB context; '
+          f'GB = 10^9 B')
+    print_table(rows, ['budget', 'frames', 'exit', 'predicted_gb', 'measured_gb', 'ratio', 'plan'])
+    write_json(args.json, dict(benchmark='memory', what='plan', config=args.config, rows=rows))
+    return rows

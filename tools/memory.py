@@ -1,0 +1,279 @@
+"""Peak memory of a reconstruction as arithmetic, and the plan that fits it under a budget.
+
+    w = Workload.from_plan(frame_plan, frames=T, cfg=cfg, refine=True, metrics=True, device='cpu', dtype='fp32')
+    plan = plan_memory(w, budget=parse_size('2.5GB'), base=bytes_in_use_now)   # MemoryError: nothing fits
+    print(plan.line())      # predicted peak 2.31 GB: chunk 16 frames, DiT tiles 4 at a time, VAE chunk 4, VAE tiles off
+
+The planner keeps HEADROOM of the budget for the model's error and gives up first what leaves the frames unchanged
+(chunk frames, DiT tiles per call, x264 look-ahead), then SVD decode tiles, then shorter SVD decode chunks.
+
+The model (`predict`) adds the memory in use before the work (`base`: libraries, weights, on CUDA the context) to
+the largest of the three phases of a reconstruction, each a sum of the buffers alive at once:
+
+    encode  source chunks (read-ahead: 2) + model frames + the compressor's activations
+    refine  sampler state (the whole clip's latents, the only whole-clip tensors) + one DiT tile batch
+    render  source chunks (2) + output chunks (this one and the one being written) + x264's frames in flight
+            + the whole-clip latent + the largest of: previewer, SVD decode chunk, metrics (per chunk, float32
+            at the model's size)
+
+Every term is tensor bytes counted from the shapes (frame size, chunk and tile sizes, dtype) times a constant
+measured by `python tools/benchmark.py memory --what stages` (tools/bench/memory.py fits and prints
+CALIBRATION). On CPU all terms count (the process RSS); on CUDA only the device-side ones do (stage
+activations, sampler state, metrics) plus the CUDA context, and the peak is torch.cuda.max_memory_allocated
+plus the context. Sizes are in bytes; GB means 10⁹ bytes.
+"""
+import math
+import re
+from dataclasses import dataclass
+
+DTYPE_BYTES = {'fp32': 4, 'bf16': 2, 'fp16': 2}
+CUDA_CONTEXT = 500 * 2 ** 20            # CUDA context + kernels, not counted by max_memory_allocated (estimate)
+
+# Bytes per (frame · model pixel · dtype byte) of the compressor, previewer and SVD decoder activations
+# and per (token · hidden unit · dtype byte) for the DiT; `state`: bytes per SVD latent pixel
+# per frame of the sampler; `encoder` + `encoder_frame` · look-ahead frames: x264's bytes per pixel of one open
+# file (fitted after a warm-up: 69 + 3.27 per frame; `encoder` also counts libx264's one-time allocations, 31 MB
+# at 720p, for every file: 98). Fitted on CPU by `benchmark.py memory --what stages` (tiny config, exact peaks);
+# `host` scales the host frame buffers.
+CALIBRATION = dict(compressor=36.0, previewer=23.0, vae=253.0, dit=12.1, state=53.7, host=1.0, encoder=98.0,
+                   encoder_frame=3.3)
+HEADROOM = 0.05                         # of the budget, for the model's error (tight plans: +4 % measured, CPU)
+WRITER_LOOKAHEAD = 10                   # recon's x264 look-ahead (frames); preset medium's 40 hold 216 MB per 720p file
+
+
+class PlanError(MemoryError):
+    """No chunk/tile setting fits the budget; the message is one line naming the budget and the fix."""
+
+
+def parse_size(text):
+    """'24GB', '2.5GB', '800MB', '1.5GiB', '3000000000' -> bytes (int); ValueError with the accepted forms."""
+    m = re.fullmatch(r'\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*', str(text).lower())
+    units = {'': 1, 'b': 1, 'kb': 1e3, 'mb': 1e6, 'gb': 1e9, 'tb': 1e12,
+             'kib': 2 ** 10, 'mib': 2 ** 20, 'gib': 2 ** 30, 'tib': 2 ** 40, 'k': 1e3, 'm': 1e6, 'g': 1e9, 't': 1e12}
+    if not m or (m.group(2) or '') not in units or float(m.group(1)) <= 0:
+        raise ValueError(f"memory size {text!r}: use a positive number with a unit, e.g. 24GB, 2.5GB, 800MB, 16GiB")
+    return int(float(m.group(1)) * units[m.group(2) or ''])
+
+
+def release_freed_memory_to_os(threshold=128 * 1024):
+    """glibc: serve allocations of at least `threshold` bytes by mmap and trim freed heap above it, so freed
+    tensors leave the RSS at once: the RSS then follows the live buffers that `predict` counts, instead of
+    keeping freed chunks in per-thread heaps (the default threshold rises to 32 MiB as large blocks are freed).
+    Every large allocation then maps fresh pages, which costs CPU time. -> False where it cannot be set."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL('libc.so.6')
+        return bool(libc.mallopt(-3, threshold) and libc.mallopt(-1, threshold))   # M_MMAP_ / M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+def gb(n):
+    return f'{n / 1e9:.2f} GB'
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What is reconstructed: sizes (H, W) in pixels of the source, model and output frames, T frames."""
+    source: tuple
+    model: tuple
+    output: tuple
+    frames: int
+    refine: bool = True
+    metrics: bool = True                 # the source is compared with the outputs (PSNR/SSIM per chunk)
+    device: str = 'cpu'                  # 'cpu' or 'cuda'
+    dtype: str = 'fp32'                  # the stages' precision; the sampler state stays fp32
+    dit: tuple = (8, 8, 2, 1152, 16)     # (tile input_size in latent px, lats_per_vid, patch, hidden, heads)
+    vae_chunk: int = 4                   # the config's SVD decode chunk (frames) and tile size (latent px, 0 off)
+    vae_tile: int = 0
+    vae_overlap: int = 0                 # frames shared by consecutive SVD decode chunks (chunks stay longer)
+    attention_quadratic: bool = False    # the 'math' attention backend materialises (heads, n, n) scores
+
+    @classmethod
+    def from_plan(cls, frame_plan, frames, cfg, refine=True, metrics=True, device='cpu', dtype='fp32'):
+        """From a tools/frames.py FramePlan and a loaded config (model.*, vae.decode_chunk / tile_size)."""
+        m = cfg.model
+        return cls(source=tuple(frame_plan.source), model=tuple(frame_plan.model), output=tuple(frame_plan.output),
+                   frames=int(frames), refine=refine, metrics=metrics, device=str(device).split(':')[0],
+                   dtype=dtype, dit=(m.input_size, m.lats_per_vid, m.get('patch_size', 2), m.hidden_size,
+                                     m.num_heads),
+                   vae_chunk=int(cfg.vae.get('decode_chunk', 4)), vae_tile=int(cfg.vae.get('tile_size', 0)),
+                   vae_overlap=int(cfg.vae.get('decode_overlap', 0)),
+                   attention_quadratic=m.get('attn_backend', 'sdpa') == 'math')
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the planner chooses: frames per chunk, DiT tiles per call (None: all of a window), SVD decode
+    chunk (frames) and tile size (latent pixels, 0: off), the video encoder's look-ahead."""
+    chunk_frames: int = 16
+    dit_tile_batch: int = None
+    vae_chunk: int = 4
+    vae_tile: int = 0
+    lookahead: int = None                # x264 look-ahead frames of the files (None: WRITER_LOOKAHEAD)
+
+
+def dit_tiles(w):
+    """-> (tiles per temporal window, tile height, tile width, frames per window) in latent pixels."""
+    S, L = w.dit[0], w.dit[1]
+    H, W = w.model[0] // 8, w.model[1] // 8
+    count = lambda n: 1 if n <= S else math.ceil((n - S) / max(1, round(0.75 * S))) + 1
+    return count(H) * count(W), min(S, H), min(S, W), min(L, w.frames)
+
+
+def chunk_of(w, s):
+    """The render chunk: recon rounds --chunk-frames to a multiple of the SVD decode chunk when refining."""
+    step = s.vae_chunk if w.refine else 1
+    return min(w.frames, step * max(1, round(s.chunk_frames / step)))
+
+
+def stage_bytes(w, s, cal=CALIBRATION):
+    """Bytes of each buffer group for workload w under settings s -> {name: (bytes, on_device)}.
+
+    Counted from the shapes of the tensors recon keeps alive (fp32 = 4 B, uint8 = 1 B per value); the fitted
+    constants scale the stages' activations, `host` the host-side frame buffers.
+    """
+    e = DTYPE_BYTES[w.dtype]
+    c = chunk_of(w, s)
+    src, mdl, out = w.source[0] * w.source[1], w.model[0] * w.model[1], w.output[0] * w.output[1]
+    lat = (w.model[0] // 8) * (w.model[1] // 8)                        # SVD latent pixels per frame
+    panels = 1 + w.refine + w.metrics                                  # original | preview | refined
+    host = cal['host']
+    b = {}
+    # Source chunks: uint8 decode + fp32 (3, k, H, W), and for the metrics a copy at the model's geometry;
+    # the read-ahead holds the one in use and the next.
+    b['read'] = (host * c * (src * 3 * (4 + 4 + 1) + (2 * mdl * 3 * 4 * 2 if w.metrics else 0)), False)
+    b['model_frames'] = (c * mdl * 3 * 4 * 2, True)                   # resized, then padded to multiples of 32
+    b['compressor'] = (cal['compressor'] * min(c, 8) * mdl * e, True)
+    b['previewer'] = (cal['previewer'] * min(c, 8) * mdl * e + c * mdl * 3 * 4 * 2, True)
+    # Outputs per chunk: fp32 preview/refined at the output size and uint8 copies of every panel, for this
+    # chunk and the one being written (write-behind), plus one resize to the output size in flight.
+    chunk_out = c * out * 3 * (4 * (panels - 1) + panels)
+    b['outputs'] = (host * (2 * chunk_out + c * out * 3 * 4), False)
+    # x264 per open file (preview, rec, and cmp.mp4 with the panels side by side): a fixed part and one frame
+    # per look-ahead frame held
+    la = WRITER_LOOKAHEAD if s.lookahead is None else s.lookahead
+    b['encoder'] = (out * (cal['encoder'] + cal['encoder_frame'] * min(w.frames, la)) * (1 + w.refine + panels),
+                    False)
+    # in-loop PSNR/SSIM (tools/render.py quick_scores): ~24 float32 maps of the chunk at the model's size
+    b['metrics'] = ((24 * 3 * c * mdl * 4) if w.metrics else 0, True)
+    b['latent'] = (w.frames * lat * 4 * 4, True)                          # the refined SVD latent (whole clip)
+    if w.refine:
+        tiles, th, tw, L = dit_tiles(w)
+        per = s.dit_tile_batch or tiles
+        _, _, p, hidden, heads = w.dit
+        tokens = L * math.ceil(th / p) * math.ceil(tw / p)
+        attn = per * heads * tokens ** 2 * 4 if w.attention_quadratic else 0
+        stacked = tiles * L * th * tw * (20 + 4) * 4                       # a window's tiles in and eps out
+        b['dit'] = (cal['dit'] * per * tokens * hidden * e + attn + stacked, True)
+        b['state'] = (cal['state'] * w.frames * lat * 4, True)
+        vt = s.vae_tile * 8 if s.vae_tile and s.vae_tile * 8 < max(w.model) else 0
+        area = min(vt, w.model[0]) * min(vt, w.model[1]) if vt else mdl
+        b['vae'] = (cal['vae'] * s.vae_chunk * area * e + 2 * c * mdl * 3 * 4, True)
+    return b
+
+
+@dataclass(frozen=True)
+class Prediction:
+    peak: int                 # bytes: base + the largest phase
+    phases: dict              # {'encode' | 'refine' | 'render': bytes above base}
+    stages: dict              # {buffer group: bytes}
+
+
+def predict(w, s, base=0, cal=CALIBRATION):
+    """Predicted peak of workload w under settings s, given `base` bytes in use before the work."""
+    b = stage_bytes(w, s, cal)
+    counted = {k: (v if on_dev or w.device == 'cpu' else 0) for k, (v, on_dev) in b.items()}
+    g = counted.get
+    phases = {'encode': g('read') + g('model_frames') + g('compressor')}
+    if w.refine:
+        phases['refine'] = g('state') + g('dit')
+    work = max(g('previewer'), g('vae', 0), g('metrics'))
+    phases['render'] = g('read') + g('outputs') + g('encoder') + g('latent') + work
+    context = CUDA_CONTEXT if w.device == 'cuda' else 0
+    return Prediction(peak=int(base + context + max(phases.values())), phases=phases, stages=counted)
+
+
+def halvings(n):
+    """n, n/2, ..., 1 (integers, descending, no repeats)."""
+    out = [n]
+    while out[-1] > 1:
+        out.append(out[-1] // 2)
+    return out
+
+
+def candidates(w, chunk_frames=16):
+    """Settings from the least to the most intrusive: frames unchanged first (chunk frames, DiT tile batch, then
+    a shorter encoder look-ahead: same frames, other bit allocation), then SVD tiles (close to untiled), then
+    shorter SVD chunks (each frame sees fewer neighbours)."""
+    tiles = dit_tiles(w)[0] if w.refine else 1
+    options = [(w.vae_chunk, w.vae_tile, la) for la in (None, 0)]
+    if w.refine:
+        options += [(w.vae_chunk, t, 0) for t in (64, 32) if t * 8 < max(w.model) and (not w.vae_tile or t < w.vae_tile)]
+        options += [(k, options[-1][1], 0) for k in halvings(w.vae_chunk)[1:] if k > w.vae_overlap]
+    for k, tile, la in options:
+        group = [Settings(c, None if n == tiles else n, k, tile, la)
+                 for c in halvings(chunk_frames) for n in halvings(tiles)]
+        yield sorted(group, key=lambda s: (-(chunk_of(w, s)), -(s.dit_tile_batch or tiles)))
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    settings: Settings
+    prediction: Prediction
+    budget: int
+    workload: Workload
+
+    def line(self):
+        s, w = self.settings, self.workload
+        parts = [f'chunk {chunk_of(w, s)} frames']
+        if w.refine:
+            tiles = dit_tiles(w)[0]
+            parts += [f'DiT tiles {s.dit_tile_batch or tiles} at a time', f'VAE chunk {s.vae_chunk}',
+                      f'VAE tiles {s.vae_tile} px' if s.vae_tile else 'VAE tiles off']
+        if s.lookahead is not None:
+            parts.append(f'encoder look-ahead {s.lookahead} frames')
+        return f'predicted peak {gb(self.prediction.peak)}: ' + ', '.join(parts)
+
+
+def plan_memory(w, budget=None, base=0, chunk_frames=16, cal=CALIBRATION):
+    """The least intrusive Settings whose predicted peak fits `budget` bytes less HEADROOM (None: the defaults,
+    unchecked); within a group, the largest chunk, then the largest DiT tile batch. PlanError (one line) when
+    none fits."""
+    default = Settings(chunk_frames, None, w.vae_chunk, w.vae_tile, None)
+    if budget is None:
+        return MemoryPlan(default, predict(w, default, base, cal), None, w)
+    for group in candidates(w, chunk_frames):
+        for s in group:
+            p = predict(w, s, base, cal)
+            if p.peak <= budget * (1 - HEADROOM):
+                return MemoryPlan(s, p, budget, w)
+    smallest = min((predict(w, s, base, cal) for g in candidates(w, chunk_frames) for s in g), key=lambda p: p.peak)
+    hm, wm = w.model
+    raise PlanError(f'--max-memory {gb(budget)}: even 1-frame chunks, 1 DiT tile and 1-frame VAE chunks need '
+                    f'{gb(smallest.peak)} ({gb(base)} before the work) for {w.frames} frames at {hm}x{wm} from '
+                    f'{w.source[0]}x{w.source[1]}; raise --max-memory to {gb(smallest.peak / (1 - HEADROOM))} '
+                    f'({HEADROOM:.0%} headroom) or lower --size')
+
+
+def bytes_in_use(device):
+    """Memory in use now, the plan's `base`: the process RSS on CPU (Linux /proc), or on CUDA the bytes
+    allocated by torch (the context is added by `predict`)."""
+    if str(device).startswith('cuda'):
+        import torch
+        return torch.cuda.memory_allocated(device)
+    try:
+        with open('/proc/self/status') as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmRSS:'))
+    except (OSError, StopIteration):
+        return 0
+
+
+def default_budget(device):
+    """--max-memory when not given: none on CPU; on CUDA what this process can have, the free device memory plus
+    what torch already holds (reserved) and the context."""
+    if not str(device).startswith('cuda'):
+        return None
+    import torch
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) + CUDA_CONTEXT
