@@ -76,6 +76,17 @@ def _blur(x, w):
     return F.conv2d(x, w.view(1, 1, 1, -1))[:, 0]
 
 
+def ssim_planes(x, y, window, k1=0.01, k2=0.03):
+    """Mean SSIM (Wang et al. 2004, eq. 13) of each plane pair: x, y (N, H, W) on [0, 1] in any float dtype,
+    `window` the 1-D Gaussian taps (gaussian_window) in that dtype; population covariances, mean over the
+    positions where the window fits. -> (N,)"""
+    c1, c2 = k1 ** 2, k2 ** 2  # (K·L)² with L = 1
+    mx, my, mxx, myy, mxy = _blur(torch.cat([x, y, x * x, y * y, x * y]), window).chunk(5)
+    vx, vy, vxy = mxx - mx * mx, myy - my * my, mxy - mx * my
+    smap = (2 * mx * my + c1) * (2 * vxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return smap.mean(dim=(1, 2))
+
+
 def ssim(ref, rec, win_size=11, sigma=1.5, k1=0.01, k2=0.03, chunk=None, device='cpu'):
     """Per-frame SSIM (Wang et al. 2004, eq. 13): Gaussian window, population covariances, mean of the RGB
     channel SSIMs over the positions where the window fits (as skimage's structural_similarity with
@@ -84,7 +95,6 @@ def ssim(ref, rec, win_size=11, sigma=1.5, k1=0.01, k2=0.03, chunk=None, device=
     h, w = np.shape(ref)[1:3]
     if min(h, w) < win_size:
         raise ValueError(f'SSIM needs frames of at least {win_size}x{win_size} pixels, got {h}x{w}')
-    c1, c2 = k1 ** 2, k2 ** 2  # (K·L)² with L = 1
     win = gaussian_window(win_size, sigma).to(device)
     chunk = chunk or max(1, (1 << 21) // (5 * h * w))  # frames per step: a 16 MiB float64 stack per channel
     out = []
@@ -92,10 +102,7 @@ def ssim(ref, rec, win_size=11, sigma=1.5, k1=0.01, k2=0.03, chunk=None, device=
         per_channel = []
         for c in range(3):                          # one channel at a time: a third of the float64 maps
             x, y = to_unit(ref[s], device)[:, c], to_unit(rec[s], device)[:, c]   # (t, H, W)
-            mx, my, mxx, myy, mxy = _blur(torch.cat([x, y, x * x, y * y, x * y]), win).chunk(5)
-            vx, vy, vxy = mxx - mx * mx, myy - my * my, mxy - mx * my
-            smap = (2 * mx * my + c1) * (2 * vxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
-            per_channel.append(smap.mean(dim=(1, 2)))
+            per_channel.append(ssim_planes(x, y, win, k1, k2))
         out.append(torch.stack(per_channel, dim=1).mean(dim=1))  # (t,) mean over pixels, then channels
     return torch.cat(out).cpu()
 

@@ -68,7 +68,7 @@ def quick_scores(ref, rec):
     """Per-frame (PSNR dB, SSIM) of rec vs ref, (C, t, H, W) in [-1, 1], float32 on their device: the in-loop
     check (tools/eval.py scores the written files). SSIM as tools/metrics.ssim (11-tap Gaussian, σ 1.5,
     mean over channels), None for frames under 11 px. -> (list of t floats, list of t floats or None)."""
-    from tools.metrics import _blur, gaussian_window
+    from tools.metrics import gaussian_window, ssim_planes
     x, y = (ref.float() + 1) / 2, (rec.float() + 1) / 2                  # [0, 1]
     mse = (x - y).pow(2).mean(dim=(0, 2, 3))
     psnr = (10 * torch.log10(1 / mse)).tolist()                          # inf where identical
@@ -76,11 +76,7 @@ def quick_scores(ref, rec):
         return psnr, None
     x, y = x.transpose(0, 1).flatten(0, 1), y.transpose(0, 1).flatten(0, 1)   # (t·C, H, W)
     win = gaussian_window(11, 1.5, dtype=torch.float32).to(x.device)
-    mx, my, mxx, myy, mxy = _blur(torch.cat([x, y, x * x, y * y, x * y]), win).chunk(5)
-    vx, vy, vxy = mxx - mx * mx, myy - my * my, mxy - mx * my
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    smap = (2 * mx * my + c1) * (2 * vxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
-    return psnr, smap.mean(dim=(1, 2)).view(-1, ref.shape[0]).mean(dim=1).tolist()
+    return psnr, ssim_planes(x, y, win).view(-1, ref.shape[0]).mean(dim=1).tolist()
 
 
 class _Source:
