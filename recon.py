@@ -160,13 +160,13 @@ def collect_latents(items):
 
 
 def check_output_dir(output, inputs):
-    """Refuse an output folder equal to or inside an input folder (or equal to a file input's folder)."""
+    """Refuse an output folder equal to or inside a folder given as --input (a rerun would list its outputs
+    among the inputs' neighbours); a file input's folder may hold the outputs (OUTPUT/NAME/ per video)."""
     out = Path(output).resolve()
     for item in inputs:
-        src = Path(item).resolve()
-        folder = src if src.is_dir() else src.parent
-        if out == folder or (src.is_dir() and folder in out.parents):
-            raise UsageError(f'--output {output}: is inside the input folder {item}; the input folder is never '
+        folder = Path(item).resolve()
+        if folder.is_dir() and (out == folder or folder in out.parents):
+            raise UsageError(f'--output {output}: is inside the input folder {item}; input folders are never '
                              f'written to, so pick an output folder outside it (e.g. outputs/recon)')
     if out.exists() and not out.is_dir():
         raise UsageError(f'--output {output}: is a file; pass a folder')
@@ -195,7 +195,8 @@ def validate_args(args):
               (args.steps is not None and args.steps < 1, '--steps', 'must be >= 1'),
               (args.fps is not None and not (args.fps > 0 and math.isfinite(args.fps)), '--fps', 'must be > 0'),
               (args.chunk_frames < 1, '--chunk-frames', 'must be >= 1'),
-              (args.interp < 1, '--interp', 'must be >= 1 (1: the source frame rate)')]
+              (args.interp < 1, '--interp', 'must be >= 1 (1: the source frame rate)'),
+              (args.vmaf and not args.eval, '--vmaf', 'needs --eval (VMAF is computed by the evaluation)')]
     for bad, flag, rule in checks:
         if bad:
             raise UsageError(f'{flag} {getattr(args, flag[2:].replace("-", "_"))}: {rule}')
@@ -208,6 +209,22 @@ def validate_args(args):
 
 
 # ---- one video ----------------------------------------------------------------------------------------
+
+# flags whose effect a latent fixes when it is encoded: (flag, args attribute, ReconSettings field)
+LATENT_FIXED = (('--num-frames', 'num_frames', 'num_frames'), ('--start', 'start', 'start'),
+                ('--frame-stride', 'frame_stride', 'stride'), ('--size', 'size', 'size'),
+                ('--square', 'square', 'square'), ('--preprocess', 'preprocess', 'preprocess'),
+                ('--upscale', 'upscale', 'upscale'))
+
+
+def ignored_by_latent(args):
+    """With --decode-from the latent fixes which frames and what geometry: say so for each such flag given."""
+    defaults = build_parser().parse_args(['--decode-from', 'x', '--output', 'x'])
+    given = [flag for flag, attr, _ in LATENT_FIXED if getattr(args, attr) != getattr(defaults, attr)]
+    if given:
+        print(f"note: {' '.join(given)} ignored with --decode-from: the latent's frames and geometry were fixed "
+              f"when it was encoded", file=sys.stderr)
+
 
 def settings_of(args):
     """The output-shaping flags as tools.reconstruct.ReconSettings."""
@@ -348,8 +365,10 @@ def main(argv=None):
         args.scheduler = args.scheduler or cfg.sampling.scheduler
         args.steps = args.steps or cfg.sampling.steps
         args.seed = cfg.sampling.seed if args.seed is None else args.seed
-        args.size = cfg.data.sample_size if args.size is None else args.size
         decode_from = args.decode_from is not None
+        if decode_from:
+            ignored_by_latent(args)
+        args.size = cfg.data.sample_size if args.size is None else args.size
         items = collect_latents(args.decode_from) if decode_from else collect_videos(args.input)
         if not decode_from:
             check_output_dir(args.output, args.input)
@@ -371,6 +390,8 @@ def main(argv=None):
     from tools.reconstruct import output_settings
     settings = settings_of(args)
     record = output_settings(settings, cfg, dtype)
+    if decode_from:                          # the latent's own plan shapes the frames: record that, not flags
+        record.update({field: 'latent' for _, _, field in LATENT_FIXED})
     main_process = rank == 0
     output = Path(args.output)
     mine = shard(items, rank, world)
@@ -405,6 +426,7 @@ def main(argv=None):
         failures = gather_object(failures)              # every rank learns the batch's failures
         PartialState().wait_for_everyone()
     code = 1 if failures else 0
+    remove_if_empty(output)                              # a batch that wrote nothing leaves no folder
     if main_process:
         if failures:
             print(f'{len(failures)}/{len(items)} failed:\n  ' + '\n  '.join(failures), file=sys.stderr)
@@ -436,8 +458,9 @@ def run_batch(todo, items, output, args, cfg, device, dtype, stages, settings, r
                 done = process(pipe, name, items[name], output / name, args, settings, rec, decode_from, cfg)
                 bar.write(summary_line(done))
                 completed.append(name)
-            except PlanError:             # nothing fits the budget: a usage error, the batch stops
+            except (PlanError, KeyboardInterrupt):   # nothing fits the budget (usage error) or Ctrl-C: stop
                 remove_if_empty(output / name)
+                remove_if_empty(output)
                 raise
             except Exception as e:        # a bad file must not stop the batch
                 failures.append(failure_line(items[name], e))

@@ -401,6 +401,9 @@ def main(cfg, work_dir, resume=None):
 
     step, iteration, in_row = start['step'], start['iteration'], start['nonfinite_in_row']
     last_saved = step if start['resumed'] else None
+    if step >= max_steps or iteration >= total_iters:
+        log.info(f'nothing to train: the run is at step {step} (iteration {iteration}), which already reaches '
+                 f'train.max_steps={tc.max_steps} / train.num_epochs={tc.num_epochs}; raise them to go on')
     losses, data_error = [], None
     runlog, stop = RunLog(run, step, min(max_steps, total_iters)), StopSignal()
     try:

@@ -196,6 +196,8 @@ def test_bad_files_are_skipped_and_listed(clips, tiny, tmp_path, shared_videos):
         assert not (tmp_path / 'out' / bad[:-4]).exists()
     assert recon.is_complete(tmp_path / 'out' / 'good')
     assert before == {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+    code, _, err = run([*tiny, '--input', folder / 'notes.mp4', '--output', tmp_path / 'only_bad', '--preview-only'])
+    assert code == 1 and '1/1 failed' in err and not (tmp_path / 'only_bad').exists()   # no empty folders left
 
 
 def missing_weight_opts(tmp_path):
@@ -225,6 +227,8 @@ def test_usage_errors_exit_2(clips, tiny, tmp_path, shared_videos):
     assert code == 2 and 'inside the input folder' in err and sorted(os.listdir(clips)) == before
     code, _, err = run([*tiny, '--input', clips, '--output', clips])
     assert code == 2 and 'inside the input folder' in err
+    code, _, err = run([*tiny, '--input', clips, '--output', clips / 'out', '--vmaf'])
+    assert code == 2 and '--vmaf' in err and 'needs --eval' in err
     code, _, err = run([*tiny, '--input', clips, '--output', tmp_path, '--num-frames', '0'])
     assert code == 2 and '--num-frames 0' in err
     clash = tmp_path / 'clash'
@@ -413,6 +417,8 @@ def test_rerun_with_other_settings_redoes_the_video_and_overwrite_clears_old_fil
     assert probe_video(folder / 'rec.mp4').num_frames == 2
     code, stdout, _ = run([*base, '--num-frames', '2', '--no-metrics'])
     assert code == 0 and 'skipped' in stdout
+    code, stdout, err = run([*base, '--num-frames', '2', '--no-metrics', '--cfg-options', 'diffusion.beta_end=0.03'])
+    assert code == 0 and 'holds a run with other settings (config_sha256 ' in stdout, err   # a config key counts
     code, _, err = run([*base, '--num-frames', '1', '--preview-only', '--overwrite', '--no-metrics'])
     assert code == 0, err
     assert sorted(os.listdir(folder)) == ['cmp.mp4', 'cmp.png', 'done.json', 'latent.safetensors', 'preview.mp4']
@@ -423,9 +429,12 @@ def test_decode_from_keeps_the_encoding_runs_fps_and_refuses_unsafe_names(clips,
                         '--num-frames', '2', '--preview-only', '--fps', '10', '--no-metrics'])
     assert code == 0, err
     latent = tmp_path / 'a' / 'carphone_pristine' / 'latent.safetensors'
-    code, _, err = run([*tiny, '--decode-from', latent, '--output', tmp_path / 'b', '--preview-only'])
+    code, _, err = run([*tiny, '--decode-from', latent, '--output', tmp_path / 'b', '--preview-only', '--size', '128'])
     assert code == 0, err
+    assert '--size ignored with --decode-from' in err
     assert probe_video(tmp_path / 'b' / 'carphone_pristine' / 'preview.mp4').fps == pytest.approx(10)
+    done = json.loads((tmp_path / 'b' / 'carphone_pristine' / 'done.json').read_text())
+    assert done['settings']['size'] == 'latent' and done['plan']['size'] == 64
     from tools.latents import save_latent
     data, meta = load_latent(latent)
     for bad in ('../../escaped', str(tmp_path / 'abs'), '..'):

@@ -147,7 +147,8 @@ def test_upscale_outputs_at_the_models_resolution(pipe, clip, tmp_path):
     assert info['metrics']['refined']['psnr'] > 0
 
 
-@pytest.mark.parametrize('name', ['../x', '/abs/path', '..', '.', '', 'a\x00b', 'a/b', 'a\\b', None, 7])
+@pytest.mark.parametrize('name', ['../x', '/abs/path', '..', '.', '', 'a\x00b', 'a/b', 'a\\b', None, 7, ' ', ' .. ',
+                                  'done.json\u202e', 'a\u200bb', 'a\tb'])
 def test_unsafe_names_in_latent_files_are_refused(name, tmp_path):
     with pytest.raises(LatentError, match='not a single safe folder name'):
         safe_name(name, 'f.safetensors')
@@ -155,7 +156,7 @@ def test_unsafe_names_in_latent_files_are_refused(name, tmp_path):
     save_latent(tmp_path / 'l.safetensors', torch.zeros(16, 1, 2, 2), meta)
     with pytest.raises(LatentError, match=re.escape(f'{tmp_path}/l.safetensors: its metadata names')):
         load_latent(tmp_path / 'l.safetensors')
-    assert safe_name('clip 1.mp4', 'f') == 'clip 1.mp4'
+    assert safe_name('clip 1.mp4', 'f') == 'clip 1.mp4' and safe_name('vidéo-视频', 'f') == 'vidéo-视频'
 
 
 def test_devices_and_dtypes_resolve_or_fail_in_one_line():

@@ -143,6 +143,9 @@ def test_corrupt_checkpoint_one_line_and_auto_fallback(full_run, cache, tmp_path
     assert 'skipping a broken checkpoint' in log and 'resumed from' in log and 'step_00000008' in log
     assert (tmp_path / 'checkpoints' / 'step_00000010.broken').is_dir()      # set aside, not overwritten
     assert _steps(tmp_path) == [10, 11]                                    # the redone step 10 is a new one
+    assert train_vae.cli(argv + ['train.max_steps=5', '--resume', 'auto']) == 0       # already past step 5
+    assert 'nothing to train: the run is at step 11' in (tmp_path / 'train.log').read_text()
+    assert _steps(tmp_path) == [10, 11]
     ckpt.read_manifest(tmp_path / 'checkpoints' / 'step_00000010')
 
 

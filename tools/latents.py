@@ -8,6 +8,7 @@ only way a name read from a file becomes a folder name.
 """
 import json
 import os
+import unicodedata
 
 from tools.files import atomic_write
 
@@ -19,13 +20,14 @@ class LatentError(ValueError):
 
 
 def safe_name(name, path):
-    """`name` if it is one safe path component (no separator, not '.', '..', empty, NUL or a control
-    character, at most 255 bytes), else LatentError naming `path`, the file it came from."""
-    ok = (isinstance(name, str) and name not in ('', '.', '..') and '/' not in name and '\\' not in name
-          and not any(ord(c) < 32 for c in name) and len(name.encode('utf-8', 'surrogatepass')) <= 255)
+    """`name` if it is one safe path component (no separator, not '.', '..', empty or blank, no control, invisible-format (e.g. U+202E) or unassigned character, at most 255
+    bytes), else LatentError naming `path`, the file it came from."""
+    ok = (isinstance(name, str) and name.strip() not in ('', '.', '..') and '/' not in name and '\\' not in name
+          and not any(unicodedata.category(c) in ('Cc', 'Cf', 'Cs', 'Co', 'Cn', 'Zl', 'Zp') for c in name)
+          and len(name.encode('utf-8', 'surrogatepass')) <= 255)
     if not ok:
         raise LatentError(f"{path}: its metadata names the video {name!r}, which is not a single safe folder name "
-                          f"(no '/', '\\\\', '..', NUL or empty names); the file is refused — re-encode the source")
+                          f"(no '/', '\\\\', '..', blank, control or invisible characters); the file is refused — re-encode the source")
     return name
 
 

@@ -15,6 +15,9 @@ PSNR/SSIM in float32 at the model's resolution, on the pipeline's device; metric
 Memory is flat in clip length: frames go `chunk_frames` at a time; the SVD decoder runs `vae_chunk` frames
 per call in one stream over the clip; the DiT runs `tile_batch` tiles per call. A planner can set all three.
 """
+import hashlib
+import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -60,13 +63,31 @@ class ReconSettings:
             raise ValueError(f'ReconSettings: interp={self.interp!r}; use an integer >= 1 (1: the source rate)')
 
 
+def config_digest(cfg):
+    """sha256 (hex, 16 chars) of the resolved config (overrides applied), without the keys that do not shape
+    outputs (device, dtype: recorded resolved; the config's path)."""
+    values = {k: v for k, v in cfg.to_dict().items() if k not in ('device', 'dtype', 'config_path')}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def weights_stamp(path):
+    """'SIZE:MTIME_NS' of a weights file (a retrained checkpoint at the same path changes it), or None."""
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return None
+    return f'{st.st_size}:{st.st_mtime_ns}'
+
+
 def output_settings(settings, cfg, dtype, vae_chunk=None):
     """Everything that shapes the files, as done.json records it (a rerun compares it): the settings, the
-    stage dtype ('fp32' | 'fp16' | 'bf16', resolved), the config's file name, DiT weights, tile blend and the
-    SVD decoder's temporal chunking (vae_chunk: frames per decoder call when not the config's)."""
+    stage dtype ('fp32' | 'fp16' | 'bf16', resolved), the config's file name and digest (config_digest), the
+    DiT weights' path and stamp, tile blend and the SVD decoder's temporal chunking (vae_chunk: frames per
+    decoder call when not the config's)."""
     vae = cfg.get('vae', {})
     return {**asdict(settings), 'dtype': dtype_name(dtype), 'config': Path(cfg.config_path).name,
-            'dit_weights': str(cfg.weights.dit), 'tile_blend': cfg.sampling.get('tile_blend', 'smooth'),
+            'config_sha256': config_digest(cfg), 'dit_weights': str(cfg.weights.dit),
+            'dit_weights_stamp': weights_stamp(cfg.weights.dit), 'tile_blend': cfg.sampling.get('tile_blend', 'smooth'),
             'decode_chunk': vae_chunk or vae.get('decode_chunk', 4), 'decode_overlap': vae.get('decode_overlap', 0)}
 
 
