@@ -24,9 +24,9 @@ from einops import rearrange
 
 from diffusion.samplers import NoiseSchedule, get_sampler
 from models.weights import (STAGES, build_compressor, build_dit, build_previewer, build_vae, check_weights,
-                            resolve_device, resolve_dtype)
+                            random_stages, resolve_device, resolve_dtype)
 
-RANDOM_INIT_WARNING = 'random_init=True: weights are random, outputs are meaningless (tests/benchmarks only)'
+RANDOM_INIT_WARNING = 'random_init: these stages have random weights, outputs are meaningless (tests/benchmarks only)'
 
 
 class NonFiniteError(RuntimeError):
@@ -117,8 +117,9 @@ class CascadeV:
         if unknown:
             raise ValueError(f'CascadeV.from_config: unknown stages {sorted(unknown)}; use a subset of {STAGES}')
         check_weights(cfg, stages)
-        if cfg.get('random_init', False):
-            print(f'warning: {RANDOM_INIT_WARNING}')
+        random = sorted(random_stages(cfg) & set(stages))
+        if random:
+            print(f"warning: {RANDOM_INIT_WARNING} ({', '.join(random)})")
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         if channels_last is None:
