@@ -20,7 +20,7 @@ from models.dit import (VideoDiT, VideoDiT_XL_2, build_dit, frame_window_starts,
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
 GOLDEN_FILE = Path(os.environ.get('GOLDEN_FILE', SHARED / 'golden' / 'golden_a.safetensors'))
 XL_KEYS = SHARED / 'golden' / 'xl_keys.txt'
-TOL = 1e-4                   # issue 3 acceptance; we measure ~2e-6 (see report), the platform's float noise
+TOL = 1e-4                   # acceptance; measured ~2e-6, the platform's float noise (README)
 VIDEO_DIT_ARGS = set(inspect.signature(VideoDiT).parameters)
 
 
