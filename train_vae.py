@@ -22,6 +22,7 @@ import copy
 import logging
 import math
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from models.weights import WeightsFormatError, build_compressor, build_vae, chec
 from tools import checkpoint as ckpt
 from tools.config import ConfigError, add_cfg_options, load_config
 from tools.data import BadSamples, DataError, build_dataset, build_loader, derive_seed, load_clip
-from tools.train_log import RunLog, StopSignal, setup_logging
+from tools.train_log import RunLog, StopSignal, close_logging, setup_logging
 from tools.video_io import VideoReadError, side_by_side, write_video
 
 log = logging.getLogger('cascadev.train')
@@ -387,11 +388,18 @@ def note_bad_files(bad, batch):
 def main(cfg, work_dir, resume=None):
     """Train; return {'step', 'iteration', 'losses': [(iteration, loss)], 'checkpoint'}."""
     tc = cfg.train
-    with usage_errors():
-        run = set_up_run(cfg, work_dir)
-        dataset, bad, eval_clip = build_data(run)
-        build_models(run)
-        start = resume_or_start(run, resume)
+    fresh = not Path(work_dir).exists()
+    try:
+        with usage_errors():
+            run = set_up_run(cfg, work_dir)
+            dataset, bad, eval_clip = build_data(run)
+            build_models(run)
+            start = resume_or_start(run, resume)
+    except UsageError:
+        if fresh:                                    # a run that cannot start leaves no work dir it created
+            close_logging()
+            shutil.rmtree(work_dir, ignore_errors=True)
+        raise
     loader, sampler = build_loader(dataset, cfg, run.accelerator.process_index, run.accelerator.num_processes,
                                    start['iteration'])
     per_epoch = sampler.batches_per_epoch

@@ -303,7 +303,11 @@ def test_dry_run_and_bad_input(clip, tmp_path, capsys):
     assert 'max_steps=7' in out and f"video_list=[\n        '{clip}',\n        '{clip}',\n" in out
     assert train_vae.cli([TINY, '--work-dir', str(tmp_path), '--cfg-options', 'data.video_list=[]']) == 2
     err = capsys.readouterr().err.strip()
-    assert '\n' not in err and 'data.video_list is empty' in err
+    assert '\n' not in err and 'data.video_list is empty' in err and tmp_path.is_dir()     # existing dir kept
+    fresh = tmp_path / 'fresh'
+    assert train_vae.cli([TINY, '--work-dir', str(fresh), '--cfg-options', 'data.video_list=[]']) == 2
+    assert not fresh.exists()                                   # a run that cannot start leaves no work dir
+    capsys.readouterr()
     assert train_vae.cli([TINY, '--work-dir', str(tmp_path), '--resume', str(tmp_path / 'nope'),
                           '--cfg-options', *overrides_argv({'data.video_list': [clip]})]) == 2
     err = capsys.readouterr().err.strip()
@@ -330,7 +334,7 @@ def test_missing_weights_are_named_at_once(clip, tmp_path, capsys):
     assert '\n' not in err and 'bash pretrained/download.sh --only dit,compressor,vae' in err
     assert 'train.load_from=None' in err and all(opts[k] in err for k in ('train.load_from', 'weights.compressor'))
     assert str(tmp_path / 'w' / 'svd_vae' / 'config.json') in err
-    assert not list((tmp_path / 'run' / 'checkpoints').iterdir())
+    assert not (tmp_path / 'run').exists()                                  # nothing left behind
     assert cache_main([released, '--out', str(tmp_path / 'cache'), '--cfg-options', *overrides_argv(opts)]) == 2
     err = capsys.readouterr().err.strip()
     assert '\n' not in err and opts['weights.compressor'] in err and 'svd_vae' in err

@@ -28,6 +28,14 @@ def setup_logging(work_dir, is_main):
         root.addHandler(file)
 
 
+def close_logging():
+    """Detach and close the `cascadev` log handlers (train.log is then free to be removed)."""
+    root = logging.getLogger('cascadev')
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+
+
 class StopSignal:
     """SIGTERM / SIGINT set a flag; the loop saves a checkpoint and exits at the end of the current step."""
 
