@@ -34,6 +34,23 @@ def shared_videos(shared_dir):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One CPU thread for the test, restored after it: on a busy 2-core machine two OpenMP threads made
+    small-op models (EfficientNet) ~100x slower. Use with pytestmark = pytest.mark.usefixtures(...)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def carphone(shared_videos):
+    """Path (str) of ../shared/videos/carphone_pristine.mp4."""
+    return str(shared_videos / 'carphone_pristine.mp4')
+
+
+@pytest.fixture
 def tiny_cfg(repo_root):
     """A fresh Config from configs/tiny.py (tests may modify it)."""
     from tools.config import load_config

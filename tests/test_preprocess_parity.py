@@ -16,29 +16,29 @@ from tools.frames import cascadev_recon_preprocess, cascadev_train_crop
 DEFAULT = Path(__file__).resolve().parents[2] / 'shared' / 'golden' / 'golden_preprocess_a.safetensors'
 
 
-def _golden():
-    path = Path(os.environ.get('GOLDEN_PREPROCESS_FILE', DEFAULT))
-    if not path.is_file():
-        pytest.skip(f'{path} not found (set GOLDEN_PREPROCESS_FILE or put ../shared beside the repository)')
-    from safetensors import safe_open
-    with safe_open(str(path), 'np') as f:
-        meta = json.loads(f.metadata()['meta'])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return meta, tensors
+GOLDEN = Path(os.environ.get('GOLDEN_PREPROCESS_FILE', DEFAULT))
 
 
 def _cases():
-    path = Path(os.environ.get('GOLDEN_PREPROCESS_FILE', DEFAULT))
-    if not path.is_file():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f'{path} not found'))]
+    """One parameter per case of the golden file's metadata (read at collection; a skip when it is absent)."""
+    if not GOLDEN.is_file():
+        return [pytest.param(None, marks=pytest.mark.skip(
+            reason=f'{GOLDEN} not found (set GOLDEN_PREPROCESS_FILE or put ../shared beside the repository)'))]
     from safetensors import safe_open
-    with safe_open(str(path), 'np') as f:
+    with safe_open(str(GOLDEN), 'np') as f:
         return [pytest.param(case, id=case['key']) for case in json.loads(f.metadata()['meta'])['cases']]
 
 
+@pytest.fixture(scope='module')
+def tensors():
+    """Every tensor of the golden file, read once for all cases."""
+    from safetensors import safe_open
+    with safe_open(str(GOLDEN), 'np') as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
 @pytest.mark.parametrize('case', _cases())
-def test_preprocess_case_is_bit_exact(case):
-    _, tensors = _golden()
+def test_preprocess_case_is_bit_exact(case, tensors):
     src, want = tensors[case['src']], tensors[case['key']]
     if case['path'] == 'recon':
         got = cascadev_recon_preprocess(src, case['short_edge'], multiple=case.get('size_div', 32))

@@ -21,12 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = {'read', 'compressor', 'dit', 'previewer', 'vae', 'write', 'metrics'}
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')

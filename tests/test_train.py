@@ -33,17 +33,7 @@ TINY = str(REPO / 'configs' / 'tiny.py')
 BASE = {'train.save_epoch_end': False, 'lr_schedule.warmup_steps': 0, 'data.num_workers': 0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope='module')
-def clip(shared_videos):
-    return str(shared_videos / 'carphone_pristine.mp4')
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def tiny_cfg(**overrides):
@@ -59,10 +49,10 @@ def overrides_argv(overrides):
 
 
 @pytest.fixture(scope='module')
-def cache(clip, tmp_path_factory):
+def cache(carphone, tmp_path_factory):
     """Cached latents of the carphone clip (2 clips, unflipped and flipped)."""
     out = tmp_path_factory.mktemp('cache')
-    cfg = tiny_cfg(**{'data.video_list': [clip]})
+    cfg = tiny_cfg(**{'data.video_list': [carphone]})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     assert cache_latents(cfg, out, clips_per_video=2) == 4
@@ -71,11 +61,11 @@ def cache(clip, tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def full_run(clip, tmp_path_factory):
+def full_run(carphone, tmp_path_factory):
     """10 steps on the fly with EMA, posterior sampling, joint image training and the released auto_lr rule
     (lr 1e-3 × √(1/256)); saves every 2 steps, keeps 2."""
     work = tmp_path_factory.mktemp('full')
-    over = {'data.video_list': [clip], 'train.max_steps': 10, 'train.save_model_steps': 2, 'train.keep_last': 2,
+    over = {'data.video_list': [carphone], 'train.max_steps': 10, 'train.save_model_steps': 2, 'train.keep_last': 2,
             'train.ema_decay': 0.9, 'train.joint_training': 0.5, 'vae.sample_posterior': True,
             'optimizer.lr': 1e-3, 'optimizer.auto_lr': {'rule': 'sqrt', 'base_batch_size': 256}}
     threads = torch.get_num_threads()
@@ -185,10 +175,10 @@ def test_nan_batch_is_skipped_and_repeated_nans_stop(cache, tmp_path, monkeypatc
         train_vae.main(tiny_cfg(**over), tmp_path / 'b')
 
 
-def test_cached_latents_give_the_on_the_fly_loss(clip, tmp_path):
+def test_cached_latents_give_the_on_the_fly_loss(carphone, tmp_path):
     """The same clip and draws give the same loss from cached latents as from the encoders (fp32)."""
     (tmp_path / 'broken.mp4').write_text('not a video')
-    (tmp_path / 'list.txt').write_text(f'{clip}\nbroken.mp4\n')
+    (tmp_path / 'list.txt').write_text(f'{carphone}\nbroken.mp4\n')
     over = {'data.video_list': [str(tmp_path / 'list.txt')], 'data.random_flip': False,
             'vae.sample_posterior': True, 'data.max_bad_fraction': 0.5}
     assert cache_main([TINY, '--out', str(tmp_path / 'cache'), '--cfg-options', *overrides_argv(over)]) == 0
@@ -196,10 +186,10 @@ def test_cached_latents_give_the_on_the_fly_loss(clip, tmp_path):
     assert [p for p, _ in index['bad']] == [str(tmp_path / 'broken.mp4')]           # skipped, listed
     cfg = tiny_cfg(**over)
     videos = read_cache_index(tmp_path / 'cache', cfg)
-    [entry] = videos[clip]
+    [entry] = videos[carphone]
     cached = collate([CachedClips(videos, cfg.data)[(0, 0)]])
     stages = {'compressor': build_compressor(cfg), 'vae': build_vae(cfg), 'dtype': torch.float32}
-    video = load_clip(clip, cfg.data, entry['start'], False)
+    video = load_clip(carphone, cfg.data, entry['start'], False)
     fly = train_vae.encode_batch({'video': video[None]}, stages, 'cpu')
     from_cache = train_vae.encode_batch(cached, stages, 'cpu')
     model = init_random_weights_(build_dit(cfg.model), seed=1)      # non-zero output layer: a real loss
@@ -237,9 +227,9 @@ def test_overfit_one_clip(cache, tmp_path):
     assert after < 0.7 * before
 
 
-def test_preview_mp4(clip, shared_videos, tmp_path):
+def test_preview_mp4(carphone, shared_videos, tmp_path):
     other = str(shared_videos / 'demo.mp4')
-    (tmp_path / 'train.txt').write_text(f'{clip}\n{other}\n')
+    (tmp_path / 'train.txt').write_text(f'{carphone}\n{other}\n')
     over = {'data.video_list': [str(tmp_path / 'train.txt')], 'train.max_steps': 2, 'train.eval_every': 2,
             'train.save_model_steps': 1000}
     train_vae.main(tiny_cfg(**over), tmp_path / 'run')
@@ -248,12 +238,12 @@ def test_preview_mp4(clip, shared_videos, tmp_path):
     assert f'preview clip: {other}' in (tmp_path / 'run' / 'train.log').read_text()   # the last one, held out
 
 
-def test_load_from_released_format(clip, tmp_path):
+def test_load_from_released_format(carphone, tmp_path):
     """train.load_from takes a PixArt-style .pth ({'state_dict': ...}) and starts from those weights."""
-    cfg = tiny_cfg(**{'data.video_list': [clip]})
+    cfg = tiny_cfg(**{'data.video_list': [carphone]})
     released = init_random_weights_(build_dit(cfg.model), seed=5)
     torch.save({'state_dict': released.state_dict()}, tmp_path / 'released.pth')
-    over = {'data.video_list': [clip], 'train.max_steps': 1, 'train.load_from': str(tmp_path / 'released.pth'),
+    over = {'data.video_list': [carphone], 'train.max_steps': 1, 'train.load_from': str(tmp_path / 'released.pth'),
             'optimizer.type': 'AdamW', 'optimizer.lr': 1e-9}
     result = train_vae.main(tiny_cfg(**over), tmp_path / 'run')
     tuned = load_file(str(Path(result['checkpoint']) / 'model.safetensors'))
@@ -282,13 +272,13 @@ def ablation_keys_at_tiny_size(path):
 
 
 @pytest.mark.parametrize('path', ABLATIONS, ids=[p.stem for p in ABLATIONS])
-def test_ablation_configs_train_one_step_at_tiny_size(path, clip, tmp_path):
+def test_ablation_configs_train_one_step_at_tiny_size(path, carphone, tmp_path):
     keys = ablation_keys_at_tiny_size(path)
     readme = (REPO / 'README.md').read_text()
     assert keys and path.name in readme
     for key, value in keys.items():                                # the README's tiny command lines say the same
         assert f"{key}={str(value).replace(' ', '')}" in readme, key
-    cfg = tiny_cfg(**{**keys, 'data.video_list': [clip], 'train.max_steps': 1})
+    cfg = tiny_cfg(**{**keys, 'data.video_list': [carphone], 'train.max_steps': 1})
     result = train_vae.main(cfg, tmp_path)
     assert result['step'] == 1 and all(l == l for _, l in result['losses'])
     if path.stem == 'attn_2plus1d':                                # whole-axis windows at any size
@@ -296,11 +286,11 @@ def test_ablation_configs_train_one_step_at_tiny_size(path, clip, tmp_path):
         assert model.windows[:2] == [(1, 4, 4), (cfg.model.lats_per_vid, 1, 1)]
 
 
-def test_dry_run_and_bad_input(clip, tmp_path, capsys):
+def test_dry_run_and_bad_input(carphone, tmp_path, capsys):
     assert train_vae.cli([TINY, '--dry-run', '--cfg-options', 'train.max_steps=7',
-                          f'data.video_list=[{clip},{clip}]']) == 0
+                          f'data.video_list=[{carphone},{carphone}]']) == 0
     out = capsys.readouterr().out
-    assert 'max_steps=7' in out and f"video_list=[\n        '{clip}',\n        '{clip}',\n" in out
+    assert 'max_steps=7' in out and f"video_list=[\n        '{carphone}',\n        '{carphone}',\n" in out
     assert train_vae.cli([TINY, '--work-dir', str(tmp_path), '--cfg-options', 'data.video_list=[]']) == 2
     err = capsys.readouterr().err.strip()
     assert '\n' not in err and 'data.video_list is empty' in err and tmp_path.is_dir()     # existing dir kept
@@ -309,12 +299,12 @@ def test_dry_run_and_bad_input(clip, tmp_path, capsys):
     assert not fresh.exists()                                   # a run that cannot start leaves no work dir
     capsys.readouterr()
     assert train_vae.cli([TINY, '--work-dir', str(tmp_path), '--resume', str(tmp_path / 'nope'),
-                          '--cfg-options', *overrides_argv({'data.video_list': [clip]})]) == 2
+                          '--cfg-options', *overrides_argv({'data.video_list': [carphone]})]) == 2
     err = capsys.readouterr().err.strip()
     assert '\n' not in err and 'state.json' in err
     torch.save({'state_dict': {'x_embedder.proj.weight': torch.zeros(1)}}, tmp_path / 'other.pth')
     assert train_vae.cli([TINY, '--work-dir', str(tmp_path), '--cfg-options', *overrides_argv(
-        {'data.video_list': [clip], 'train.load_from': str(tmp_path / 'other.pth')})]) == 2
+        {'data.video_list': [carphone], 'train.load_from': str(tmp_path / 'other.pth')})]) == 2
     err = capsys.readouterr().err.strip()
     assert '\n' not in err and 'train.load_from' in err and 'other.pth' in err
     with pytest.raises(SystemExit) as e:                                  # an option without '='
@@ -322,10 +312,10 @@ def test_dry_run_and_bad_input(clip, tmp_path, capsys):
     assert e.value.code == 2 and 'expected KEY=VALUE' in capsys.readouterr().err
 
 
-def test_missing_weights_are_named_at_once(clip, tmp_path, capsys):
+def test_missing_weights_are_named_at_once(carphone, tmp_path, capsys):
     """The released config without its files: every missing file in one line (exit 2), before any work."""
     released = str(REPO / 'configs' / 's1024.effn-f32.py')
-    opts = {'data.video_list': [clip], 'train.load_from': str(tmp_path / 'w' / 's1024.effn-f32.pth'),
+    opts = {'data.video_list': [carphone], 'train.load_from': str(tmp_path / 'w' / 's1024.effn-f32.pth'),
             'weights.compressor': str(tmp_path / 'w' / 'effnet.safetensors'),
             'weights.vae': str(tmp_path / 'w' / 'svd_vae'), 'train.mixed_precision': 'no'}
     argv = ['--work-dir', str(tmp_path / 'run'), '--cfg-options', *overrides_argv(opts)]

@@ -24,27 +24,17 @@ TINY = str(REPO / 'configs' / 'tiny.py')
 STAGES = ('compressor', 'dit', 'vae')
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
-@pytest.fixture(scope='module')
-def clip(shared_videos):
-    return str(shared_videos / 'carphone_pristine.mp4')
-
-
-def test_train_tiny_then_reconstruct_with_it(clip, tmp_path, capsys):
-    over = {'data.video_list': [clip], 'train.max_steps': 3, 'train.save_epoch_end': False,
+def test_train_tiny_then_reconstruct_with_it(carphone, tmp_path, capsys):
+    over = {'data.video_list': [carphone], 'train.max_steps': 3, 'train.save_epoch_end': False,
             'lr_schedule.warmup_steps': 0, 'optimizer.lr': 1e-2}
     result = train_vae.main(load_config(TINY, over), tmp_path / 'run')
     trained = Path(result['checkpoint']) / 'model.safetensors'
     cfg = load_config(TINY, {'weights.dit': str(trained)})           # as recon.py --dit-checkpoint sets it
     assert random_stages(cfg) == {'compressor', 'previewer', 'vae'}   # the named DiT is not replaced
-    video = load_clip(clip, cfg.data, 0, False)[None]                 # (1, 3, 4, 64, 64)
+    video = load_clip(carphone, cfg.data, 0, False)[None]             # (1, 3, 4, 64, 64)
     pipe = CascadeV.from_config(cfg, stages=STAGES)
     untrained = CascadeV.from_config(load_config(TINY), stages=STAGES)
     direct = CascadeV(cfg, compressor=pipe.compressor, vae=pipe.vae,
