@@ -262,19 +262,16 @@ def fit_memory(pipe, name, src, args, settings, cfg, decode_from):
     --max-memory (CUDA: the free device memory by default), printed (tools/memory.py); the SVD tile size is
     set on pipe.vae. -> Settings. PlanError (one line) when nothing fits."""
     from models.weights import dtype_name
-    from tools.frames import FramePlan, plan
+    from tools.frames import FramePlan
     from tools.memory import Workload, bytes_in_use, default_budget, gb, plan_memory
     if decode_from:
         from tools.latents import read_latent_meta
         meta = read_latent_meta(src)
         frame_plan, n = FramePlan.from_dict(meta['plan']), meta['num_frames']
     else:
-        from tools.video_io import frame_indices, probe_video
-        info = probe_video(src)
-        n = len(frame_indices(info.num_frames, settings.num_frames, settings.stride, settings.start, src))
-        frame_plan = plan(info.height, info.width, size=settings.size, square=settings.square,
-                          preprocess=settings.preprocess, start=settings.start, stride=settings.stride,
-                          num_frames=n, upscale=settings.upscale)
+        from tools.reconstruct import source_plan
+        frame_plan = source_plan(src, settings)[0]
+        n = frame_plan.num_frames
     budget = args.max_memory if args.max_memory is not None else default_budget(pipe.device)
     w = Workload.from_plan(frame_plan, settings.interp * (n - 1) + 1, cfg, refine=not settings.preview_only,
                            metrics=not (decode_from or args.no_metrics), device=pipe.device.type,

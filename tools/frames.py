@@ -81,6 +81,19 @@ def _check_uint8_frames(frames, name):
                          f'tools.video_io.to_uint8')
 
 
+def cascadev_box(height, width, short_edge, multiple=MULTIPLE, fix='use a short edge'):
+    """The original's reconstruction geometry (RECIPE.md §12): resized size (round(H·s), round(W·s)),
+    s = short_edge / min(H, W), and the centred crop of each side down to a multiple of `multiple`
+    -> ((h, w), (top, left, ch, cw)). ValueError (ending with `fix`) when a cropped side would be 0."""
+    s = short_edge / min(height, width)
+    h, w = round(height * s), round(width * s)
+    ch, cw = h // multiple * multiple, w // multiple * multiple
+    if ch == 0 or cw == 0:
+        raise ValueError(f'{height}x{width} resized to {h}x{w} is below {multiple} pixels on a side; {fix} of at '
+                         f'least {multiple}')
+    return (h, w), ((h - ch) // 2, (w - cw) // 2, ch, cw)
+
+
 def cascadev_recon_preprocess(frames, short_edge, multiple=MULTIPLE):
     """The original's reconstruction preprocessing, bit-exact (RECIPE.md §12, `reconK_E` golden cases).
 
@@ -94,14 +107,10 @@ def cascadev_recon_preprocess(frames, short_edge, multiple=MULTIPLE):
     """
     import cv2  # noqa: PLC0415 (OpenCV: only this path needs its fixed-point resize)
     _check_uint8_frames(frames, 'cascadev_recon_preprocess')
-    H, W = frames.shape[1:3]
-    s = short_edge / min(H, W)
-    h, w = round(H * s), round(W * s)
-    ch, cw = h // multiple * multiple, w // multiple * multiple
-    if ch == 0 or cw == 0:
-        raise ValueError(f'cascadev_recon_preprocess: {H}x{W} resized to {h}x{w} is below {multiple} pixels on a '
-                         f'side; use a short edge of at least {multiple}')
-    top, left = (h - ch) // 2, (w - cw) // 2
+    try:
+        (h, w), (top, left, ch, cw) = cascadev_box(*frames.shape[1:3], short_edge, multiple)
+    except ValueError as e:
+        raise ValueError(f'cascadev_recon_preprocess: {e}') from None
     out = np.empty((len(frames), ch, cw, 3), np.uint8)
     for i, frame in enumerate(frames):
         x = cv2.resize(cv2.blur(frame, (3, 3)), (w, h), interpolation=cv2.INTER_LINEAR)
@@ -248,12 +257,10 @@ def plan(height, width, size=0, square=False, preprocess='default', start=0, str
                   start=int(start), stride=int(stride), num_frames=None if num_frames is None else int(num_frames),
                   upscale=bool(upscale))
     if preprocess == 'cascadev':
-        h, w = short_side_size(height, width, size or min(height, width))   # the original's round(H·s)
-        ch, cw = h // MULTIPLE * MULTIPLE, w // MULTIPLE * MULTIPLE
-        if ch == 0 or cw == 0:
-            raise ValueError(f'preprocess cascadev: {height}x{width} resized to {h}x{w} is below {MULTIPLE} '
-                             f'pixels on a side; use a --size of at least {MULTIPLE}')
-        top, left = (h - ch) // 2, (w - cw) // 2
+        try:
+            (h, w), (top, left, ch, cw) = cascadev_box(height, width, size or min(height, width), fix='use a --size')
+        except ValueError as e:
+            raise ValueError(f'preprocess cascadev: {e}') from None
         if square:
             s = min(ch, cw)
             top, left, ch, cw = top + (ch - s) // 2, left + (cw - s) // 2, s, s

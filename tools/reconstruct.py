@@ -91,6 +91,17 @@ def output_settings(settings, cfg, dtype, vae_chunk=None):
             'decode_chunk': vae_chunk or vae.get('decode_chunk', 4), 'decode_overlap': vae.get('decode_overlap', 0)}
 
 
+def source_plan(path, settings):
+    """The frame plan (tools/frames.py) the settings give for the video at `path` -> (FramePlan, VideoInfo);
+    VideoReadError (one line) when the clip is unreadable or too short for the frame settings."""
+    from tools.video_io import frame_indices, probe_video
+    info = probe_video(path)
+    n = len(frame_indices(info.num_frames, settings.num_frames, settings.stride, settings.start, path))
+    return make_plan(info.height, info.width, size=settings.size, square=settings.square,
+                     preprocess=settings.preprocess, start=settings.start, stride=settings.stride,
+                     num_frames=n, upscale=settings.upscale), info
+
+
 def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_timer, threads=True):
     """Read the clip in chunks and encode each -> (latent (16, T, h, w) fp32 on the CPU, metadata).
 
@@ -98,12 +109,8 @@ def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_time
     frame rate source, each frame's time in seconds from the first one used. VideoReadError (one line) for
     a file that cannot be read or is too short for the settings.
     """
-    from tools.video_io import frame_indices, probe_video
-    info = probe_video(path)
-    n = len(frame_indices(info.num_frames, settings.num_frames, settings.stride, settings.start, path))
-    frame_plan = make_plan(info.height, info.width, size=settings.size, square=settings.square,
-                           preprocess=settings.preprocess, start=settings.start, stride=settings.stride,
-                           num_frames=n, upscale=settings.upscale)
+    frame_plan, info = source_plan(path, settings)
+    n = frame_plan.num_frames
     sar = info.sar if info.sar != 1 else None
     name = name or Path(path).stem
     meta = {'format': LATENT_FORMAT, 'name': name, 'source': str(Path(path).resolve()), 'source_fps': info.fps,

@@ -45,8 +45,7 @@ def open_writer(path, fps, sar=None, lossless=False, lookahead=None):
 
     from tools.video_io import VideoWriter
     sar = Fraction(sar.replace(':', '/')) if sar else None
-    kw = {} if lookahead is None else {'lookahead': lookahead}
-    return VideoWriter(path, fps, sar=sar, lossless=lossless, **kw)
+    return VideoWriter(path, fps, sar=sar, lossless=lossless, lookahead=lookahead)
 
 
 def output_timing(meta, fps=None, interp=1, warn=print):
