@@ -28,14 +28,8 @@ RELEASED = str(REPO / 'configs' / 's1024.effn-f32.py')
 STAGES = ['read', 'compressor', 'dit', 'previewer', 'vae', 'write', 'metrics']
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """One CPU thread: on a busy 2-core machine two OpenMP threads made small-op models (EfficientNet) ~100x
-    slower; the benchmark's --threads sets the same process-wide value, restored here after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One CPU thread per test (the benchmark's --threads sets the same process-wide value; restored after each).
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')
