@@ -274,13 +274,12 @@ def fit_memory(pipe, name, src, args, settings, cfg, decode_from):
         n = frame_plan.num_frames
     budget = args.max_memory if args.max_memory is not None else default_budget(pipe.device)
     w = Workload.from_plan(frame_plan, settings.interp * (n - 1) + 1, cfg, refine=not settings.preview_only,
-                           metrics=not (decode_from or args.no_metrics), device=pipe.device.type,
+                           metrics=not args.no_metrics, original=not decode_from, device=pipe.device.type,
                            dtype=dtype_name(pipe.dtype))
     memory_plan = plan_memory(w, budget, base=bytes_in_use(pipe.device), chunk_frames=args.chunk_frames)
     if pipe.vae is not None:
         pipe.vae.tile_size = memory_plan.settings.vae_tile
-    if budget is not None:
-        print(f'{name}: {memory_plan.line()} (budget {gb(budget)})', flush=True)
+    print(f'{name}: {memory_plan.line()} ({f"budget {gb(budget)}" if budget else "no --max-memory"})', flush=True)
     return memory_plan.settings
 
 

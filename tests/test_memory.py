@@ -36,15 +36,41 @@ def test_dit_tiles_match_the_dit(model):
 
 
 def test_counted_buffers():
-    """Frame buffers are shape arithmetic: 16 frames of 720x1280 uint8 + two fp32 chunks = 16·921600·27 bytes,
-    and for the metrics two fp32 chunks at the model's 256x448, made twice (resize, pad)."""
+    """Frame buffers are shape arithmetic: a 16-frame chunk of 720x1280 decodes to 16·921600·3 uint8 bytes; the
+    source is kept shaped for this chunk and the next (the original panel in uint8, fp32 at the model's 256x448
+    for the metrics); an output chunk is three uint8 panels."""
     w, s = workload(), Settings(16, None, 4, 0)
     b = stage_bytes(w, s, dict(CALIBRATION, host=1.0))
-    assert b['read'] == (16 * 720 * 1280 * 27 + 16 * 256 * 448 * 3 * 4 * 2 * 2, False)
-    assert stage_bytes(workload(metrics=False), s)['read'] == (16 * 720 * 1280 * 27, False)
+    assert b['decode'] == (16 * 921600 * 3, False)
+    assert b['source'] == (2 * 16 * (921600 * 3 + 256 * 448 * 12), False)
+    assert stage_bytes(workload(metrics=False), s)['source'] == (2 * 16 * 921600 * 3, False)
+    assert stage_bytes(workload(original=False, metrics=False), s)['source'] == (0, False)
+    assert b['outputs'] == (16 * 921600 * 3 * 3, False)
+    assert stage_bytes(workload(original=False), s)['outputs'] == (16 * 921600 * 3 * 2, False)
+    assert b['model_out'] == (16 * 256 * 448 * 12 * 2, True)
     assert b['latent'] == (32 * 32 * 56 * 16, True)
-    # 2 chunks of (fp32 preview + refined, uint8 original/preview/refined) + one fp32 resize in flight
-    assert b['outputs'][0] == 2 * 16 * 921600 * 3 * (8 + 3) + 16 * 921600 * 12
+
+
+def test_render_has_a_model_moment_and_a_hand_over_moment():
+    """While a stage runs, one chunk of panels is held (the write-behind's); while handing over, two."""
+    w = workload()
+    for s in (Settings(16, None, 4, 0), Settings(4, None, 4, 32, 0), Settings(16, None, 1, 0)):
+        p = predict(w, s)
+        g = p.stages
+        common = g['decode'] + g['source'] + g['model_out'] + g['encoder'] + g['latent']
+        work = max(g['previewer'], g['vae'], g['metrics'])
+        assert p.phases['render'] == common + max(work + g['outputs'], 2 * g['outputs'] + g['cmp_frame'])
+    one = predict(workload(frames=16), Settings(16, None, 4, 0))            # one chunk: nothing ahead or behind
+    g = one.stages
+    assert g['source'] == 16 * (921600 * 3 + 256 * 448 * 12)
+    assert one.phases['render'] == g['source'] + g['model_out'] + g['encoder'] + g['latent'] + max(
+        max(g['previewer'], g['vae'], g['metrics']), g['outputs'] + g['cmp_frame'])
+
+
+def test_metrics_go_a_frame_at_a_time():
+    w = workload()
+    assert stage_bytes(w, Settings(4, None, 4, 0))['metrics'] == stage_bytes(w, Settings(16, None, 4, 0))['metrics']
+    assert stage_bytes(w, Settings(4, None, 4, 0))['metrics'][0] == CALIBRATION['metrics'] * 256 * 448 * 3
 
 
 def test_chunk_is_a_multiple_of_the_vae_chunk_when_refining():
@@ -64,19 +90,22 @@ def test_prediction_grows_with_chunk_tiles_and_frame_size():
 
 
 def test_prediction_is_flat_in_clip_length():
-    """Clip length enters through the whole-clip latent only once x264's look-ahead (10 frames) is full."""
-    peak = {n: predict(workload(frames=n), Settings(16, None, 4, 0)).peak for n in (8, 16, 128)}
+    """Clip length enters through the whole-clip latent only, once the clip has more than one chunk (a chunk
+    read ahead, one written behind) and x264's look-ahead (10 frames) is full."""
+    peak = {n: predict(workload(frames=n), Settings(16, None, 4, 0)).peak for n in (8, 16, 32, 128)}
     latent = lambda n: n * 32 * 56 * 16
-    assert peak[128] - peak[16] == latent(128) - latent(16)
-    assert 0 < (peak[128] - peak[16]) / peak[16] < 0.01
-    look_ahead = 720 * 1280 * CALIBRATION['encoder_frame'] * (10 - 8) * 3          # preview, rec and cmp.mp4
+    assert peak[128] - peak[32] == latent(128) - latent(32)
+    assert 0 < (peak[128] - peak[32]) / peak[32] < 0.01
+    assert peak[16] < peak[32]                                                # one chunk: nothing ahead or behind
+    look_ahead = 720 * 1280 * CALIBRATION['encoder_frame'] * (10 - 8) * 5   # preview, rec and cmp.mp4 (3 panels)
     assert peak[16] - peak[8] > look_ahead
 
 
 def test_cuda_counts_device_buffers_and_the_context():
     cpu = predict(workload(), Settings(), base=10 ** 9)
     cuda = predict(workload(device='cuda'), Settings(), base=10 ** 9)
-    assert cuda.stages['read'] == 0 and cuda.stages['outputs'] == 0 and cpu.stages['read'] > 0
+    for host in ('decode', 'source', 'outputs', 'cmp_frame', 'encoder'):
+        assert cuda.stages[host] == 0 and cpu.stages[host] > 0
     assert cuda.stages['vae'] == cpu.stages['vae'] and cuda.stages['metrics'] == cpu.stages['metrics']
     assert cuda.peak == 10 ** 9 + CUDA_CONTEXT + max(cuda.phases.values())
 
@@ -166,7 +195,7 @@ def test_recon_too_small_budget_exits_2_with_one_line(repo_root, shared_videos, 
                                          '--max-memory', '100MB'), monkeypatch)
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: --max-memory 0.10 GB: even 1-frame chunks'), err
+    assert len(lines) == 1 and lines[0].startswith('error: --max-memory 0.10 GB: even the smallest plan (chunk '), err
     assert 'raise --max-memory' in lines[0]
     assert not (tmp_path / 'o' / 'carphone_pristine').exists()           # nothing half-written is left
 
@@ -201,3 +230,25 @@ def test_writer_look_ahead_reaches_x264(tmp_path):
     from tools.video_write import VideoWriter
     assert VideoWriter(tmp_path / 'a.mp4', 25, lookahead=10)._codec(720, 1280)[2]['rc-lookahead'] == '10'
     assert 'rc-lookahead' not in VideoWriter(tmp_path / 'a.mp4', 25)._codec(720, 1280)[2]
+
+
+@pytest.mark.parametrize('threads', [1, 3])
+def test_writer_threads_reach_x264(tmp_path, threads):
+    """x264 writes its settings into the stream (an SEI): the thread count given is the one it used (frames
+    of 256 rows: x264 caps threads by the frame's height, at 1 for 64 rows)."""
+    import numpy as np
+
+    from tools.video_write import VideoWriter
+    with VideoWriter(tmp_path / 'a.mp4', 25, threads=threads, lookahead=4) as w:
+        w.write(np.zeros((8, 256, 256, 3), np.uint8))
+    data = (tmp_path / 'a.mp4').read_bytes()
+    assert f' threads={threads} '.encode() in data and b' rc_lookahead=4 ' in data
+
+
+def test_writer_threads_are_the_cores_up_to_8(monkeypatch):
+    import os
+
+    from tools.memory import writer_threads
+    for cores, expected in ((1, 1), (2, 2), (16, 8)):
+        monkeypatch.setattr(os, 'sched_getaffinity', lambda pid, n=cores: set(range(n)))
+        assert writer_threads() == expected

@@ -344,9 +344,9 @@ class RecordingWriter:
     calls = []
 
     def __init__(self, path, fps, crf=18, preset='medium', pix_fmt='yuv420p', sar=None, lossless=False,
-                 lookahead=None):
+                 lookahead=None, threads=None):
         self.record = {'file': os.path.basename(str(path)), 'fps': fps, 'sar': sar, 'lossless': lossless,
-                       'times': [], 'frames': 0, 'size': None}
+                       'times': [], 'frames': 0, 'size': None, 'threads': threads}
         RecordingWriter.calls.append(self.record)
 
     def write(self, frames, times=None):
@@ -371,15 +371,16 @@ def test_sar_times_and_lossless_reach_the_writer(clips, tiny, tmp_path, monkeypa
     from fractions import Fraction
 
     import tools.video_io as vio
+    from tools.memory import writer_threads
     source_time = lambda i: 0.05 * i if i < 4 else 0.2 + 0.1 * (i - 4)       # 20 fps, then 10 fps
-    probe, read = vio.probe_video, vio.read_video
+    probe, read = vio.probe_video, vio.read_frames
     monkeypatch.setattr(vio, 'probe_video', lambda path: probe(path)._replace(sar=Fraction(4, 3), vfr=True))
 
     def read_with_times(path, num_frames=None, stride=1, start=0):
-        video, info = read(path, num_frames=num_frames, stride=stride, start=start)
-        times = tuple(source_time(start + k * stride) for k in range(video.shape[1]))
-        return video, info._replace(sar=Fraction(4, 3), vfr=True, times=times)
-    monkeypatch.setattr(vio, 'read_video', read_with_times)
+        frames, info = read(path, num_frames=num_frames, stride=stride, start=start)
+        times = tuple(source_time(start + k * stride) for k in range(len(frames)))
+        return frames, info._replace(sar=Fraction(4, 3), vfr=True, times=times)
+    monkeypatch.setattr(vio, 'read_frames', read_with_times)
     monkeypatch.setattr(vio, 'VideoWriter', RecordingWriter)
     RecordingWriter.calls = []
     code, stdout, err = run([*tiny, '--input', clips / 'carphone_pristine.mp4', '--output', tmp_path, '--size', '0',
@@ -391,6 +392,7 @@ def test_sar_times_and_lossless_reach_the_writer(clips, tiny, tmp_path, monkeypa
     expected = None if fps else [round(source_time(i) - source_time(1), 6) for i in (1, 3, 5, 7)]
     for c in calls.values():
         assert c['sar'] == Fraction(4, 3) and c['lossless'] is True and c['frames'] == 4
+        assert c['threads'] == writer_threads()
         assert c['times'] == pytest.approx(expected) if expected else c['times'] is None
     assert calls['preview.mp4']['size'] == (144, 176)
     done = json.loads((tmp_path / 'carphone_pristine' / 'done.json').read_text())

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tools.video_write import to_uint8
+
 MULTIPLE = 32   # the compressor's down-sampling factor: model frames are multiples of it on both sides
 
 
@@ -70,6 +72,31 @@ def unpad(video, pad):
     top, bottom, left, right = pad
     H, W = video.shape[-2:]
     return video[..., top:H - bottom, left:W - right]
+
+
+def from_uint8(frames):
+    """RGB uint8 (T, H, W, 3) -> float32 (3, T, H, W) in [-1, 1]: v / 127.5 - 1 (tools/video_io.to_uint8
+    inverts it exactly)."""
+    x = torch.empty((3, *frames.shape[:3]), dtype=torch.float32)
+    x.copy_(torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2))
+    return x.div_(127.5).sub_(1.0)
+
+
+def map_frames(fn, frames, uint8=False):
+    """fn (float (3, 1, H, W) in [-1, 1] -> (C, 1, h, w)) applied to RGB uint8 frames (T, H, W, 3) one at a
+    time -> float32 (C, T, h, w), or with uint8=True RGB uint8 (T, h, w, 3). Memory: the result plus one
+    frame's float temporaries, not a whole float chunk at the source size."""
+    out = None
+    for j in range(len(frames)):
+        y = fn(from_uint8(frames[j:j + 1]))                        # (C, 1, h, w)
+        if uint8:
+            y = to_uint8(y)                                        # (1, h, w, 3)
+            out = np.empty((len(frames), *y.shape[1:]), np.uint8) if out is None else out
+            out[j] = y[0]
+        else:
+            out = y.new_empty((y.shape[0], len(frames), *y.shape[2:])) if out is None else out
+            out[:, j] = y[:, 0]
+    return out
 
 
 # ---- the original CascadeV's preprocessing (RECIPE.md §12) ----------------------------------------------
@@ -223,7 +250,6 @@ class FramePlan:
             return resize(video[..., top:top + h, left:left + w], *self.output)
         if video.dim() == 5:
             return torch.stack([self.reference(clip) for clip in video])
-        from tools.video_io import to_uint8  # noqa: PLC0415 (video_io imports this module)
         x = cascadev_recon_preprocess(to_uint8(video), self.size or min(self.source))   # (T, h32, w32, 3)
         top, left, h, w = self.crop
         top, left = top - (self.resized[0] - x.shape[1]) // 2, left - (self.resized[1] - x.shape[2]) // 2

@@ -10,11 +10,13 @@ The planner keeps HEADROOM of the budget for the model's error and gives up firs
 The model (`predict`) adds the memory in use before the work (`base`: libraries, weights, on CUDA the context) to
 the largest of the three phases of a reconstruction, each a sum of the buffers alive at once:
 
-    encode  source chunks (read-ahead: 2) + model frames + the compressor's activations
+    encode  a chunk decoded as uint8 + fp32 model frames (this chunk and the next) + the compressor's activations
     refine  sampler state (the whole clip's latents, the only whole-clip tensors) + one DiT tile batch
-    render  source chunks (2) + output chunks (this one and the one being written) + x264's frames in flight
-            + the whole-clip latent + the largest of: previewer, SVD decode chunk, metrics (per chunk, float32
-            at the model's size)
+    render  the next chunk decoded + the source shaped (uint8 original panel, fp32 for the metrics; this chunk
+            and the next) + the model's fp32 outputs + x264's frames held + the whole-clip latent, and then
+            the larger of two moments: a model stage (previewer, SVD decode chunk or one frame of metrics)
+            while the write-behind holds one chunk of uint8 panels, or two chunks of panels at the hand-over
+            while cmp.mp4 draws a frame. A clip of one chunk has nothing read ahead or written behind.
 
 Every term is tensor bytes counted from the shapes (frame size, chunk and tile sizes, dtype) times a constant
 measured by `python tools/benchmark.py memory --what stages` (tools/bench/memory.py fits and prints
@@ -23,6 +25,7 @@ activations, sampler state, metrics) plus the CUDA context, and the peak is torc
 plus the context. Sizes are in bytes; GB means 10⁹ bytes.
 """
 import math
+import os
 import re
 from dataclasses import dataclass
 
@@ -30,15 +33,25 @@ DTYPE_BYTES = {'fp32': 4, 'bf16': 2, 'fp16': 2}
 CUDA_CONTEXT = 500 * 2 ** 20            # CUDA context + kernels, not counted by max_memory_allocated (estimate)
 
 # Bytes per (frame · model pixel · dtype byte) of the compressor, previewer and SVD decoder activations
-# and per (token · hidden unit · dtype byte) for the DiT; `state`: bytes per SVD latent pixel
-# per frame of the sampler; `encoder` + `encoder_frame` · look-ahead frames: x264's bytes per pixel of one open
-# file (fitted after a warm-up: 69 + 3.27 per frame; `encoder` also counts libx264's one-time allocations, 31 MB
-# at 720p, for every file: 98). Fitted on CPU by `benchmark.py memory --what stages` (tiny config, exact peaks);
-# `host` scales the host frame buffers.
-CALIBRATION = dict(compressor=36.0, previewer=23.0, vae=253.0, dit=12.1, state=53.7, host=1.0, encoder=98.0,
-                   encoder_frame=3.3)
-HEADROOM = 0.05                         # of the budget, for the model's error (tight plans: +4 % measured, CPU)
+# and per (token · hidden unit · dtype byte) for the DiT; `state`: bytes per SVD latent pixel per frame of the
+# sampler; `metrics`: per model pixel · channel of one frame's PSNR/SSIM; x264 per pixel of one open file:
+# `encoder` + `encoder_frame` per look-ahead frame + `encoder_thread` per thread (after a warm-up, so libx264's
+# one-time allocations are not counted). Fitted on CPU by `benchmark.py memory --what stages` (tiny config,
+# exact peaks); `host` scales the host frame buffers.
+CALIBRATION = dict(compressor=39.0, previewer=23.0, vae=210.0, dit=10.5, state=55.4, metrics=366.0, host=1.0,
+                   encoder=64.4, encoder_frame=3.1, encoder_thread=2.3)
+HEADROOM = 0.05                         # of the budget, for the model's error (measured within -6 %..+2 %, CPU)
 WRITER_LOOKAHEAD = 10                   # recon's x264 look-ahead (frames); preset medium's 40 hold 216 MB per 720p file
+
+
+def writer_threads():
+    """Encoder threads of each output file: the usable CPU cores, at most 8 (x264 would take 1.5 per core, and
+    each thread holds a frame: on 64 cores, 58 MB more per 720p file, measured)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:                              # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 class PlanError(MemoryError):
@@ -81,6 +94,7 @@ class Workload:
     frames: int
     refine: bool = True
     metrics: bool = True                 # the source is compared with the outputs (PSNR/SSIM per chunk)
+    original: bool = True                # cmp.mp4 shows the source (encoding a video, not a saved latent)
     device: str = 'cpu'                  # 'cpu' or 'cuda'
     dtype: str = 'fp32'                  # the stages' precision; the sampler state stays fp32
     dit: tuple = (8, 8, 2, 1152, 16)     # (tile input_size in latent px, lats_per_vid, patch, hidden, heads)
@@ -90,11 +104,13 @@ class Workload:
     attention_quadratic: bool = False    # the 'math' attention backend materialises (heads, n, n) scores
 
     @classmethod
-    def from_plan(cls, frame_plan, frames, cfg, refine=True, metrics=True, device='cpu', dtype='fp32'):
+    def from_plan(cls, frame_plan, frames, cfg, refine=True, metrics=True, original=True, device='cpu',
+                  dtype='fp32'):
         """From a tools/frames.py FramePlan and a loaded config (model.*, vae.decode_chunk / tile_size)."""
         m = cfg.model
         return cls(source=tuple(frame_plan.source), model=tuple(frame_plan.model), output=tuple(frame_plan.output),
-                   frames=int(frames), refine=refine, metrics=metrics, device=str(device).split(':')[0],
+                   frames=int(frames), refine=refine, metrics=metrics and original, original=original,
+                   device=str(device).split(':')[0],
                    dtype=dtype, dit=(m.input_size, m.lats_per_vid, m.get('patch_size', 2), m.hidden_size,
                                      m.num_heads),
                    vae_chunk=int(cfg.vae.get('decode_chunk', 4)), vae_tile=int(cfg.vae.get('tile_size', 0)),
@@ -127,36 +143,46 @@ def chunk_of(w, s):
     return min(w.frames, step * max(1, round(s.chunk_frames / step)))
 
 
+def chunks_ahead(w, s):
+    """1 when the clip has more than one chunk (a next chunk is read ahead, a previous one written behind),
+    else 0."""
+    return int(w.frames > chunk_of(w, s))
+
+
 def stage_bytes(w, s, cal=CALIBRATION):
     """Bytes of each buffer group for workload w under settings s -> {name: (bytes, on_device)}.
 
-    Counted from the shapes of the tensors recon keeps alive (fp32 = 4 B, uint8 = 1 B per value); the fitted
-    constants scale the stages' activations, `host` the host-side frame buffers.
+    Counted from the shapes of the tensors recon keeps alive (fp32 = 4 B, RGB uint8 = 3 B per pixel); the
+    fitted constants scale the stages' activations and x264, `host` the host-side frame buffers.
     """
     e = DTYPE_BYTES[w.dtype]
-    c = chunk_of(w, s)
+    c, ahead = chunk_of(w, s), chunks_ahead(w, s)
     src, mdl, out = w.source[0] * w.source[1], w.model[0] * w.model[1], w.output[0] * w.output[1]
     lat = (w.model[0] // 8) * (w.model[1] // 8)                        # SVD latent pixels per frame
-    panels = 1 + w.refine + w.metrics                                  # original | preview | refined
+    panels = w.original + 1 + w.refine                                 # original | preview | refined
     host = cal['host']
     b = {}
-    # Source chunks: uint8 decode + fp32 (3, k, H, W), and for the metrics a copy at the model's geometry;
-    # the read-ahead holds the one in use and the next.
-    b['read'] = (host * c * (src * 3 * (4 + 4 + 1) + (2 * mdl * 3 * 4 * 2 if w.metrics else 0)), False)
-    b['model_frames'] = (c * mdl * 3 * 4 * 2, True)                   # resized, then padded to multiples of 32
+    # The reader thread decodes a chunk as uint8 at the source size, then shapes it a frame at a time.
+    b['decode'] = (host * c * src * 3, False)
+    # Encoding: fp32 model frames of the chunk in use and of the next one; the compressor on 8 frames at a time.
+    b['model_frames'] = (c * mdl * 3 * 4 * (1 + ahead), True)
     b['compressor'] = (cal['compressor'] * min(c, 8) * mdl * e, True)
-    b['previewer'] = (cal['previewer'] * min(c, 8) * mdl * e + c * mdl * 3 * 4 * 2, True)
-    # Outputs per chunk: fp32 preview/refined at the output size and uint8 copies of every panel, for this
-    # chunk and the one being written (write-behind), plus one resize to the output size in flight.
-    chunk_out = c * out * 3 * (4 * (panels - 1) + panels)
-    b['outputs'] = (host * (2 * chunk_out + c * out * 3 * 4), False)
+    # Rendering: the source of this chunk and the next, shaped: the original panel (uint8 at the output size)
+    # and for the metrics fp32 at the model's size.
+    b['source'] = (host * (1 + ahead) * c * (out * 3 * w.original + mdl * 3 * 4 * w.metrics), False)
+    b['model_out'] = (c * mdl * 3 * 4 * (1 + w.refine), True)          # preview (and refined), fp32, model size
+    b['previewer'] = (cal['previewer'] * min(c, 8) * mdl * e, True)
+    # One chunk of uint8 panels at the output size (made one frame at a time); the write-behind holds the
+    # previous chunk's while this one is rendered; cmp.mp4's frame is drawn in fp32, panels side by side.
+    b['outputs'] = (host * c * out * 3 * panels, False)
+    b['cmp_frame'] = (host * out * panels * 3 * 4 * 3, False)
     # x264 per open file (preview, rec, and cmp.mp4 with the panels side by side): a fixed part and one frame
-    # per look-ahead frame held
+    # for each look-ahead frame and each thread
     la = WRITER_LOOKAHEAD if s.lookahead is None else s.lookahead
-    b['encoder'] = (out * (cal['encoder'] + cal['encoder_frame'] * min(w.frames, la)) * (1 + w.refine + panels),
-                    False)
-    # in-loop PSNR/SSIM (tools/render.py quick_scores): ~24 float32 maps of the chunk at the model's size
-    b['metrics'] = ((24 * 3 * c * mdl * 4) if w.metrics else 0, True)
+    per_pixel = cal['encoder'] + cal['encoder_frame'] * min(w.frames, la) + cal['encoder_thread'] * writer_threads()
+    b['encoder'] = (out * per_pixel * (1 + w.refine + panels), False)
+    # in-loop PSNR/SSIM (tools/render.py quick_scores), one frame at a time: the SSIM blur's unfolded taps
+    b['metrics'] = ((cal['metrics'] * mdl * 3) if w.metrics else 0, True)
     b['latent'] = (w.frames * lat * 4 * 4, True)                          # the refined SVD latent (whole clip)
     if w.refine:
         tiles, th, tw, L = dit_tiles(w)
@@ -169,7 +195,8 @@ def stage_bytes(w, s, cal=CALIBRATION):
         b['state'] = (cal['state'] * w.frames * lat * 4, True)
         vt = s.vae_tile * 8 if s.vae_tile and s.vae_tile * 8 < max(w.model) else 0
         area = min(vt, w.model[0]) * min(vt, w.model[1]) if vt else mdl
-        b['vae'] = (cal['vae'] * s.vae_chunk * area * e + 2 * c * mdl * 3 * 4, True)
+        # the decoder's activations for one chunk, and the decoded frames waiting to be taken (one chunk)
+        b['vae'] = (cal['vae'] * s.vae_chunk * area * e + s.vae_chunk * mdl * 3 * 4, True)
     return b
 
 
@@ -181,15 +208,21 @@ class Prediction:
 
 
 def predict(w, s, base=0, cal=CALIBRATION):
-    """Predicted peak of workload w under settings s, given `base` bytes in use before the work."""
+    """Predicted peak of workload w under settings s, given `base` bytes in use before the work.
+
+    Rendering has two moments: a model stage runs (previewer, SVD decode or metrics) while the write-behind
+    holds the previous chunk's panels, or this chunk's panels are handed over while the previous ones are
+    still being written (cmp.mp4 draws one frame). A clip of one chunk has no previous or next chunk."""
     b = stage_bytes(w, s, cal)
     counted = {k: (v if on_dev or w.device == 'cpu' else 0) for k, (v, on_dev) in b.items()}
-    g = counted.get
-    phases = {'encode': g('read') + g('model_frames') + g('compressor')}
+    g = lambda *names: sum(counted.get(k, 0) for k in names)
+    phases = {'encode': g('decode', 'model_frames', 'compressor')}
     if w.refine:
-        phases['refine'] = g('state') + g('dit')
-    work = max(g('previewer'), g('vae', 0), g('metrics'))
-    phases['render'] = g('read') + g('outputs') + g('encoder') + g('latent') + work
+        phases['refine'] = g('state', 'dit')
+    work = max(g('previewer'), g('vae'), g('metrics'))
+    ahead = chunks_ahead(w, s)                      # one chunk: nothing read ahead or written behind
+    phases['render'] = (g('source', 'model_out', 'encoder', 'latent') + ahead * g('decode')
+                        + max(work + ahead * g('outputs'), (1 + ahead) * g('outputs') + g('cmp_frame')))
     context = CUDA_CONTEXT if w.device == 'cuda' else 0
     return Prediction(peak=int(base + context + max(phases.values())), phases=phases, stages=counted)
 
@@ -248,11 +281,13 @@ def plan_memory(w, budget=None, base=0, chunk_frames=16, cal=CALIBRATION):
             p = predict(w, s, base, cal)
             if p.peak <= budget * (1 - HEADROOM):
                 return MemoryPlan(s, p, budget, w)
-    smallest = min((predict(w, s, base, cal) for g in candidates(w, chunk_frames) for s in g), key=lambda p: p.peak)
+    smallest = min((MemoryPlan(s, predict(w, s, base, cal), budget, w) for g in candidates(w, chunk_frames)
+                    for s in g), key=lambda p: p.prediction.peak)
     hm, wm = w.model
-    raise PlanError(f'--max-memory {gb(budget)}: even 1-frame chunks, 1 DiT tile and 1-frame VAE chunks need '
-                    f'{gb(smallest.peak)} ({gb(base)} before the work) for {w.frames} frames at {hm}x{wm} from '
-                    f'{w.source[0]}x{w.source[1]}; raise --max-memory to {gb(smallest.peak / (1 - HEADROOM))} '
+    need = smallest.prediction.peak
+    raise PlanError(f'--max-memory {gb(budget)}: even the smallest plan ({smallest.line().split(": ", 1)[1]}) '
+                    f'needs {gb(need)} ({gb(base)} before the work) for {w.frames} frames at {hm}x{wm} from '
+                    f'{w.source[0]}x{w.source[1]}; raise --max-memory to {gb(need / (1 - HEADROOM))} '
                     f'({HEADROOM:.0%} headroom) or lower --size')
 
 

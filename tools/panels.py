@@ -3,9 +3,9 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tools.files import atomic_write
+from tools.frames import from_uint8
 from tools.frames import resize as _resize
 from tools.video_write import to_uint8
 
@@ -65,22 +65,27 @@ def side_by_side(videos, labels=None):
 
 
 def write_grid_png(path, videos, labels=None, num_frames=4):
-    """PNG grid: one labelled row per clip, `num_frames` evenly spaced frames as columns."""
+    """PNG grid: one labelled row per clip, `num_frames` evenly spaced frames as columns. Clips are (C, T, H, W)
+    in [-1, 1] or RGB uint8 (T, H, W, 3); rows are scaled to the first clip's height, black to the right of
+    shorter rows. Built a frame at a time into the uint8 grid (no float copy of the whole grid)."""
     from PIL import Image  # noqa: PLC0415
     labels = list(labels) if labels is not None else [''] * len(videos)
     if not videos or len(labels) != len(videos):
         raise ValueError(f"write_grid_png got {len(videos)} videos and {len(labels)} labels; give one label each")
-    H = videos[0].shape[-2]
-    rows = []
-    for v, label in zip(videos, labels):
-        T = v.shape[1]
-        idx = np.unique(np.linspace(0, T - 1, min(num_frames, T)).round().astype(int))
-        v = _resize(v[:, idx].float(), H, max(1, round(v.shape[-1] * H / v.shape[-2])))  # (C, n, H, W')
-        v = torch.cat([draw_label(v[:, :1], label), v[:, 1:]], dim=1)   # label on the first column
-        rows.append(torch.cat(list(v.unbind(1)), dim=-1))  # (C, H, n·W')
-    width = max(r.shape[-1] for r in rows)
-    rows = [F.pad(r, (0, width - r.shape[-1]), value=-1.0) for r in rows]  # black to the right of short rows
-    grid = to_uint8(torch.cat(rows, dim=-2)[:, None])[0]  # (H_total, W, 3)
+    u8 = [isinstance(v, np.ndarray) for v in videos]
+    shapes = [(v.shape[0], *v.shape[1:3]) if is_u8 else (v.shape[1], *v.shape[-2:]) for v, is_u8 in zip(videos, u8)]
+    H = shapes[0][1]
+    widths = [max(1, round(w * H / h)) for _, h, w in shapes]
+    columns = [np.unique(np.linspace(0, T - 1, min(num_frames, T)).round().astype(int)) for T, _, _ in shapes]
+    grid = np.zeros((H * len(videos), max(len(c) * w for c, w in zip(columns, widths)), 3), np.uint8)
+    for r, (v, label) in enumerate(zip(videos, labels)):
+        w = widths[r]
+        for j, i in enumerate(columns[r]):
+            x = from_uint8(v[i:i + 1]) if u8[r] else v[:, i:i + 1].float()
+            x = _resize(x, H, w)
+            if j == 0:
+                x = draw_label(x, label)                         # label on the first column
+            grid[r * H:(r + 1) * H, j * w:(j + 1) * w] = to_uint8(x)[0]
     path = str(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format='PNG'))

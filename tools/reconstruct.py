@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from models.weights import dtype_name
+from tools.frames import map_frames
 from tools.frames import plan as make_plan
 from tools.latents import LATENT_FORMAT, load_latent, safe_name, save_latent
 from tools.render import no_timer, read_chunk, render
@@ -120,7 +121,7 @@ def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_time
 
     def read(a, b):                                        # in the reader thread: decode and shape
         frames, t = read_chunk(path, meta, a, b)
-        return frame_plan.to_model(frames), t
+        return map_frames(frame_plan.to_model, frames), t
     parts, times = [], []
     spans = [(a, min(a + chunk_frames, n)) for a in range(0, n, chunk_frames)]
     with ThreadPoolExecutor(max_workers=1) as reader:       # the next chunk decodes while this one encodes

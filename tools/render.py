@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from models.pipeline import interpolate_latent, noise_seed
-from tools.frames import FramePlan, unpad
+from tools.frames import FramePlan, from_uint8, map_frames, unpad
+from tools.video_write import to_uint8
 from tools.streaming import read_ahead, rechunk
 
 FILE_OF = {'preview': 'preview.mp4', 'refined': 'rec.mp4'}
@@ -29,23 +30,24 @@ def no_timer(stage):
 
 
 def read_chunk(path, meta, a, b):
-    """Latent frames a..b-1 of the clip `meta` describes, read from `path` -> ((C, b-a, H, W) in [-1, 1],
-    their source times in seconds or None)."""
-    from tools.video_io import read_video
+    """Latent frames a..b-1 of the clip `meta` describes, read from `path` -> (RGB uint8 (b-a, H, W, 3),
+    their source times in seconds or None). tools/frames.map_frames shapes them a frame at a time."""
+    from tools.video_io import read_frames
     stride = meta['frame_stride']
-    video, info = read_video(path, num_frames=b - a, stride=stride, start=meta['start'] + a * stride)
-    return video, (list(info.times) if info.times is not None else None)
+    frames, info = read_frames(path, num_frames=b - a, stride=stride, start=meta['start'] + a * stride)
+    return frames, (list(info.times) if info.times is not None else None)
 
 
 def open_writer(path, fps, sar=None, lossless=False, lookahead=None):
     """A VideoWriter for one output: the frames' exact size, the source's SAR ('N:D' or None), lossless on
-    request, x264 look-ahead in frames (None: the preset's); its write(frames, times=None) takes each frame's
-    time in seconds (None: constant fps)."""
+    request, x264 look-ahead in frames (None: the preset's), tools/memory.writer_threads() encoder threads;
+    its write(frames, times=None) takes each frame's time in seconds (None: constant fps)."""
     from fractions import Fraction
 
+    from tools.memory import writer_threads
     from tools.video_io import VideoWriter
     sar = Fraction(sar.replace(':', '/')) if sar else None
-    return VideoWriter(path, fps, sar=sar, lossless=lossless, lookahead=lookahead)
+    return VideoWriter(path, fps, sar=sar, lossless=lossless, lookahead=lookahead, threads=writer_threads())
 
 
 def output_timing(meta, fps=None, interp=1, warn=print):
@@ -66,34 +68,48 @@ def output_timing(meta, fps=None, interp=1, warn=print):
 def quick_scores(ref, rec):
     """Per-frame (PSNR dB, SSIM) of rec vs ref, (C, t, H, W) in [-1, 1], float32 on their device: the in-loop
     check (tools/eval.py scores the written files). SSIM as tools/metrics.ssim (11-tap Gaussian, σ 1.5,
-    mean over channels), None for frames under 11 px. -> (list of t floats, list of t floats or None)."""
+    mean over channels), None for frames under 11 px. One frame at a time: the Gaussian blur's convolution
+    unfolds its input 11×, about 1.4 GB for a 16-frame 256x480 chunk at once, 90 MB per frame.
+    -> (list of t floats, list of t floats or None)."""
     from tools.metrics import gaussian_window, ssim_planes
-    x, y = (ref.float() + 1) / 2, (rec.float() + 1) / 2                  # [0, 1]
-    mse = (x - y).pow(2).mean(dim=(0, 2, 3))
-    psnr = (10 * torch.log10(1 / mse)).tolist()                          # inf where identical
-    if min(x.shape[-2:]) < 11:
-        return psnr, None
-    x, y = x.transpose(0, 1).flatten(0, 1), y.transpose(0, 1).flatten(0, 1)   # (t·C, H, W)
-    win = gaussian_window(11, 1.5, dtype=torch.float32).to(x.device)
-    return psnr, ssim_planes(x, y, win).view(-1, ref.shape[0]).mean(dim=1).tolist()
+    win = gaussian_window(11, 1.5, dtype=torch.float32).to(ref.device)
+    psnr, ssim = [], []
+    for i in range(ref.shape[1]):
+        x, y = (ref[:, i].float() + 1) / 2, (rec[:, i].float() + 1) / 2     # (C, H, W) in [0, 1]
+        psnr.append(float(10 * torch.log10(1 / (x - y).pow(2).mean())))     # inf where identical
+        if min(x.shape[-2:]) >= 11:
+            ssim.append(float(ssim_planes(x, y, win).mean()))
+    return psnr, ssim or None
 
 
 class _Source:
-    """The source frames for output frames [a, b): read, shaped for the side-by-side (reference, frames
-    repeated under interp) and for the metrics (the model's geometry, padding removed)."""
+    """The source frames for output frames [a, b): read, shaped a frame at a time for the side-by-side
+    (the reference as uint8 (k, H, W, 3), frames repeated under interp) and for the metrics (float32 at the
+    model's geometry, padding removed, one per source frame)."""
 
     def __init__(self, path, meta, plan, interp, metrics):
         self.path, self.meta, self.plan, self.k, self.metrics = path, meta, plan, interp, metrics
 
     def __call__(self, a, b):
         lo, hi = a // self.k, (b - 1) // self.k + 1
-        frames, _ = read_chunk(self.path, self.meta, lo, hi)             # (C, hi - lo, H, W)
-        ref = self.plan.reference(frames)
+        frames, _ = read_chunk(self.path, self.meta, lo, hi)             # (hi - lo, H, W, 3) uint8
+        plan = self.plan
+        original = map_frames(plan.reference, frames, uint8=True)
         model = None
         if self.metrics:
-            model = ref if self.plan.preprocess == 'cascadev' else unpad(self.plan.to_model(frames), self.plan.pad)
-        idx = [j // self.k - lo for j in range(a, b)]
-        return ref[:, idx], model
+            model = map_frames(plan.reference if plan.preprocess == 'cascadev'
+                               else lambda x: unpad(plan.to_model(x), plan.pad), frames)
+        if self.k > 1:
+            original = original[[j // self.k - lo for j in range(a, b)]]
+        return original, model
+
+
+def output_uint8(plan, video):
+    """Model frames (C, k, *model) -> the output frames as RGB uint8 (k, *output, 3), a frame at a time."""
+    out = np.empty((video.shape[1], *plan.output, 3), np.uint8)
+    for t in range(video.shape[1]):
+        out[t] = to_uint8(plan.to_output(video[:, t:t + 1].cpu()))[0]
+    return out
 
 
 def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, vae_chunk=None, tile_batch=None,
@@ -111,7 +127,7 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
     geometry, uint8, digests, and waiting for the writer thread), metrics.
     """
     from tools.memory import WRITER_LOOKAHEAD
-    from tools.video_io import side_by_side, to_uint8, write_grid_png
+    from tools.panels import side_by_side, write_grid_png
     plan, K = FramePlan.from_dict(meta['plan']), settings.interp
     lat = interpolate_latent(latent, K)                                   # (16, T', h, w), T' = K·(T−1)+1
     T = lat.shape[1]
@@ -132,12 +148,12 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
     files = ['preview.mp4'] + (['rec.mp4'] if refine else []) + ['cmp.mp4', 'cmp.png']
     digests = {k: hashlib.sha256() for k in ('preview', 'refined') if k in panels}
 
-    def write(u8, clips, t):
+    def write(u8, t):
         writers['preview.mp4'].write(u8['preview'], times=t)
         if refine:
             writers['rec.mp4'].write(u8['refined'], times=t)
         for i in range(u8['preview'].shape[0]):                  # a frame at a time: three panels wide
-            writers['cmp.mp4'].write(side_by_side([clips[k][:, i:i + 1] for k in panels], labels),
+            writers['cmp.mp4'].write(side_by_side([from_uint8(u8[k][i:i + 1]) for k in panels], labels),
                                      times=t[i:i + 1] if t else None)
 
     spans = [(a, min(a + chunk_frames, T)) for a in range(0, T, chunk_frames)]
@@ -161,16 +177,19 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
                 with timer('read'):
                     original, ref_model = next(sources)
             with timer('write'):                                                  # shaping + waiting for the writer
-                clips = {k: plan.to_output(v).cpu() for k, v in model_out.items()}
+                u8 = {k: output_uint8(plan, v) for k, v in model_out.items()}  # (k, H, W, 3)
                 if source:
-                    clips['original'] = original
-                u8 = {k: to_uint8(v) for k, v in clips.items()}                 # (k, H, W, 3)
+                    u8['original'] = original
+                    del original
                 for k in digests:
-                    digests[k].update(u8[k].tobytes())
+                    digests[k].update(u8[k])                                    # C-contiguous: no copy
+                keep = [j - a for j in range(a, b) if j in grid_idx]
+                for k in grid:
+                    grid[k].append(u8[k][keep])
                 if pending is not None:
                     pending.result()
-                args = (u8, clips, times[a:b] if times else None)
-                pending = writer.submit(write, *args) if threads else write(*args)
+                t = times[a:b] if times else None
+                pending = writer.submit(write, u8, t) if threads else write(u8, t)
             if score and any(j % K == 0 for j in range(a, b)):
                 with timer('metrics'):
                     have = [j for j in range(a, b) if j % K == 0]                # frames that have a source
@@ -180,21 +199,18 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
                         p, s = quick_scores(ref, unpad(model_out[k][:, keep], plan.pad).to(pipe.device))
                         scores[k]['psnr'] += p
                         scores[k]['ssim'] += s or []
-            keep = [j - a for j in range(a, b) if j in grid_idx]
-            for k in grid:
-                grid[k].append(clips[k][:, keep])
         with timer('write'):
             if pending is not None and threads:
                 pending.result()                                                  # its errors surface here
             stack.close()                                                         # threads, then the encoders' flush
-            write_grid_png(out_dir / 'cmp.png', [torch.cat(grid[k], dim=1) for k in panels], labels,
+            write_grid_png(out_dir / 'cmp.png', [np.concatenate(grid[k]) for k in panels], labels,
                            num_frames=len(grid_idx))
-    return _info(clips['preview'], T, fps, times, meta, settings, files, digests, scores)
+    return _info(plan.output, T, fps, times, meta, settings, files, digests, scores)
 
 
-def _info(last, T, fps, times, meta, settings, files, digests, scores):
+def _info(size, T, fps, times, meta, settings, files, digests, scores):
     from tools.metrics import mean_psnr
-    info = {'frames': T, 'height': int(last.shape[-2]), 'width': int(last.shape[-1]), 'fps': float(fps),
+    info = {'frames': T, 'height': int(size[0]), 'width': int(size[1]), 'fps': float(fps),
             'sar': meta.get('sar'), 'frame_times': 'source' if times else 'constant',
             'lossless': bool(settings.lossless), 'files': files,
             'frames_sha256': {FILE_OF[k]: d.hexdigest() for k, d in digests.items()},

@@ -11,7 +11,6 @@ from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
-import torch
 
 # the writer (tools/video_write.py) and comparison panels (tools/panels.py) are part of this module's API
 from tools.panels import draw_label, side_by_side, write_grid_png  # noqa: F401
@@ -333,10 +332,9 @@ def read_frames(path, num_frames=None, stride=1, start=0, backend='auto'):
 
 def read_video(path, num_frames=None, stride=1, start=0, backend='auto'):
     """Read frames start, start+stride, ... -> ((C, T, H, W) float32 in [-1, 1], VideoInfo); see read_frames."""
+    from tools.frames import from_uint8  # noqa: PLC0415
     frames, info = read_frames(path, num_frames, stride, start, backend)
-    video = torch.empty((3, *frames.shape[:3]), dtype=torch.float32)
-    video.copy_(torch.from_numpy(frames).permute(3, 0, 1, 2))  # (C, T, H, W)
-    return video.div_(127.5).sub_(1.0), info
+    return from_uint8(frames), info
 
 
 def list_videos(path_or_folder):

@@ -53,12 +53,13 @@ class VideoWriter:
     strictly increasing across calls) put each frame at its source time (VFR; shifted so the first frame is at 0,
     on a 1/90000 s clock); times=None writes a constant `fps`. Frames go to PATH.tmp, renamed to PATH by close();
     on an exception inside `with` (or abort()) the temp file is removed and an existing PATH is left untouched.
-    x264 holds up to about `lookahead` + 10 frames (its default 40 at preset medium: 216 MB for 720p, measured);
-    a smaller lookahead bounds that for wide side-by-side files.
+    x264 holds up to about `lookahead` + `threads` + 8 frames (its default look-ahead 40 at preset medium: 216
+    MB for 720p, measured); a smaller lookahead bounds that for wide side-by-side files. threads: the encoder's
+    (None: its own choice, 1.5 per CPU core for x264).
     """
 
     def __init__(self, path, fps, crf=18, preset='medium', pix_fmt='yuv420p', sar=None, lossless=False,
-                 lookahead=None):
+                 lookahead=None, threads=None):
         self.path = str(path)
         ext = os.path.splitext(self.path)[1].lower()
         if ext not in WRITE_FORMATS:
@@ -68,6 +69,7 @@ class VideoWriter:
         self.format, self.fps, self.tmp = WRITE_FORMATS[ext], fps_fraction(fps), self.path + '.tmp'
         self.crf, self.preset, self.pix_fmt, self.lossless = crf, preset, pix_fmt, bool(lossless)
         self.lookahead = lookahead      # x264 rc-lookahead in frames (None: the preset's, 40 for medium)
+        self.threads = threads          # encoder threads (None: the encoder's default)
         self.sar = Fraction(sar) if sar is not None else None
         if self.sar is not None and self.sar <= 0:
             raise ValueError(f"{self.path}: sar={sar}; must be a positive ratio (e.g. Fraction(4, 3))")
@@ -98,6 +100,8 @@ class VideoWriter:
         codec, self.enc_fmt, options = self._codec(h, w)
         opts = {'movflags': 'faststart'} if self.format in ('mp4', 'mov') else {}
         self.container = av.open(self.tmp, mode='w', format=self.format, options=opts)
+        if self.threads:
+            options['threads'] = str(self.threads)
         s = self.container.add_stream(codec, rate=self.fps, options=options)
         s.height, s.width, s.pix_fmt = h, w, self.enc_fmt
         cc = s.codec_context

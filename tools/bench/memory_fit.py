@@ -38,7 +38,8 @@ def bench_stage_constants(args):
     """Measure each stage at two sizes; print the fitted constants next to the ones tools/memory.py uses."""
     cfg = load_cfg(args, random_init=True)
     device = setup_device(args, exact_cpu_peaks=True)
-    dtype = args.dtype or cfg.get('dtype', 'fp32')
+    from models.weights import dtype_name, resolve_dtype
+    dtype = dtype_name(resolve_dtype(args.dtype or cfg.get('dtype', 'auto'), device))   # 'auto' resolved
     e = DTYPE_BYTES[dtype]
     pipe = build_pipeline(cfg, device, dtype)
     sizes = args.sizes if len(args.sizes) > 1 else [128, 256]
@@ -84,6 +85,12 @@ def bench_stage_constants(args):
             got = added_bytes(lambda: pipe.refine(lat16, steps=1, seed=0, tile_batch=1), device)
             pts.append(record('state', T, T * h * h * 4, got))
         fits['state'] = slope(pts)
+        from tools.render import quick_scores
+        pts = []
+        for s in sizes:                                   # in-loop metrics: one frame of s x s
+            x = torch.rand(3, 1, s, s, device=device) * 2 - 1
+            pts.append(record('metrics', s, 3 * s * s, added_bytes(lambda: quick_scores(x, x * 0.9), device)))
+        fits['metrics'] = slope(pts)
     fits.update(encoder_constants(record, device))
     print(f'memory stages: {cfg.config_path}, {device} {dtype}; added_mib: peak minus memory before the call; '
           f'fixed_mib: its output, subtracted before the fit')
@@ -97,8 +104,8 @@ def bench_stage_constants(args):
 
 
 def encoder_constants(record, device, height=720, width=1280, frames=64):
-    """x264 (preset medium) memory once full, at look-ahead 0 and 40: -> {'encoder': bytes per pixel,
-    'encoder_frame': bytes per pixel per look-ahead frame}."""
+    """x264 (preset medium) memory once full, at (look-ahead, threads) (0, 1), (40, 1) and (0, 8): -> {'encoder':
+    bytes per pixel, 'encoder_frame': per pixel and look-ahead frame, 'encoder_thread': per pixel and thread}."""
     import numpy as np
 
     from tools.video_write import VideoWriter
@@ -106,14 +113,17 @@ def encoder_constants(record, device, height=720, width=1280, frames=64):
     tex = (rng.random((height // 8, width // 8 + frames, 3)) * 255).astype(np.uint8).repeat(8, 0).repeat(8, 1)
     px, plateau = height * width, {}
     with tempfile.TemporaryDirectory() as tmp:
-        def write(la, n):
-            with VideoWriter(Path(tmp) / f'{la}.mp4', 25, lookahead=la) as w:
+        def write(la, threads, n):
+            with VideoWriter(Path(tmp) / f'{la}.mp4', 25, lookahead=la, threads=threads) as w:
                 for i in range(n):                                # a texture panning 8 px per frame
                     w.write(np.ascontiguousarray(tex[None, :, i * 8:i * 8 + width]))
-        write(0, 4)                                               # warm-up: libx264's one-time allocations
-        for la in (0, 40):
-            plateau[la] = record('encoder', la, px, peak_memory_mib(lambda: write(la, frames), device) * MIB)[1]
-    return {'encoder': plateau[0] / px, 'encoder_frame': (plateau[40] - plateau[0]) / (40 * px)}
+        write(0, 1, 4)                                            # warm-up: libx264's one-time allocations
+        for la, threads in ((0, 1), (40, 1), (0, 8)):
+            got = peak_memory_mib(lambda: write(la, threads, frames), device) * MIB
+            plateau[la, threads] = record('encoder', f'la {la}, {threads} threads', px, got)[1]
+    thread = (plateau[0, 8] - plateau[0, 1]) / (7 * px)
+    return {'encoder': plateau[0, 1] / px - thread, 'encoder_frame': (plateau[40, 1] - plateau[0, 1]) / (40 * px),
+            'encoder_thread': thread}
 
 
 class _Shape:
