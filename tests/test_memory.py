@@ -73,11 +73,18 @@ def test_metrics_go_a_frame_at_a_time():
     assert stage_bytes(w, Settings(4, None, 4, 0))['metrics'][0] == CALIBRATION['metrics'] * 256 * 448 * 3
 
 
-def test_chunk_is_a_multiple_of_the_vae_chunk_when_refining():
-    assert chunk_of(workload(), Settings(10, None, 4, 0)) == 8
+def test_chunk_holds_at_least_one_vae_chunk_when_refining():
+    assert chunk_of(workload(), Settings(10, None, 4, 0)) == 10
     assert chunk_of(workload(), Settings(2, None, 4, 0)) == 4
-    assert chunk_of(workload(refine=False), Settings(10, None, 4, 0)) == 10
+    assert chunk_of(workload(refine=False), Settings(2, None, 4, 0)) == 2
     assert chunk_of(workload(frames=6), Settings(16, None, 4, 0)) == 6
+
+
+@pytest.mark.parametrize('chunk, overlap, expected', [(4, 0, [2, 1]), (4, 2, [3]), (4, 3, []), (8, 2, [4, 3]),
+                                                      (1, 0, [])])
+def test_shorter_vae_chunks_stay_longer_than_the_overlap(chunk, overlap, expected):
+    from tools.memory import shorter_vae_chunks
+    assert shorter_vae_chunks(workload(vae_chunk=chunk, vae_overlap=overlap)) == expected
 
 
 def test_prediction_grows_with_chunk_tiles_and_frame_size():

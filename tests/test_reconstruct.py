@@ -185,3 +185,21 @@ def test_benchmark_times_the_library_function(pipe, clip, tmp_path, monkeypatch)
     assert len(calls) == 1 and calls[0]['timer'] is not None and len(steps) == 1
     assert {s['stage'] for s in stages} == STAGES and info['frames'] == 3
     assert probe_video(tmp_path / 'rec.mp4').num_frames == 3
+
+
+def test_default_timer_waits_for_cuda_at_both_ends(monkeypatch):
+    """On CUDA the stage clock reads after torch.cuda.synchronize, so queued kernels count for their stage."""
+    import torch
+
+    from tools.reconstruct import _perf_timer
+    events = []
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda device=None: events.append(('sync', str(device))))
+    timings = {}
+    timer = _perf_timer(timings, torch.device('cuda', 0))
+    with timer('vae'):
+        events.append('work')
+    assert events == [('sync', 'cuda:0'), 'work', ('sync', 'cuda:0')] and timings['vae'] >= 0
+    events.clear()
+    with _perf_timer(timings, torch.device('cpu'))('vae'):
+        pass
+    assert events == []

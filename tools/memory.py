@@ -138,9 +138,16 @@ def dit_tiles(w):
 
 
 def chunk_of(w, s):
-    """The render chunk: recon rounds --chunk-frames to a multiple of the SVD decode chunk when refining."""
-    step = s.vae_chunk if w.refine else 1
-    return min(w.frames, step * max(1, round(s.chunk_frames / step)))
+    """Frames of a render chunk, as far as memory goes: when refining, at least one SVD decode chunk (the
+    decode stream hands over whole decode chunks)."""
+    return min(w.frames, max(s.chunk_frames, s.vae_chunk if w.refine else 1))
+
+
+def shorter_vae_chunks(w):
+    """SVD decode chunks below the config's, longest first: its halvings and overlap + 1 (the shortest chunk
+    that still moves on), each longer than the overlap."""
+    ks = set(halvings(w.vae_chunk)[1:]) | {w.vae_overlap + 1}
+    return sorted((k for k in ks if w.vae_overlap < k < w.vae_chunk), reverse=True)
 
 
 def chunks_ahead(w, s):
@@ -243,7 +250,7 @@ def candidates(w, chunk_frames=16):
     options = [(w.vae_chunk, w.vae_tile, la) for la in (None, 0)]
     if w.refine:
         options += [(w.vae_chunk, t, 0) for t in (64, 32) if t * 8 < max(w.model) and (not w.vae_tile or t < w.vae_tile)]
-        options += [(k, options[-1][1], 0) for k in halvings(w.vae_chunk)[1:] if k > w.vae_overlap]
+        options += [(k, options[-1][1], 0) for k in shorter_vae_chunks(w)]
     for k, tile, la in options:
         group = [Settings(c, None if n == tiles else n, k, tile, la)
                  for c in halvings(chunk_frames) for n in halvings(tiles)]

@@ -155,7 +155,7 @@ def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings
     settings = settings or ReconSettings()
     out_dir = Path(out_dir)
     timings = {}
-    timer = timer or _perf_timer(timings)
+    timer = timer or _perf_timer(timings, pipe.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         if latent_file is not None:
@@ -183,15 +183,19 @@ def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings
     return info
 
 
-def _perf_timer(into):
-    """A timer hook summing wall seconds per stage into the dict `into`."""
+def _perf_timer(into, device):
+    """A timer hook summing wall seconds per stage into the dict `into`; on CUDA it waits for the device at
+    both ends, so a stage's queued kernels count for that stage, not the next one to sync."""
     from contextlib import contextmanager
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' else (lambda: None)
 
     @contextmanager
     def timer(stage):
+        sync()
         t0 = time.perf_counter()
         try:
             yield
         finally:
+            sync()
             into[stage] = into.get(stage, 0.0) + time.perf_counter() - t0
     return timer

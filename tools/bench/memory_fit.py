@@ -160,14 +160,16 @@ def bench_plan(args):
     with tempfile.TemporaryDirectory() as tmp:
         for budget in args.budgets or ['off']:
             argv = ['--config', args.config, '--input', clip, '--output', tmp, '--overwrite', '--size',
-                    str(args.sizes[0]), '--num-frames', str(args.lengths[0]), '--device', args.device]
+                    str(args.sizes[0]), '--num-frames', str(args.lengths[0]), '--chunk-frames', str(args.chunk_frames),
+                    '--device', args.device]
             argv += [] if budget == 'off' else ['--max-memory', budget]
             code, out, predicted, measured = run_recon_peak(argv)
             line = next((ln for ln in out.splitlines() if 'predicted peak' in ln or ln.startswith('error')), '')
             rows.append(dict(budget=budget, frames=args.lengths[0], exit=code,
                              predicted_gb=predicted and predicted / 1e9, measured_gb=measured and measured / 1e9,
                              ratio=predicted / measured if predicted and measured else None, plan=line.strip()))
-    print(f'memory plan: {clip}, {args.lengths[0]} frames, --size {args.sizes[0]}, {args.config}; measured: peak '
+    print(f'memory plan: {clip}, {args.lengths[0]} frames, --size {args.sizes[0]}, --chunk-frames {args.chunk_frames}, '
+          f'{args.config}; measured: peak '
           f'RSS of the recon.py process (ru_maxrss), on CUDA max allocated + {CUDA_CONTEXT >> 20} MiB context; '
           f'GB = 10^9 B')
     print_table(rows, ['budget', 'frames', 'exit', 'predicted_gb', 'measured_gb', 'ratio', 'plan'])
