@@ -188,8 +188,10 @@ def stage_bytes(w, s, cal=CALIBRATION):
     la = WRITER_LOOKAHEAD if s.lookahead is None else s.lookahead
     per_pixel = cal['encoder'] + cal['encoder_frame'] * min(w.frames, la) + cal['encoder_thread'] * writer_threads()
     b['encoder'] = (out * per_pixel * (1 + w.refine + panels), False)
-    # in-loop PSNR/SSIM (tools/render.py quick_scores), one frame at a time: the SSIM blur's unfolded taps
-    b['metrics'] = ((cal['metrics'] * mdl * 3) if w.metrics else 0, True)
+    # in-loop PSNR/SSIM (tools/render.py quick_scores), one frame at a time: the SSIM blur's unfolded taps; on
+    # CUDA the chunk's source frames at the model's size are copied to the device first
+    on_cuda = w.device == 'cuda'
+    b['metrics'] = ((cal['metrics'] * mdl * 3 + on_cuda * c * mdl * 3 * 4) if w.metrics else 0, True)
     b['latent'] = (w.frames * lat * 4 * 4, True)                          # the refined SVD latent (whole clip)
     if w.refine:
         tiles, th, tw, L = dit_tiles(w)
