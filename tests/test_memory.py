@@ -14,12 +14,13 @@ def workload(**kw):
 
 
 @pytest.mark.parametrize('text, expected', [('24GB', 24 * 10 ** 9), ('2.5GB', 2_500_000_000), ('800MB', 8 * 10 ** 8),
-                                            ('16GiB', 16 * 2 ** 30), ('1.5 gib', int(1.5 * 2 ** 30)), ('4096', 4096)])
+                                            ('16GiB', 16 * 2 ** 30), ('1.5 gib', int(1.5 * 2 ** 30)),
+                                            ('3000000000', 3 * 10 ** 9), ('10 GB', 10 ** 10)])
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize('text', ['', 'GB', '-1GB', '0GB', '2.5XB', 'lots'])
+@pytest.mark.parametrize('text', ['', 'GB', '-1GB', '0GB', '2.5XB', 'lots', '0.5', '2.5', '4096', '999kB'])
 def test_parse_size_rejects(text):
     with pytest.raises(ValueError, match='e.g. 24GB'):
         parse_size(text)
@@ -162,6 +163,21 @@ def test_plan_error_is_one_line():
         plan_memory(workload(), budget=parse_size('1.1GB'), base=10 ** 9)
     msg = str(e.value)
     assert '\n' not in msg and msg.startswith('--max-memory 1.10 GB: ') and 'raise --max-memory' in msg
+    assert msg.endswith("lower --size, or --upscale (outputs at the model's size)")    # 720x1280 out, 256x448 model
+    with pytest.raises(PlanError) as e:
+        plan_memory(workload(output=(256, 448)), budget=parse_size('1.1GB'), base=10 ** 9)
+    assert str(e.value).endswith('lower --size')
+
+
+def test_the_plan_line_names_the_chunk_recon_runs():
+    w, base = workload(), 10 ** 9
+    for budget in ('1.5GB', '1.7GB', '2GB', '3GB', '30GB'):
+        try:
+            plan = plan_memory(w, budget=parse_size(budget), base=base)
+        except PlanError:
+            continue
+        assert plan.settings.chunk_frames == chunk_of(w, plan.settings)
+        assert f'chunk {plan.settings.chunk_frames} frames' in plan.line()
 
 
 def test_default_budget_is_off_on_cpu_and_the_free_device_memory_on_cuda(monkeypatch):
@@ -211,8 +227,8 @@ def test_recon_too_small_budget_exits_2_with_one_line(repo_root, shared_videos, 
 def test_recon_bad_budget_is_a_usage_error(repo_root, shared_videos, tmp_path, monkeypatch):
     code, _, err = recon_run(tiny_argv(repo_root, shared_videos / 'carphone_pristine.mp4', tmp_path / 'o',
                                        '--max-memory', '2.5XB'), monkeypatch)
-    assert code == 2 and err.strip() == "error: --max-memory memory size '2.5XB': use a positive number with a " \
-                                        "unit, e.g. 24GB, 2.5GB, 800MB, 16GiB"
+    assert code == 2 and err.strip() == "error: --max-memory '2.5XB': use a size of at least 1 MB with its unit, " \
+                                        "e.g. 24GB, 2.5GB, 800MB, 16GiB"
 
 
 def test_recon_prints_the_plan_and_applies_it(repo_root, shared_videos, tmp_path, monkeypatch):

@@ -59,12 +59,13 @@ class PlanError(MemoryError):
 
 
 def parse_size(text):
-    """'24GB', '2.5GB', '800MB', '1.5GiB', '3000000000' -> bytes (int); ValueError with the accepted forms."""
+    """'24GB', '2.5GB', '800MB', '1.5GiB', '3000000000' -> bytes (int); ValueError (naming the accepted forms)
+    for anything else, and for sizes under 1 MB (a number without its unit, such as '2.5')."""
     m = re.fullmatch(r'\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*', str(text).lower())
     units = {'': 1, 'b': 1, 'kb': 1e3, 'mb': 1e6, 'gb': 1e9, 'tb': 1e12,
              'kib': 2 ** 10, 'mib': 2 ** 20, 'gib': 2 ** 30, 'tib': 2 ** 40, 'k': 1e3, 'm': 1e6, 'g': 1e9, 't': 1e12}
-    if not m or (m.group(2) or '') not in units or float(m.group(1)) <= 0:
-        raise ValueError(f"memory size {text!r}: use a positive number with a unit, e.g. 24GB, 2.5GB, 800MB, 16GiB")
+    if not m or (m.group(2) or '') not in units or float(m.group(1)) * units[m.group(2) or ''] < 1e6:
+        raise ValueError(f"{text!r}: use a size of at least 1 MB with its unit, e.g. 24GB, 2.5GB, 800MB, 16GiB")
     return int(float(m.group(1)) * units[m.group(2) or ''])
 
 
@@ -254,8 +255,8 @@ def candidates(w, chunk_frames=16):
         options += [(w.vae_chunk, t, 0) for t in (64, 32) if t * 8 < max(w.model) and (not w.vae_tile or t < w.vae_tile)]
         options += [(k, options[-1][1], 0) for k in shorter_vae_chunks(w)]
     for k, tile, la in options:
-        group = [Settings(c, None if n == tiles else n, k, tile, la)
-                 for c in halvings(chunk_frames) for n in halvings(tiles)]
+        chunks = sorted({max(c, k if w.refine else 1) for c in halvings(chunk_frames)}, reverse=True)
+        group = [Settings(c, None if n == tiles else n, k, tile, la) for c in chunks for n in halvings(tiles)]
         yield sorted(group, key=lambda s: (-(chunk_of(w, s)), -(s.dit_tile_batch or tiles)))
 
 
@@ -294,10 +295,12 @@ def plan_memory(w, budget=None, base=0, chunk_frames=16, cal=CALIBRATION):
                     for s in g), key=lambda p: p.prediction.peak)
     hm, wm = w.model
     need = smallest.prediction.peak
+    smaller = 'lower --size' + (', or --upscale (outputs at the model\'s size)'
+                                if w.output[0] * w.output[1] > hm * wm else '')
     raise PlanError(f'--max-memory {gb(budget)}: even the smallest plan ({smallest.line().split(": ", 1)[1]}) '
                     f'needs {gb(need)} ({gb(base)} before the work) for {w.frames} frames at {hm}x{wm} from '
                     f'{w.source[0]}x{w.source[1]}; raise --max-memory to {gb(need / (1 - HEADROOM))} '
-                    f'({HEADROOM:.0%} headroom) or lower --size')
+                    f'({HEADROOM:.0%} headroom), {smaller}')
 
 
 def bytes_in_use(device):

@@ -1,4 +1,5 @@
-"""Side-by-side comparison videos and PNG grids of (C, T, H, W) clips in [-1, 1], labelled."""
+"""Side-by-side comparison videos and PNG grids, labelled: clips (C, T, H, W) in [-1, 1] (PNG grids also take
+RGB uint8 (T, H, W, 3))."""
 import os
 
 import numpy as np
@@ -8,7 +9,6 @@ from tools.files import atomic_write
 from tools.frames import from_uint8
 from tools.frames import resize as _resize
 from tools.video_write import to_uint8
-
 
 
 def _label_overlay(text, frame_h):
@@ -72,7 +72,7 @@ def write_grid_png(path, videos, labels=None, num_frames=4):
     labels = list(labels) if labels is not None else [''] * len(videos)
     if not videos or len(labels) != len(videos):
         raise ValueError(f"write_grid_png got {len(videos)} videos and {len(labels)} labels; give one label each")
-    u8 = [isinstance(v, np.ndarray) for v in videos]
+    u8 = [str(v.dtype) in ('uint8', 'torch.uint8') for v in videos]          # numpy or torch
     shapes = [(v.shape[0], *v.shape[1:3]) if is_u8 else (v.shape[1], *v.shape[-2:]) for v, is_u8 in zip(videos, u8)]
     H = shapes[0][1]
     widths = [max(1, round(w * H / h)) for _, h, w in shapes]

@@ -105,10 +105,11 @@ class _Source:
 
 
 def output_uint8(plan, video):
-    """Model frames (C, k, *model) -> the output frames as RGB uint8 (k, *output, 3), a frame at a time."""
+    """Model frames (C, k, *model) on their device -> the output frames as RGB uint8 (k, *output, 3) on the
+    host, a frame at a time (resized on the device, then copied)."""
     out = np.empty((video.shape[1], *plan.output, 3), np.uint8)
     for t in range(video.shape[1]):
-        out[t] = to_uint8(plan.to_output(video[:, t:t + 1].cpu()))[0]
+        out[t] = to_uint8(plan.to_output(video[:, t:t + 1]))[0]
     return out
 
 
