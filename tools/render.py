@@ -200,6 +200,9 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
                         p, s = quick_scores(ref, unpad(model_out[k][:, keep], plan.pad).to(pipe.device))
                         scores[k]['psnr'] += p
                         scores[k]['ssim'] += s or []
+            # this chunk's buffers go now, not when the next chunk's replace them: the write-behind holds the
+            # panels only until they are written
+            u8 = model_out = ref_model = ref = None
         with timer('write'):
             if pending is not None and threads:
                 pending.result()                                                  # its errors surface here
