@@ -50,6 +50,22 @@ def carphone(shared_videos):
     return str(shared_videos / 'carphone_pristine.mp4')
 
 
+@pytest.fixture(scope='session')
+def small_clips(shared_videos):
+    """small_clips(car_frames, bunny_frames) -> [(name, (3, T, H, W) float in [-1, 1], fps)]: the first frames
+    of carphone (144x176) and of bigbuckbunny resized to 72x128, named 'carphone' and 'bunny'."""
+    import torch
+
+    from tools.video_io import read_video
+
+    def load(car_frames, bunny_frames):
+        car, info = read_video(shared_videos / 'carphone_pristine.mp4', num_frames=car_frames)
+        bunny, binfo = read_video(shared_videos / 'bigbuckbunny.mp4', num_frames=bunny_frames)
+        bunny = torch.nn.functional.interpolate(bunny, size=(72, 128), mode='bilinear', antialias=True)
+        return [('carphone', car, info.fps), ('bunny', bunny, binfo.fps)]
+    return load
+
+
 @pytest.fixture
 def tiny_cfg(repo_root):
     """A fresh Config from configs/tiny.py (tests may modify it)."""

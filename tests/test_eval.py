@@ -20,13 +20,10 @@ def noisy(video, sigma, seed):
 
 
 @pytest.fixture(scope='module')
-def clips(shared_videos, tmp_path_factory):
+def clips(small_clips, tmp_path_factory):
     """ref/{carphone,bunny}.mp4, recon/<name>/{rec,preview}.mp4 (σ 0.02 / 0.08), flat/<name>.mp4, half/ (½ size)."""
     root = tmp_path_factory.mktemp('eval')
-    car, info = read_video(shared_videos / 'carphone_pristine.mp4', num_frames=6)
-    bunny, binfo = read_video(shared_videos / 'bigbuckbunny.mp4', num_frames=5)
-    bunny = torch.nn.functional.interpolate(bunny, size=(72, 128), mode='bilinear', antialias=True)
-    for i, (name, clip, fps) in enumerate((('carphone', car, info.fps), ('bunny', bunny, binfo.fps))):
+    for i, (name, clip, fps) in enumerate(small_clips(6, 5)):
         write_video(root / 'ref' / f'{name}.mp4', clip, fps, crf=0)
         write_video(root / 'recon' / name / 'rec.mp4', noisy(clip, 0.02, i), fps)
         write_video(root / 'recon' / name / 'preview.mp4', noisy(clip, 0.08, 10 + i), fps)

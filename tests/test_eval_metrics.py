@@ -15,14 +15,11 @@ from tools.video_io import read_video, write_video
 
 
 @pytest.fixture(scope='module')
-def clips(shared_videos, tmp_path_factory):
+def clips(small_clips, tmp_path_factory):
     """ref/{carphone,bunny}.mp4 (lossless) and noisy/<name>.mp4 (σ 0.03 on [0, 1])."""
     root = tmp_path_factory.mktemp('evalm')
-    car, info = read_video(shared_videos / 'carphone_pristine.mp4', num_frames=5)
-    bunny, binfo = read_video(shared_videos / 'bigbuckbunny.mp4', num_frames=4)
-    bunny = torch.nn.functional.interpolate(bunny, size=(72, 128), mode='bilinear', antialias=True)
     g = torch.Generator().manual_seed(0)
-    for name, clip, fps in (('carphone', car, info.fps), ('bunny', bunny, binfo.fps)):
+    for name, clip, fps in small_clips(5, 4):
         write_video(root / 'ref' / f'{name}.mp4', clip, fps, crf=0)
         write_video(root / 'noisy' / f'{name}.mp4', (clip + 0.06 * torch.randn(clip.shape, generator=g)).clamp(-1, 1),
                     fps)

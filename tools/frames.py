@@ -254,7 +254,7 @@ class FramePlan:
         top, left, h, w = self.crop
         top, left = top - (self.resized[0] - x.shape[1]) // 2, left - (self.resized[1] - x.shape[2]) // 2
         x = np.ascontiguousarray(x[:, top:top + h, left:left + w])
-        return torch.from_numpy(x).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)   # x/127.5 - 1, §12
+        return from_uint8(x)                                                             # x/127.5 - 1, §12
 
     # -- model -> output ---------------------------------------------------------------------------------
     def to_output(self, video):
