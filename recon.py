@@ -260,7 +260,7 @@ def clear_outputs(out_dir, keep=None):
 def fit_memory(pipe, name, src, args, settings, cfg, decode_from):
     """Chunk frames, DiT tiles per call, SVD decode chunk/tiles and encoder look-ahead for one video under
     --max-memory (CUDA: the free device memory by default), printed (tools/memory.py); the SVD tile size is
-    set on pipe.vae. -> Settings. PlanError (one line) when nothing fits."""
+    set on pipe.vae. -> tools.memory.MemoryPlan. PlanError (one line) when nothing fits."""
     from models.weights import dtype_name
     from tools.frames import FramePlan
     from tools.memory import Workload, bytes_in_use, default_budget, gb, plan_memory
@@ -280,16 +280,15 @@ def fit_memory(pipe, name, src, args, settings, cfg, decode_from):
     if pipe.vae is not None:
         pipe.vae.tile_size = memory_plan.settings.vae_tile
     print(f'{name}: {memory_plan.line()} ({f"budget {gb(budget)}" if budget else "no --max-memory"})', flush=True)
-    return memory_plan.settings
+    return memory_plan
 
 
 def process(pipe, name, src, out_dir, args, settings, record, decode_from, cfg):
     """All outputs of one video (or one saved latent); done.json last. -> the done.json dict."""
     from tools.reconstruct import reconstruct
     t0 = time.time()
-    mem = fit_memory(pipe, name, src, args, settings, cfg, decode_from)
-    if mem.vae_chunk != cfg.vae.get('decode_chunk', 4):
-        record = {**record, 'decode_chunk': mem.vae_chunk}
+    memory_plan = fit_memory(pipe, name, src, args, settings, cfg, decode_from)
+    mem = memory_plan.settings
     clear_outputs(out_dir, keep=src if decode_from else None)      # nothing of another run is taken for ours
     source = dict(latent_file=src) if decode_from else dict(video=src)
     info = reconstruct(pipe, out_dir, name=name, settings=settings, chunk_frames=mem.chunk_frames,
@@ -304,7 +303,7 @@ def process(pipe, name, src, out_dir, args, settings, record, decode_from, cfg):
             'frame_stride': meta['frame_stride'], 'size': plan['size'], 'square': plan['square'],
             'preprocess': plan['preprocess'], 'upscale': settings.upscale, 'interp': settings.interp, 'plan': plan,
             'config': record['config'], 'device': str(pipe.device), 'dtype': record['dtype'],
-            'settings': record, 'stage_seconds': timings, 'seconds': round(time.time() - t0, 2)}
+            'settings': record, 'memory_plan': memory_plan.to_dict(), 'stage_seconds': timings, 'seconds': round(time.time() - t0, 2)}
     write_text_atomic(out_dir / DONE, json.dumps(done, indent=1) + '\n')
     return done
 
@@ -326,7 +325,7 @@ def summary_line(done):
 def failure_line(src, e):
     """'PATH: reason' in one line (VideoReadError messages already start with the path)."""
     reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
-    if type(e).__name__ not in ('VideoReadError', 'ValueError', 'NonFiniteError', 'LatentError'):
+    if type(e).__name__ not in ('VideoReadError', 'ValueError', 'NonFiniteError', 'LatentError', 'PlanError'):
         reason = f'{type(e).__name__}: {reason}' if reason else type(e).__name__
     return reason if reason.startswith(str(src)) else f'{src}: {reason}'
 
@@ -385,7 +384,7 @@ def main(argv=None):
         return 2
     from tools.reconstruct import output_settings
     settings = settings_of(args)
-    record = output_settings(settings, cfg, dtype)
+    record = {**output_settings(settings, cfg, dtype), 'max_memory': args.max_memory}   # bytes; the plan: done.json
     if decode_from:                          # the latent's own plan shapes the frames: record that, not flags
         record.update({field: 'latent' for _, _, field in LATENT_FIXED})
     main_process = rank == 0
@@ -404,13 +403,9 @@ def main(argv=None):
             print(f'{n}: complete in {output / n}, skipped (--overwrite redoes it)')
     failures, completed = [], []
     if todo:
-        from tools.memory import PlanError
         try:
             run_batch(todo, items, output, args, cfg, device, dtype, stages, settings, record, decode_from,
                       main_process, failures, completed)
-        except PlanError as e:
-            print(f'error: {e}', file=sys.stderr)
-            return 2
         except KeyboardInterrupt:
             print(f'\ninterrupted: {len(mine) - len(todo) + len(completed)}/{len(mine)} videos complete in {output}; '
                   f'rerun the same command to resume (complete videos are skipped, the interrupted one is redone)',
@@ -441,7 +436,7 @@ def run_batch(todo, items, output, args, cfg, device, dtype, stages, settings, r
     from tqdm.auto import tqdm
 
     from models.pipeline import CascadeV
-    from tools.memory import PlanError, release_freed_memory_to_os
+    from tools.memory import release_freed_memory_to_os
     args.progress = main_process and sys.stderr.isatty()
     with torch.no_grad():
         pipe = CascadeV.from_config(cfg, device=device, dtype=dtype, compile=args.compile, stages=stages)
@@ -454,11 +449,11 @@ def run_batch(todo, items, output, args, cfg, device, dtype, stages, settings, r
                 done = process(pipe, name, items[name], output / name, args, settings, rec, decode_from, cfg)
                 bar.write(summary_line(done))
                 completed.append(name)
-            except (PlanError, KeyboardInterrupt):   # nothing fits the budget (usage error) or Ctrl-C: stop
+            except KeyboardInterrupt:
                 remove_if_empty(output / name)
                 remove_if_empty(output)
                 raise
-            except Exception as e:        # a bad file must not stop the batch
+            except Exception as e:        # a bad file, or one no plan fits --max-memory, must not stop the batch
                 failures.append(failure_line(items[name], e))
                 bar.write(f'failed: {failures[-1]}')
                 remove_if_empty(output / name)

@@ -167,6 +167,12 @@ def test_plan_error_is_one_line():
     with pytest.raises(PlanError) as e:
         plan_memory(workload(output=(256, 448)), budget=parse_size('1.1GB'), base=10 ** 9)
     assert str(e.value).endswith('lower --size')
+    with pytest.raises(PlanError) as e:                                   # a saved latent: its sizes are fixed
+        plan_memory(workload(original=False), budget=parse_size('1.1GB'), base=10 ** 9)
+    assert str(e.value).endswith('or encode the video again at a lower --size')
+    with pytest.raises(PlanError) as e:
+        plan_memory(workload(), budget=parse_size('2MiB'), base=10 ** 9)
+    assert str(e.value).startswith('--max-memory 2.1 MB: ')
 
 
 def test_the_plan_line_names_the_chunk_recon_runs():
@@ -178,6 +184,13 @@ def test_the_plan_line_names_the_chunk_recon_runs():
             continue
         assert plan.settings.chunk_frames == chunk_of(w, plan.settings)
         assert f'chunk {plan.settings.chunk_frames} frames' in plan.line()
+    # --chunk-frames below one SVD decode chunk (4) is kept, with or without a budget, and printed as run
+    for budget in (None, parse_size('30GB')):
+        plan = plan_memory(w, budget=budget, base=base, chunk_frames=2)
+        assert plan.settings.chunk_frames == 2 and plan.line().split(': ')[1].startswith('chunk 2 frames,')
+    one = plan_memory(workload(refine=False), budget=None, base=base, chunk_frames=1)
+    assert 'chunk 1 frame,' in one.line() or one.line().endswith('chunk 1 frame')
+    assert 'chunk 4 frames' in plan_memory(workload(frames=4), budget=None, base=base).line()   # the clip's length
 
 
 def test_default_budget_is_off_on_cpu_and_the_free_device_memory_on_cuda(monkeypatch):
@@ -214,14 +227,35 @@ def tiny_argv(repo_root, clip, out, *extra):
             '--size', 64, '--steps', 1, *extra]
 
 
-def test_recon_too_small_budget_exits_2_with_one_line(repo_root, shared_videos, tmp_path, monkeypatch):
-    code, out, err = recon_run(tiny_argv(repo_root, shared_videos / 'carphone_pristine.mp4', tmp_path / 'o',
-                                         '--max-memory', '100MB'), monkeypatch)
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: --max-memory 0.10 GB: even the smallest plan (chunk '), err
-    assert 'raise --max-memory' in lines[0]
-    assert not (tmp_path / 'o' / 'carphone_pristine').exists()           # nothing half-written is left
+def test_recon_too_small_budget_fails_each_video_and_the_batch_goes_on(repo_root, shared_videos, tmp_path, monkeypatch):
+    clips = [shared_videos / 'carphone_pristine.mp4', shared_videos / 'bigbuckbunny.mp4']
+    argv = tiny_argv(repo_root, clips[0], tmp_path / 'o', '--max-memory', '100MB')
+    argv[argv.index('--input') + 1:argv.index('--input') + 2] = clips
+    code, out, err = recon_run(argv, monkeypatch)
+    assert code == 1
+    for clip in clips:                                                    # both tried, one line each
+        line = next(ln for ln in out.splitlines() if ln.startswith(f'failed: {clip}: '))
+        assert '--max-memory 0.10 GB: even the smallest plan (chunk ' in line and 'raise --max-memory' in line
+        assert not (tmp_path / 'o' / clip.stem).exists()                 # nothing half-written is left
+    assert err.startswith('2/2 failed:')
+
+
+def test_recon_resumes_under_a_budget_and_records_the_plan(repo_root, shared_videos, tmp_path, monkeypatch):
+    """The rerun of the same command skips the video; done.json records the budget asked for (settings) and
+    the plan it gave (memory_plan); a rerun without the budget redoes the video."""
+    import json
+    argv = tiny_argv(repo_root, shared_videos / 'carphone_pristine.mp4', tmp_path / 'o')
+    code, out, err = recon_run(argv + ['--max-memory', '64GB'], monkeypatch)
+    assert code == 0, err
+    done = json.loads((tmp_path / 'o' / 'carphone_pristine' / 'done.json').read_text())
+    assert done['settings']['max_memory'] == 64 * 10 ** 9
+    plan = done['memory_plan']
+    assert plan['budget'] == 64 * 10 ** 9 and 10 ** 8 < plan['predicted_peak'] < 64 * 10 ** 9
+    assert (plan['chunk_frames'], plan['vae_chunk'], plan['vae_tile'], plan['lookahead']) == (16, 4, 0, 10)
+    code, out, _ = recon_run(argv + ['--max-memory', '64GB'], monkeypatch)
+    assert code == 0 and 'complete in' in out and 'predicted peak' not in out
+    code, out, _ = recon_run(argv, monkeypatch)
+    assert code == 0 and 'holds a run with other settings (max_memory 64000000000 -> None); redoing it' in out
 
 
 def test_recon_bad_budget_is_a_usage_error(repo_root, shared_videos, tmp_path, monkeypatch):

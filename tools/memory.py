@@ -83,7 +83,12 @@ def release_freed_memory_to_os(threshold=128 * 1024):
 
 
 def gb(n):
-    return f'{n / 1e9:.2f} GB'
+    """Bytes as '2.31 GB' (GB = 10⁹ B); under 0.1 GB as '2.1 MB'."""
+    return f'{n / 1e9:.2f} GB' if n >= 10 ** 8 else f'{n / 1e6:.1f} MB'
+
+
+def _frames(n):
+    return f'{n} frame' + ('' if n == 1 else 's')
 
 
 @dataclass(frozen=True)
@@ -253,9 +258,11 @@ def candidates(w, chunk_frames=16):
     options = [(w.vae_chunk, w.vae_tile, la) for la in (None, 0)]
     if w.refine:
         options += [(w.vae_chunk, t, 0) for t in (64, 32) if t * 8 < max(w.model) and (not w.vae_tile or t < w.vae_tile)]
-        options += [(k, options[-1][1], 0) for k in shorter_vae_chunks(w)]
+        options += [(k, options[-1][1], 0) for k in shorter_vae_chunks(w) if k < w.frames]   # else: no change
     for k, tile, la in options:
-        chunks = sorted({max(c, k if w.refine else 1) for c in halvings(chunk_frames)}, reverse=True)
+        # shorter render chunks than one SVD decode chunk save nothing (the decode stream holds one), unless asked
+        low = min(k, chunk_frames) if w.refine else 1
+        chunks = sorted({max(c, low) for c in halvings(chunk_frames)}, reverse=True)
         group = [Settings(c, None if n == tiles else n, k, tile, la) for c in chunks for n in halvings(tiles)]
         yield sorted(group, key=lambda s: (-(chunk_of(w, s)), -(s.dit_tile_batch or tiles)))
 
@@ -269,14 +276,22 @@ class MemoryPlan:
 
     def line(self):
         s, w = self.settings, self.workload
-        parts = [f'chunk {chunk_of(w, s)} frames']
+        parts = [f'chunk {_frames(min(s.chunk_frames, w.frames))}']
         if w.refine:
             tiles = dit_tiles(w)[0]
             parts += [f'DiT tiles {s.dit_tile_batch or tiles} at a time', f'VAE chunk {s.vae_chunk}',
                       f'VAE tiles {s.vae_tile} px' if s.vae_tile else 'VAE tiles off']
         if s.lookahead is not None:
-            parts.append(f'encoder look-ahead {s.lookahead} frames')
+            parts.append(f'encoder look-ahead {_frames(s.lookahead)}')
         return f'predicted peak {gb(self.prediction.peak)}: ' + ', '.join(parts)
+
+    def to_dict(self):
+        """What done.json records: the budget and predicted peak in bytes (budget None: none) and the settings
+        (dit_tile_batch None: all of a window's tiles; vae_tile 0: off; lookahead in frames)."""
+        s = self.settings
+        return {'budget': self.budget, 'predicted_peak': self.prediction.peak, 'chunk_frames': s.chunk_frames,
+                'dit_tile_batch': s.dit_tile_batch, 'vae_chunk': s.vae_chunk, 'vae_tile': s.vae_tile,
+                'lookahead': WRITER_LOOKAHEAD if s.lookahead is None else s.lookahead}
 
 
 def plan_memory(w, budget=None, base=0, chunk_frames=16, cal=CALIBRATION):
@@ -295,10 +310,13 @@ def plan_memory(w, budget=None, base=0, chunk_frames=16, cal=CALIBRATION):
                     for s in g), key=lambda p: p.prediction.peak)
     hm, wm = w.model
     need = smallest.prediction.peak
-    smaller = 'lower --size' + (', or --upscale (outputs at the model\'s size)'
-                                if w.output[0] * w.output[1] > hm * wm else '')
+    if not w.original:                              # a saved latent: its frame sizes were fixed by the encoding
+        smaller = 'or encode the video again at a lower --size'
+    else:
+        smaller = 'lower --size' + (', or --upscale (outputs at the model\'s size)'
+                                    if w.output[0] * w.output[1] > hm * wm else '')
     raise PlanError(f'--max-memory {gb(budget)}: even the smallest plan ({smallest.line().split(": ", 1)[1]}) '
-                    f'needs {gb(need)} ({gb(base)} before the work) for {w.frames} frames at {hm}x{wm} from '
+                    f'needs {gb(need)} ({gb(base)} before the work) for {_frames(w.frames)} at {hm}x{wm} from '
                     f'{w.source[0]}x{w.source[1]}; raise --max-memory to {gb(need / (1 - HEADROOM))} '
                     f'({HEADROOM:.0%} headroom), {smaller}')
 

@@ -80,16 +80,16 @@ def weights_stamp(path):
     return f'{st.st_size}:{st.st_mtime_ns}'
 
 
-def output_settings(settings, cfg, dtype, vae_chunk=None):
+def output_settings(settings, cfg, dtype):
     """Everything that shapes the files, as done.json records it (a rerun compares it): the settings, the
     stage dtype ('fp32' | 'fp16' | 'bf16', resolved), the config's file name and digest (config_digest), the
-    DiT weights' path and stamp, tile blend and the SVD decoder's temporal chunking (vae_chunk: frames per
-    decoder call when not the config's)."""
+    DiT weights' path and stamp, tile blend and the config's SVD decode chunk and overlap (recon.py adds its
+    --max-memory, whose plan may shorten or tile the SVD decode, and records that plan beside)."""
     vae = cfg.get('vae', {})
     return {**asdict(settings), 'dtype': dtype_name(dtype), 'config': Path(cfg.config_path).name,
             'config_sha256': config_digest(cfg), 'dit_weights': str(cfg.weights.dit),
             'dit_weights_stamp': weights_stamp(cfg.weights.dit), 'tile_blend': cfg.sampling.get('tile_blend', 'smooth'),
-            'decode_chunk': vae_chunk or vae.get('decode_chunk', 4), 'decode_overlap': vae.get('decode_overlap', 0)}
+            'decode_chunk': vae.get('decode_chunk', 4), 'decode_overlap': vae.get('decode_overlap', 0)}
 
 
 def source_plan(path, settings):

@@ -86,7 +86,8 @@ def add_memory_parser(subparsers):
                         "each stage's peak at two sizes, fitted to tools/memory.py's CALIBRATION; plan: recon.py "
                         "with --max-memory budgets, its printed prediction against the measured peak RSS")
     p.add_argument('--lengths', type=int, nargs='+', default=[8, 16, 32], help='clip lengths in frames')
-    p.add_argument('--sizes', type=int, nargs='+', default=[64], help='frame sizes in pixels (square)')
+    p.add_argument('--sizes', type=int, nargs='+', default=[64],
+                   help='frame sizes in pixels (square); --what plan: recon.py --size (the short side)')
     p.add_argument('--tiles', type=int, nargs='+', default=None,
                    help='DiT tile sizes in latent pixels (model.input_size; default: the config)')
     p.add_argument('--dtype', choices=['auto', 'fp32', 'bf16', 'fp16'], default=None)

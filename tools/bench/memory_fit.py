@@ -5,6 +5,7 @@ slope of the added peak over the stage's unit (tools/memory.py: bytes per frame 
 token · hidden unit · dtype byte, per latent pixel of the sampler state), so fixed costs do not enter it.
 plan: recon.py in a fresh process per budget; its printed "predicted peak" against its peak RSS (ru_maxrss).
 """
+import itertools
 import re
 import subprocess
 import sys
@@ -154,24 +155,23 @@ def run_recon_peak(argv):
 
 
 def bench_plan(args):
-    """recon.py on a clip with each --max-memory budget ('off': none), one fresh process each."""
+    """recon.py on a clip for each clip length x --size x --max-memory budget ('off': none), one fresh process
+    each; ratio = measured / predicted."""
     clip = args.clip or str(REPO.parent / 'shared' / 'videos' / 'bigbuckbunny.mp4')
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for budget in args.budgets or ['off']:
-            argv = ['--config', args.config, '--input', clip, '--output', tmp, '--overwrite', '--size',
-                    str(args.sizes[0]), '--num-frames', str(args.lengths[0]), '--chunk-frames', str(args.chunk_frames),
-                    '--device', args.device]
+        for frames, size, budget in itertools.product(args.lengths, args.sizes, args.budgets or ['off']):
+            argv = ['--config', args.config, '--input', clip, '--output', tmp, '--overwrite', '--size', str(size),
+                    '--num-frames', str(frames), '--chunk-frames', str(args.chunk_frames), '--device', args.device]
             argv += [] if budget == 'off' else ['--max-memory', budget]
             code, out, predicted, measured = run_recon_peak(argv)
-            line = next((ln for ln in out.splitlines() if 'predicted peak' in ln or ln.startswith('error')), '')
-            rows.append(dict(budget=budget, frames=args.lengths[0], exit=code,
+            line = next((ln for ln in out.splitlines() if 'predicted peak' in ln or '--max-memory' in ln), '')
+            rows.append(dict(budget=budget, frames=frames, size=size, exit=code,
                              predicted_gb=predicted and predicted / 1e9, measured_gb=measured and measured / 1e9,
-                             ratio=predicted / measured if predicted and measured else None, plan=line.strip()))
-    print(f'memory plan: {clip}, {args.lengths[0]} frames, --size {args.sizes[0]}, --chunk-frames {args.chunk_frames}, '
-          f'{args.config}; measured: peak '
+                             ratio=measured / predicted if predicted and measured else None, plan=line.strip()))
+    print(f'memory plan: {clip}, --chunk-frames {args.chunk_frames}, {args.config}; measured: peak '
           f'RSS of the recon.py process (ru_maxrss), on CUDA max allocated + {CUDA_CONTEXT >> 20} MiB context; '
-          f'GB = 10^9 B')
-    print_table(rows, ['budget', 'frames', 'exit', 'predicted_gb', 'measured_gb', 'ratio', 'plan'])
+          f'ratio = measured / predicted; GB = 10^9 B')
+    print_table(rows, ['budget', 'frames', 'size', 'exit', 'predicted_gb', 'measured_gb', 'ratio', 'plan'])
     write_json(args.json, dict(benchmark='memory', what='plan', config=args.config, rows=rows))
     return rows
