@@ -303,7 +303,8 @@ def process(pipe, name, src, out_dir, args, settings, record, decode_from, cfg):
             'frame_stride': meta['frame_stride'], 'size': plan['size'], 'square': plan['square'],
             'preprocess': plan['preprocess'], 'upscale': settings.upscale, 'interp': settings.interp, 'plan': plan,
             'config': record['config'], 'device': str(pipe.device), 'dtype': record['dtype'],
-            'settings': record, 'memory_plan': memory_plan.to_dict(), 'stage_seconds': timings, 'seconds': round(time.time() - t0, 2)}
+            'settings': record, 'memory_plan': memory_plan.to_dict(), 'stage_seconds': timings,
+            'seconds': round(time.time() - t0, 2)}
     write_text_atomic(out_dir / DONE, json.dumps(done, indent=1) + '\n')
     return done
 
