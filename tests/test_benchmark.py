@@ -226,6 +226,24 @@ def test_memory_json(tmp_path, monkeypatch):
     assert all(r['added_mib'] is None or r['added_mib'] >= 0 for r in rows)
 
 
+def test_memory_plan_rows_per_length_and_budget(tmp_path, shared_videos):
+    """--what plan: one recon.py process per length x budget; a budget nothing fits is that video's failure
+    (exit 1, its line kept); ratio is measured / predicted."""
+    out = tmp_path / 'plan.json'
+    benchmark.main(['memory', '--config', TINY, '--what', 'plan', '--lengths', '1', '2', '--sizes', '64',
+                    '--budgets', '100MB', 'off', '--clip', str(shared_videos / 'carphone_pristine.mp4'),
+                    '--device', 'cpu', '--json', str(out)])
+    rows = json.loads(out.read_text())['rows']
+    assert [(r['frames'], r['budget'], r['exit']) for r in rows] == [(1, '100MB', 1), (1, 'off', 0), (2, '100MB', 1),
+                                                                    (2, 'off', 0)]
+    for r in rows:
+        if r['exit']:
+            assert r['predicted_gb'] is None and '--max-memory 0.10 GB: even the smallest plan' in r['plan']
+        else:
+            assert 0.3 < r['predicted_gb'] < 10 and r['ratio'] == pytest.approx(r['measured_gb'] / r['predicted_gb'])
+            assert f"chunk {r['frames']} frame" in r['plan'] and r['plan'].endswith('(no --max-memory)')
+
+
 def test_stages_channels_last_and_bf16(tmp_path):
     """Channels-last convolutions give the NCHW result up to float rounding; bf16 rows run."""
     out = tmp_path / 'stages.json'

@@ -95,6 +95,7 @@ def add_memory_parser(subparsers):
     p.add_argument('--chunk-frames', type=int, default=16)
     p.add_argument('--budgets', nargs='+', default=None, metavar='SIZE',
                    help="--what plan: recon.py --max-memory values, 'off' for none (default: off)")
+    p.add_argument('--square', action='store_true', help='--what plan: recon.py --square (the centre square)')
     p.add_argument('--clip', default=None, help='--what plan: the video (default: ../shared/videos/bigbuckbunny.mp4)')
     add_run_args(p)
     p.set_defaults(func=bench_memory)

@@ -163,13 +163,14 @@ def bench_plan(args):
         for frames, size, budget in itertools.product(args.lengths, args.sizes, args.budgets or ['off']):
             argv = ['--config', args.config, '--input', clip, '--output', tmp, '--overwrite', '--size', str(size),
                     '--num-frames', str(frames), '--chunk-frames', str(args.chunk_frames), '--device', args.device]
-            argv += [] if budget == 'off' else ['--max-memory', budget]
+            argv += ([] if budget == 'off' else ['--max-memory', budget]) + (['--square'] if args.square else [])
             code, out, predicted, measured = run_recon_peak(argv)
             line = next((ln for ln in out.splitlines() if 'predicted peak' in ln or '--max-memory' in ln), '')
             rows.append(dict(budget=budget, frames=frames, size=size, exit=code,
                              predicted_gb=predicted and predicted / 1e9, measured_gb=measured and measured / 1e9,
                              ratio=measured / predicted if predicted and measured else None, plan=line.strip()))
-    print(f'memory plan: {clip}, --chunk-frames {args.chunk_frames}, {args.config}; measured: peak '
+    print(f'memory plan: {clip}{" --square" if args.square else ""}, --chunk-frames {args.chunk_frames}, '
+          f'{args.config}; measured: peak '
           f'RSS of the recon.py process (ru_maxrss), on CUDA max allocated + {CUDA_CONTEXT >> 20} MiB context; '
           f'ratio = measured / predicted; GB = 10^9 B')
     print_table(rows, ['budget', 'frames', 'size', 'exit', 'predicted_gb', 'measured_gb', 'ratio', 'plan'])
