@@ -27,7 +27,7 @@ plus the context. Sizes are in bytes; GB means 10⁹ bytes.
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 DTYPE_BYTES = {'fp32': 4, 'bf16': 2, 'fp16': 2}
 CUDA_CONTEXT = 500 * 2 ** 20            # CUDA context + kernels, not counted by max_memory_allocated (estimate)
@@ -41,6 +41,7 @@ CUDA_CONTEXT = 500 * 2 ** 20            # CUDA context + kernels, not counted by
 CALIBRATION = dict(compressor=39.0, previewer=23.0, vae=210.0, dit=10.5, state=55.4, metrics=366.0, host=1.0,
                    encoder=64.4, encoder_frame=3.1, encoder_thread=2.3)
 HEADROOM = 0.05                         # of the budget, for the model's error (measured within -6 %..+2 %, CPU)
+BASE_VARIATION = 0.05                   # of the memory before the work: it varies between identical runs (0.99-1.03 GB)
 WRITER_LOOKAHEAD = 10                   # recon's x264 look-ahead (frames); preset medium's 40 hold 216 MB per 720p file
 
 
@@ -276,7 +277,7 @@ class MemoryPlan:
 
     def line(self):
         s, w = self.settings, self.workload
-        parts = [f'chunk {_frames(min(s.chunk_frames, w.frames))}']
+        parts = [f'chunk {_frames(self.chunk())}']
         if w.refine:
             tiles = dit_tiles(w)[0]
             parts += [f'DiT tiles {s.dit_tile_batch or tiles} at a time', f'VAE chunk {s.vae_chunk}',
@@ -285,11 +286,15 @@ class MemoryPlan:
             parts.append(f'encoder look-ahead {_frames(s.lookahead)}')
         return f'predicted peak {gb(self.prediction.peak)}: ' + ', '.join(parts)
 
+    def chunk(self):
+        """Frames per render chunk as recon runs them: the chunk setting, at most the clip."""
+        return min(self.settings.chunk_frames, self.workload.frames)
+
     def to_dict(self):
         """What done.json records: the budget and predicted peak in bytes (budget None: none) and the settings
         (dit_tile_batch None: all of a window's tiles; vae_tile 0: off; lookahead in frames)."""
         s = self.settings
-        return {'budget': self.budget, 'predicted_peak': self.prediction.peak, 'chunk_frames': s.chunk_frames,
+        return {'budget': self.budget, 'predicted_peak': self.prediction.peak, 'chunk_frames': self.chunk(),
                 'dit_tile_batch': s.dit_tile_batch, 'vae_chunk': s.vae_chunk, 'vae_tile': s.vae_tile,
                 'lookahead': WRITER_LOOKAHEAD if s.lookahead is None else s.lookahead}
 
@@ -306,19 +311,32 @@ def plan_memory(w, budget=None, base=0, chunk_frames=16, cal=CALIBRATION):
             p = predict(w, s, base, cal)
             if p.peak <= budget * (1 - HEADROOM):
                 return MemoryPlan(s, p, budget, w)
-    smallest = min((MemoryPlan(s, predict(w, s, base, cal), budget, w) for g in candidates(w, chunk_frames)
-                    for s in g), key=lambda p: p.prediction.peak)
-    hm, wm = w.model
+    smallest = _smallest(w, base, chunk_frames, cal)
     need = smallest.prediction.peak
-    if not w.original:                              # a saved latent: its frame sizes were fixed by the encoding
-        smaller = 'or encode the video again at a lower --size'
-    else:
-        smaller = 'lower --size' + (', or --upscale (outputs at the model\'s size)'
-                                    if w.output[0] * w.output[1] > hm * wm else '')
+    ask = math.ceil((need / (1 - HEADROOM) + BASE_VARIATION * base) / 1e7) * 1e7     # rounded up to 0.01 GB
+    fixes = ''.join(f', or {fix}' for fix in _other_fixes(w, budget, base, chunk_frames, cal))
     raise PlanError(f'--max-memory {gb(budget)}: even the smallest plan ({smallest.line().split(": ", 1)[1]}) '
-                    f'needs {gb(need)} ({gb(base)} before the work) for {_frames(w.frames)} at {hm}x{wm} from '
-                    f'{w.source[0]}x{w.source[1]}; raise --max-memory to {gb(need / (1 - HEADROOM))} '
-                    f'({HEADROOM:.0%} headroom), {smaller}')
+                    f'needs {gb(need)} ({gb(base)} before the work) for {_frames(w.frames)} at '
+                    f'{w.model[0]}x{w.model[1]} from {w.source[0]}x{w.source[1]}; raise --max-memory to {gb(ask)} '
+                    f'({HEADROOM:.0%} headroom){fixes}')
+
+
+def _smallest(w, base, chunk_frames, cal):
+    return min((MemoryPlan(s, predict(w, s, base, cal), None, w) for g in candidates(w, chunk_frames) for s in g),
+               key=lambda p: p.prediction.peak)
+
+
+def _other_fixes(w, budget, base, chunk_frames, cal):
+    """The frame settings that would fit `budget`: half the model's size (a lower --size; for a saved latent, an
+    encoding at a lower --size) or, when outputs are larger than the model frames, --upscale."""
+    fits = lambda v: _smallest(v, base, chunk_frames, cal).prediction.peak <= budget * (1 - HEADROOM)
+    half = tuple(max(32, x // 64 * 32) for x in w.model)
+    fixes = []
+    if w.model != half and fits(replace(w, model=half, output=half if w.output == w.model else w.output)):
+        fixes.append('lower --size' if w.original else 'encode the video again at a lower --size')
+    if w.original and w.output[0] * w.output[1] > w.model[0] * w.model[1] and fits(replace(w, output=w.model)):
+        fixes.append("--upscale (outputs at the model's size)")
+    return fixes
 
 
 def bytes_in_use(device):
