@@ -159,7 +159,7 @@ def test_plan_order_frames_first_then_encoder_then_vae():
 
 
 def test_plan_error_is_one_line_with_the_fixes_that_fit():
-    """The budget to ask for covers the headroom and 5 % of the memory before the work (it varies between runs),
+    """The budget to ask for covers the headroom and 10 % of the memory before the work (it varies between runs),
     rounded up; a lower --size or --upscale is offered only when it would fit the budget given."""
     def error(budget, **kw):
         with pytest.raises(PlanError) as e:
@@ -170,8 +170,8 @@ def test_plan_error_is_one_line_with_the_fixes_that_fit():
     assert msg.startswith('--max-memory 1.10 GB: even the smallest plan (chunk ') and 'needs 1.' in msg
     need = float(msg.split('needs ')[1].split(' GB')[0])
     ask = float(msg.split('raise --max-memory to ')[1].split(' GB')[0])
-    assert ask >= need / (1 - HEADROOM) + 0.05 - 0.01 and msg.endswith('(5% headroom)')   # nothing else fits
-    plan_memory(workload(), budget=parse_size(f'{ask}GB'), base=10 ** 9 + 4 * 10 ** 7)   # fits 40 MB more before
+    assert ask >= need / (1 - HEADROOM) + 0.1 - 0.01 and msg.endswith('(5% headroom)')   # nothing else fits
+    plan_memory(workload(), budget=parse_size(f'{ask}GB'), base=10 ** 9 + 6 * 10 ** 7)   # fits 60 MB more before
     assert error('1.3GB').endswith("(5% headroom), or --upscale (outputs at the model's size)")
     assert error('1.15GB', output=(256, 448)).endswith('(5% headroom), or lower --size')
     assert error('1.15GB', output=(256, 448), original=False).endswith(', or encode the video again at a lower --size')
