@@ -135,6 +135,11 @@ class Settings:
     vae_tile: int = 0
     lookahead: int = None                # x264 look-ahead frames of the files (None: WRITER_LOOKAHEAD)
 
+    @property
+    def encoder_lookahead(self):
+        """The x264 look-ahead the files get, in frames (the default resolved)."""
+        return WRITER_LOOKAHEAD if self.lookahead is None else self.lookahead
+
 
 def dit_tiles(w):
     """-> (tiles per temporal window, tile height, tile width, frames per window) in latent pixels."""
@@ -192,8 +197,8 @@ def stage_bytes(w, s, cal=CALIBRATION):
     b['cmp_frame'] = (host * out * panels * 3 * 4 * 3, False)
     # x264 per open file (preview, rec, and cmp.mp4 with the panels side by side): a fixed part and one frame
     # for each look-ahead frame and each thread
-    la = WRITER_LOOKAHEAD if s.lookahead is None else s.lookahead
-    per_pixel = cal['encoder'] + cal['encoder_frame'] * min(w.frames, la) + cal['encoder_thread'] * writer_threads()
+    per_pixel = (cal['encoder'] + cal['encoder_frame'] * min(w.frames, s.encoder_lookahead)
+                 + cal['encoder_thread'] * writer_threads())
     b['encoder'] = (out * per_pixel * (1 + w.refine + panels), False)
     # in-loop PSNR/SSIM (tools/render.py quick_scores), one frame at a time: the SSIM blur's unfolded taps; on
     # CUDA the chunk's source frames at the model's size are copied to the device first
@@ -296,7 +301,7 @@ class MemoryPlan:
         s = self.settings
         return {'budget': self.budget, 'predicted_peak': self.prediction.peak, 'chunk_frames': self.chunk(),
                 'dit_tile_batch': s.dit_tile_batch, 'vae_chunk': s.vae_chunk, 'vae_tile': s.vae_tile,
-                'lookahead': WRITER_LOOKAHEAD if s.lookahead is None else s.lookahead}
+                'lookahead': s.encoder_lookahead}
 
 
 def plan_memory(w, budget=None, base=0, chunk_frames=16, cal=CALIBRATION):
