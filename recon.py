@@ -6,9 +6,9 @@
 
 Writes OUT/NAME/{latent.safetensors, preview.mp4, rec.mp4, cmp.mp4, cmp.png, done.json} per video (NAME is
 the file stem). Outputs keep the source's displayed size (or the plan's crop: --square, --preprocess cascadev),
-its pixel aspect ratio (SAR) and its frame times; done.json records the frame plan (tools/frames.py) that
+its pixel aspect ratio (SAR) and its frame times; done.json records the frame plan (tools/video/frames.py) that
 tools/eval.py reuses, and the settings that shape the outputs. The per-video loop is the library's
-(tools/reconstruct.py); this file parses flags and runs the batch: resume, sharding, done.json.
+(tools/recon/reconstruct.py); this file parses flags and runs the batch: resume, sharding, done.json.
 
 Reruns: every file goes through a temp name and a rename; done.json is written last, so a video with a
 done.json is complete. A rerun skips it if its done.json 'settings' equal this run's, and otherwise redoes it,
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tools.config import ConfigError, add_cfg_options, load_config
 from tools.files import write_text_atomic
-from tools.frames import PREPROCESS
+from tools.video.frames import PREPROCESS
 
 OUTPUT_FILES = ('latent.safetensors', 'preview.mp4', 'rec.mp4', 'cmp.mp4', 'cmp.png')
 DONE = 'done.json'
@@ -113,7 +113,7 @@ def shard(items, rank, world):
 
 def collect_videos(inputs):
     """--input paths -> {name: path}, name = file stem; one-line UsageError for missing paths or stem clashes."""
-    from tools.video_io import VideoReadError, list_videos
+    from tools.video.read import VideoReadError, list_videos
     found = {}
     for item in inputs:
         try:
@@ -132,8 +132,8 @@ def collect_videos(inputs):
 
 def collect_latents(items):
     """--decode-from files/folders -> {name: path} with the name stored in each latent's metadata (a single
-    safe folder name, else the file is refused: tools.latents.safe_name)."""
-    from tools.latents import LatentError, read_latent_meta
+    safe folder name, else the file is refused: tools.recon.latents.safe_name)."""
+    from tools.recon.latents import LatentError, read_latent_meta
     files = []
     for item in items:
         p = Path(item)
@@ -201,7 +201,7 @@ def validate_args(args):
         if bad:
             raise UsageError(f'{flag} {getattr(args, flag[2:].replace("-", "_"))}: {rule}')
     if args.max_memory is not None:
-        from tools.memory import parse_size
+        from tools.recon.memory import parse_size
         try:
             args.max_memory = parse_size(args.max_memory)
         except ValueError as e:
@@ -227,8 +227,8 @@ def ignored_by_latent(args):
 
 
 def settings_of(args):
-    """The output-shaping flags as tools.reconstruct.ReconSettings."""
-    from tools.reconstruct import ReconSettings
+    """The output-shaping flags as tools.recon.reconstruct.ReconSettings."""
+    from tools.recon.reconstruct import ReconSettings
     return ReconSettings(num_frames=args.num_frames, start=args.start, stride=args.frame_stride, size=args.size,
                          square=args.square, preprocess=args.preprocess, scheduler=args.scheduler, steps=args.steps,
                          seed=args.seed, preview_only=args.preview_only, upscale=args.upscale, interp=args.interp,
@@ -259,17 +259,17 @@ def clear_outputs(out_dir, keep=None):
 
 def fit_memory(pipe, name, src, args, settings, cfg, decode_from):
     """Chunk frames, DiT tiles per call, SVD decode chunk/tiles and encoder look-ahead for one video under
-    --max-memory (CUDA: the free device memory by default), printed (tools/memory.py); the SVD tile size is
-    set on pipe.vae. -> tools.memory.MemoryPlan. PlanError (one line) when nothing fits."""
+    --max-memory (CUDA: the free device memory by default), printed (tools/recon/memory.py); the SVD tile size is
+    set on pipe.vae. -> tools.recon.memory.MemoryPlan. PlanError (one line) when nothing fits."""
     from models.weights import dtype_name
-    from tools.frames import FramePlan
-    from tools.memory import Workload, bytes_in_use, default_budget, gb, plan_memory
+    from tools.video.frames import FramePlan
+    from tools.recon.memory import Workload, bytes_in_use, default_budget, gb, plan_memory
     if decode_from:
-        from tools.latents import read_latent_meta
+        from tools.recon.latents import read_latent_meta
         meta = read_latent_meta(src)
         frame_plan, n = FramePlan.from_dict(meta['plan']), meta['num_frames']
     else:
-        from tools.reconstruct import source_plan
+        from tools.recon.reconstruct import source_plan
         frame_plan = source_plan(src, settings)[0]
         n = frame_plan.num_frames
     budget = args.max_memory if args.max_memory is not None else default_budget(pipe.device)
@@ -285,7 +285,7 @@ def fit_memory(pipe, name, src, args, settings, cfg, decode_from):
 
 def process(pipe, name, src, out_dir, args, settings, record, decode_from, cfg):
     """All outputs of one video (or one saved latent); done.json last. -> the done.json dict."""
-    from tools.reconstruct import reconstruct
+    from tools.recon.reconstruct import reconstruct
     t0 = time.time()
     memory_plan = fit_memory(pipe, name, src, args, settings, cfg, decode_from)
     mem = memory_plan.settings
@@ -383,7 +383,7 @@ def main(argv=None):
     except (UsageError, ConfigError, MissingWeightsError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    from tools.reconstruct import output_settings
+    from tools.recon.reconstruct import output_settings
     settings = settings_of(args)
     record = {**output_settings(settings, cfg, dtype), 'max_memory': args.max_memory}   # bytes; the plan: done.json
     if decode_from:                          # the latent's own plan shapes the frames: record that, not flags
@@ -437,7 +437,7 @@ def run_batch(todo, items, output, args, cfg, device, dtype, stages, settings, r
     from tqdm.auto import tqdm
 
     from models.pipeline import CascadeV
-    from tools.memory import release_freed_memory_to_os
+    from tools.recon.memory import release_freed_memory_to_os
     args.progress = main_process and sys.stderr.isatty()
     with torch.no_grad():
         pipe = CascadeV.from_config(cfg, device=device, dtype=dtype, compile=args.compile, stages=stages)

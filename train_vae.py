@@ -36,11 +36,13 @@ from diffusion import create_diffusion
 from models.dit import build_dit, load_dit_checkpoint
 from models.pipeline import CascadeV, upsample_latent
 from models.weights import WeightsFormatError, build_compressor, build_vae, check_weights, resolve_path
-from tools import checkpoint as ckpt
+from tools.training import checkpoint as ckpt
 from tools.config import ConfigError, add_cfg_options, load_config
-from tools.data import BadSamples, DataError, build_dataset, build_loader, derive_seed, load_clip
-from tools.train_log import RunLog, StopSignal, close_logging, setup_logging
-from tools.video_io import VideoReadError, side_by_side, write_video
+from tools.training.data import BadSamples, DataError, build_dataset, build_loader, derive_seed, load_clip
+from tools.training.log import RunLog, StopSignal, close_logging, setup_logging
+from tools.video.read import VideoReadError
+from tools.video.write import write_video
+from tools.video.panels import side_by_side
 
 log = logging.getLogger('cascadev.train')
 MP_DTYPES = {'no': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}

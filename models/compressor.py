@@ -14,7 +14,7 @@ def check_multiple(video, multiple, name):
     h, w = video.shape[-2:]
     if h % multiple or w % multiple:
         raise ValueError(f"{name}: frames are {h}x{w}; both sides must be multiples of {multiple}. Bring them "
-                         f"there with the frame plan (tools.frames.plan(H, W).to_model(video) pads to 32)")
+                         f"there with the frame plan (tools.video.frames.plan(H, W).to_model(video) pads to 32)")
 
 
 def as_video_batch(video, name):
@@ -81,7 +81,7 @@ class SemanticCompressor(FrozenStage):
         (B, 16, T, H/32, W/32) on the module's device, in its dtype.
 
         Frames go through the network `chunk_size` at a time (memory flat in clip length). Other sizes raise
-        ValueError: padding is the frame plan's job (tools/frames.py), done once, where it is undone.
+        ValueError: padding is the frame plan's job (tools/video/frames.py), done once, where it is undone.
         """
         video, added = as_video_batch(video, 'SemanticCompressor.encode')
         check_multiple(video, DOWNSCALE, 'SemanticCompressor.encode')

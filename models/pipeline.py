@@ -11,7 +11,7 @@ latent space (B, 4, T, H/8, W/8) is denoised by the sampler, the DiT running ove
 `lats_per_vid` frames and spatial tiles of `input_size` latent pixels (models/dit.py forward_windowed);
 the SVD VAE divides by `scale_factor` and decodes in temporal chunks.
 
-Frames go in with H and W multiples of 32 (tools/frames.py plans the crop, resize and pad of files and
+Frames go in with H and W multiples of 32 (tools/video/frames.py plans the crop, resize and pad of files and
 undoes them). Every stage's output is checked: NaN/inf raise NonFiniteError naming the stage, the dtype and
 the fix, so an overflow never becomes a black video.
 """

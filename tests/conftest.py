@@ -56,7 +56,7 @@ def small_clips(shared_videos):
     of carphone (144x176) and of bigbuckbunny resized to 72x128, named 'carphone' and 'bunny'."""
     import torch
 
-    from tools.video_io import read_video
+    from tools.video.read import read_video
 
     def load(car_frames, bunny_frames):
         car, info = read_video(shared_videos / 'carphone_pristine.mp4', num_frames=car_frames)
@@ -81,7 +81,7 @@ def write_lossless():
     else (today's writer) x264 RGB at crf 0 through PyAV.
     """
     def write(path, frames, fps):
-        from tools.video_io import VideoWriter
+        from tools.video.write import VideoWriter
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with VideoWriter(path, fps, lossless=True) as w:
             w.write(frames)

@@ -78,7 +78,7 @@ def test_recon_is_the_default_subcommand_cli(tmp_path):
 
 def test_recon_bf16_fast_path_runs_on_cpu(tmp_path):
     """--dtype bf16 with attention in bf16: every stage runs and writes a full-length video."""
-    from tools.video_io import probe_video
+    from tools.video.read import probe_video
     out = tmp_path / 'bf16.json'
     record = benchmark.main(['--config', TINY, '--cfg-options', 'model.fp32_attention=False', '--frames', '5',
                              '--size', '64', '--dtype', 'bf16', '--steps', '1', '--warmup', '0', '--device', 'cpu',

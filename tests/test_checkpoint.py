@@ -1,11 +1,11 @@
-"""Checkpoint files (tools/checkpoint.py): pickle-free optimizer state, atomic save, prune, corrupt files."""
+"""Checkpoint files (tools/training/checkpoint.py): pickle-free optimizer state, atomic save, prune, corrupt files."""
 import shutil
 
 import pytest
 import torch
 from came_pytorch import CAME
 
-from tools import checkpoint as ckpt
+from tools.training import checkpoint as ckpt
 
 
 def _trained_optimizer(kind):

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from tools.video_io import VideoWriter, probe_video, read_frames, read_video, write_video
+from tools.video.read import probe_video, read_frames, read_video
+
+from tools.video.write import VideoWriter, write_video
 
 BACKENDS = ['auto', 'pyav']  # PyAV is the only reader; 'auto' must behave the same
 

@@ -1,4 +1,4 @@
-"""Training data (tools/data.py): video lists, clips from the real test videos, bad files, resumable batches."""
+"""Training data (tools/training/data.py): video lists, clips from the real test videos, bad files, resumable batches."""
 import json
 import logging
 import os
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from tools.data import (BadSamples, ClipSampler, DataError, VideoClips, build_dataset, build_loader,
-                        collect_videos, derive_seed, frames_to_clip, load_clip, random_clip, read_frames,
-                        read_video_list)
+from tools.training.data import (BadSamples, ClipSampler, DataError, VideoClips, build_dataset, build_loader,
+
+    collect_videos, derive_seed, frames_to_clip, load_clip, random_clip, read_frames, read_video_list)
 
 GOLDEN_PREPROCESS = Path(os.environ.get('GOLDEN_PREPROCESS_FILE', Path(__file__).resolve().parents[2] / 'shared'
                                         / 'golden' / 'golden_preprocess_a.safetensors'))

@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from tools import eval as ev
-from tools.frames import plan
-from tools.video_io import read_video, to_uint8, write_video
+from tools.video.frames import plan
+from tools.video.read import read_video
+from tools.video.write import to_uint8, write_video
 
 
 def noisy(video, sigma, seed):
@@ -190,7 +191,7 @@ def test_lpips_column_filled_when_backbone_present(clips, tmp_path, monkeypatch)
     torchvision = pytest.importorskip('torchvision')
     pytest.importorskip('lpips')
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'th'))
-    from tools.metrics import alexnet_weights_path
+    from tools.evaluation.metrics import alexnet_weights_path
     alexnet_weights_path().parent.mkdir(parents=True)
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), alexnet_weights_path())
     result = ev.evaluate(clips / 'ref' / 'bunny.mp4', {'r': clips / 'recon'}, tmp_path / 'o', num_frames=2,

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from tools import eval as ev
-from tools import metrics, tables
+from tools.evaluation import metrics
+from tools.evaluation import tables
 from tools.report import write_report
-from tools.video_io import read_video, write_video
+from tools.video.read import read_video
+from tools.video.write import write_video
 
 
 @pytest.fixture(scope='module')
@@ -117,7 +119,7 @@ def test_protocol_preset_sets_frame_flags_and_explicit_flags_win():
 
 def test_protocol_run_is_recorded_and_warns_on_fps(clips, tmp_path, capsys):
     """The preset compares with the original's preprocessing (short edge --size, centre square)."""
-    from tools.frames import plan
+    from tools.video.frames import plan
     ref, info = read_video(clips / 'ref' / 'bunny.mp4')
     square = plan(*ref.shape[-2:], size=64, square=True, preprocess='cascadev').reference(ref)    # (3, T, 64, 64)
     g = torch.Generator().manual_seed(1)

@@ -1,11 +1,11 @@
-"""tools/frames.py: the frame plan's arithmetic, its round trips, the cascadev variant and its JSON form."""
+"""tools/video/frames.py: the frame plan's arithmetic, its round trips, the cascadev variant and its JSON form."""
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from tools.frames import FramePlan, cascadev_recon_preprocess, pad_to_multiple, plan
+from tools.video.frames import FramePlan, cascadev_recon_preprocess, pad_to_multiple, plan
 
 
 def clip(T, H, W, seed=0):

@@ -1,8 +1,9 @@
-"""tools/memory.py: the memory model's arithmetic and the planner (pure functions, no measuring)."""
+"""tools/recon/memory.py: the memory model's arithmetic and the planner (pure functions, no measuring)."""
 import pytest
 
-from tools.memory import (CALIBRATION, CUDA_CONTEXT, HEADROOM, PlanError, Settings, Workload, chunk_of, dit_tiles, parse_size,
-                          plan_memory, predict, stage_bytes)
+from tools.recon.memory import (CALIBRATION, CUDA_CONTEXT, HEADROOM, PlanError, Settings, Workload, chunk_of,
+
+    dit_tiles, parse_size, plan_memory, predict, stage_bytes)
 
 budget_for = lambda peak: int(peak / (1 - HEADROOM))   # the budget a predicted peak fits exactly
 TINY_DIT = (8, 4, 2, 64, 4)          # configs/tiny.py: input_size, lats_per_vid, patch, hidden, heads
@@ -84,7 +85,7 @@ def test_chunk_holds_at_least_one_vae_chunk_when_refining():
 @pytest.mark.parametrize('chunk, overlap, expected', [(4, 0, [2, 1]), (4, 2, [3]), (4, 3, []), (8, 2, [4, 3]),
                                                       (1, 0, [])])
 def test_shorter_vae_chunks_stay_longer_than_the_overlap(chunk, overlap, expected):
-    from tools.memory import shorter_vae_chunks
+    from tools.recon.memory import shorter_vae_chunks
     assert shorter_vae_chunks(workload(vae_chunk=chunk, vae_overlap=overlap)) == expected
 
 
@@ -201,7 +202,7 @@ def test_the_plan_line_names_the_chunk_recon_runs():
 def test_default_budget_is_off_on_cpu_and_the_free_device_memory_on_cuda(monkeypatch):
     import torch
 
-    from tools.memory import bytes_in_use, default_budget
+    from tools.recon.memory import bytes_in_use, default_budget
     assert default_budget('cpu') is None
     monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device=None: (30 * 2 ** 30, 80 * 2 ** 30))
     monkeypatch.setattr(torch.cuda, 'memory_reserved', lambda device=None: 2 * 2 ** 30)
@@ -219,8 +220,8 @@ def recon_run(argv, monkeypatch):
     import io
 
     import recon
-    import tools.memory
-    monkeypatch.setattr(tools.memory, 'release_freed_memory_to_os', lambda *a: False)
+    import tools.recon.memory
+    monkeypatch.setattr(tools.recon.memory, 'release_freed_memory_to_os', lambda *a: False)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = recon.main([str(a) for a in argv])
@@ -272,14 +273,14 @@ def test_recon_bad_budget_is_a_usage_error(repo_root, shared_videos, tmp_path, m
 
 def test_recon_prints_the_plan_and_applies_it(repo_root, shared_videos, tmp_path, monkeypatch):
     """A generous budget keeps the defaults; the plan line names them (4 frames of 64x78 -> 2 DiT tiles)."""
-    import tools.reconstruct
+    import tools.recon.reconstruct
     seen = {}
-    reconstruct = tools.reconstruct.reconstruct
+    reconstruct = tools.recon.reconstruct.reconstruct
 
     def spy(pipe, out_dir, **kw):
         seen.update({k: kw[k] for k in ('chunk_frames', 'vae_chunk', 'tile_batch', 'lookahead')})
         return reconstruct(pipe, out_dir, **kw)
-    monkeypatch.setattr(tools.reconstruct, 'reconstruct', spy)
+    monkeypatch.setattr(tools.recon.reconstruct, 'reconstruct', spy)
     code, out, err = recon_run(tiny_argv(repo_root, shared_videos / 'carphone_pristine.mp4', tmp_path / 'o',
                                          '--max-memory', '64GB'), monkeypatch)
     assert code == 0, err
@@ -290,7 +291,7 @@ def test_recon_prints_the_plan_and_applies_it(repo_root, shared_videos, tmp_path
 
 
 def test_writer_look_ahead_reaches_x264(tmp_path):
-    from tools.video_write import VideoWriter
+    from tools.video.write import VideoWriter
     assert VideoWriter(tmp_path / 'a.mp4', 25, lookahead=10)._codec(720, 1280)[2]['rc-lookahead'] == '10'
     assert 'rc-lookahead' not in VideoWriter(tmp_path / 'a.mp4', 25)._codec(720, 1280)[2]
 
@@ -301,7 +302,7 @@ def test_writer_threads_reach_x264(tmp_path, threads):
     of 256 rows: x264 caps threads by the frame's height, at 1 for 64 rows)."""
     import numpy as np
 
-    from tools.video_write import VideoWriter
+    from tools.video.write import VideoWriter
     with VideoWriter(tmp_path / 'a.mp4', 25, threads=threads, lookahead=4) as w:
         w.write(np.zeros((8, 256, 256, 3), np.uint8))
     data = (tmp_path / 'a.mp4').read_bytes()
@@ -311,7 +312,7 @@ def test_writer_threads_reach_x264(tmp_path, threads):
 def test_writer_threads_are_the_cores_up_to_8(monkeypatch):
     import os
 
-    from tools.memory import writer_threads
+    from tools.recon.memory import writer_threads
     for cores, expected in ((1, 1), (2, 2), (16, 8)):
         monkeypatch.setattr(os, 'sched_getaffinity', lambda pid, n=cores: set(range(n)))
         assert writer_threads() == expected

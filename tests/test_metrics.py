@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from tools import metrics
-from tools.video_io import read_video, to_uint8
+from tools.evaluation import metrics
+from tools.video.read import read_video
+from tools.video.write import to_uint8
 
 
 @pytest.fixture(scope='module')

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tools.frames import cascadev_recon_preprocess, cascadev_train_crop
+from tools.video.frames import cascadev_recon_preprocess, cascadev_train_crop
 
 DEFAULT = Path(__file__).resolve().parents[2] / 'shared' / 'golden' / 'golden_preprocess_a.safetensors'
 

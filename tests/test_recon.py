@@ -15,9 +15,10 @@ import recon
 from models.pipeline import CascadeV
 from models.weights import STAGES
 from tools import eval as ev
-from tools.frames import FramePlan, plan, resize_short_side
-from tools.latents import load_latent
-from tools.video_io import probe_video, read_video, to_uint8, write_video
+from tools.video.frames import FramePlan, plan, resize_short_side
+from tools.recon.latents import load_latent
+from tools.video.read import probe_video, read_video
+from tools.video.write import to_uint8, write_video
 
 TINY_OPTS = []                     # --cfg-options applied to configs/tiny.py in these tests
 FRAMES = 5                         # > lats_per_vid (4) of the tiny config: two overlapping DiT windows
@@ -370,8 +371,8 @@ def test_sar_times_and_lossless_reach_the_writer(clips, tiny, tmp_path, monkeypa
     source time from the first one used (across chunks), and --lossless; --fps gives a constant rate and a note."""
     from fractions import Fraction
 
-    import tools.video_io as vio
-    from tools.memory import writer_threads
+    import tools.video.read as vio
+    from tools.recon.memory import writer_threads
     source_time = lambda i: 0.05 * i if i < 4 else 0.2 + 0.1 * (i - 4)       # 20 fps, then 10 fps
     probe, read = vio.probe_video, vio.read_frames
     monkeypatch.setattr(vio, 'probe_video', lambda path: probe(path)._replace(sar=Fraction(4, 3), vfr=True))
@@ -381,7 +382,8 @@ def test_sar_times_and_lossless_reach_the_writer(clips, tiny, tmp_path, monkeypa
         times = tuple(source_time(start + k * stride) for k in range(len(frames)))
         return frames, info._replace(sar=Fraction(4, 3), vfr=True, times=times)
     monkeypatch.setattr(vio, 'read_frames', read_with_times)
-    monkeypatch.setattr(vio, 'VideoWriter', RecordingWriter)
+    import tools.video.write as vw
+    monkeypatch.setattr(vw, 'VideoWriter', RecordingWriter)
     RecordingWriter.calls = []
     code, stdout, err = run([*tiny, '--input', clips / 'carphone_pristine.mp4', '--output', tmp_path, '--size', '0',
                              '--preview-only', '--lossless', '--start', '1', '--frame-stride', '2', '--num-frames', '4',
@@ -437,7 +439,7 @@ def test_decode_from_keeps_the_encoding_runs_fps_and_refuses_unsafe_names(clips,
     assert probe_video(tmp_path / 'b' / 'carphone_pristine' / 'preview.mp4').fps == pytest.approx(10)
     done = json.loads((tmp_path / 'b' / 'carphone_pristine' / 'done.json').read_text())
     assert done['settings']['size'] == 'latent' and done['plan']['size'] == 64
-    from tools.latents import save_latent
+    from tools.recon.latents import save_latent
     data, meta = load_latent(latent)
     for bad in ('../../escaped', str(tmp_path / 'abs'), '..'):
         save_latent(tmp_path / 'evil.safetensors', data, {**meta, 'name': bad})

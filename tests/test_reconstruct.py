@@ -1,4 +1,4 @@
-"""The library's per-video loop (tools/reconstruct.py, tools/render.py): stage hooks, one SVD decode stream,
+"""The library's per-video loop (tools/recon/reconstruct.py, tools/recon/render.py): stage hooks, one SVD decode stream,
 --interp / --upscale, latent names from files, device and dtype resolution (tiny config, random weights, CPU)."""
 import hashlib
 import json
@@ -10,12 +10,13 @@ import torch
 
 from models.pipeline import CascadeV, interpolate_latent
 from models.weights import resolve_device, resolve_dtype
-from tools.frames import FramePlan, plan
-from tools.latents import LATENT_FORMAT, LatentError, load_latent, safe_name, save_latent
-from tools.reconstruct import ReconSettings, reconstruct
-from tools.render import output_timing
-from tools.streaming import rechunk
-from tools.video_io import probe_video, read_video, to_uint8, write_video
+from tools.video.frames import FramePlan, plan
+from tools.recon.latents import LATENT_FORMAT, LatentError, load_latent, safe_name, save_latent
+from tools.recon.reconstruct import ReconSettings, reconstruct
+from tools.recon.render import output_timing
+from tools.video.streaming import rechunk
+from tools.video.read import probe_video, read_video
+from tools.video.write import to_uint8, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = {'read', 'compressor', 'dit', 'previewer', 'vae', 'write', 'metrics'}
@@ -34,7 +35,7 @@ def pipe(repo_root):
 @pytest.fixture(scope='module')
 def clip(shared_videos, tmp_path_factory):
     """carphone: 6 frames at 64x80 (write_video), 29.97 fps; latent 2x3, SVD latent 8x12 (several DiT tiles)."""
-    from tools.frames import resize
+    from tools.video.frames import resize
     frames, info = read_video(shared_videos / 'carphone_pristine.mp4', num_frames=6)
     path = tmp_path_factory.mktemp('clip') / 'clip.mp4'
     write_video(path, resize(frames, 64, 80), info.fps)
@@ -176,7 +177,7 @@ def test_no_library_module_imports_a_cli():
 
 
 def test_benchmark_times_the_library_function(pipe, clip, tmp_path, monkeypatch):
-    import tools.reconstruct as lib
+    import tools.recon.reconstruct as lib
     from tools.bench.recon import run_recon
     calls = []
     real = lib.reconstruct
@@ -191,7 +192,7 @@ def test_default_timer_waits_for_cuda_at_both_ends(monkeypatch):
     """On CUDA the stage clock reads after torch.cuda.synchronize, so queued kernels count for their stage."""
     import torch
 
-    from tools.reconstruct import _perf_timer
+    from tools.recon.reconstruct import _perf_timer
     events = []
     monkeypatch.setattr(torch.cuda, 'synchronize', lambda device=None: events.append(('sync', str(device))))
     timings = {}

@@ -15,7 +15,8 @@ from PIL import Image
 from tools import eval as ev
 from tools.report import main as report_main
 from tools.report import write_report
-from tools.video_io import read_video, write_video
+from tools.video.read import read_video
+from tools.video.write import write_video
 
 CHROMIUM = next((p for p in ('/usr/bin/chromium', shutil.which('chromium'), shutil.which('chromium-browser'))
                  if p and os.path.exists(p)), None)

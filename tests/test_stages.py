@@ -18,7 +18,7 @@ from models.svd_vae import SVDVAE, check_vae_config, chunk_spans, tiled_apply
 from models.weights import (DOWNLOAD_CMD, REPO_ROOT, MissingWeightsError, WeightsFormatError, build_compressor,
                             build_previewer, build_vae, check_weights, convert_pth_to_safetensors, resolve_path)
 from tools.config import load_config
-from tools.frames import plan
+from tools.video.frames import plan
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
 GOLDEN_STAGES = SHARED / 'golden' / 'golden_stages_a.safetensors'

@@ -21,11 +21,11 @@ import train_vae
 from diffusion import create_diffusion
 from models.dit import build_dit, init_random_weights_, load_dit_checkpoint
 from models.weights import build_compressor, build_vae
-from tools import checkpoint as ckpt
+from tools.training import checkpoint as ckpt
 from tools.cache_latents import cache_latents, main as cache_main
 from tools.config import load_config
-from tools.data import CachedClips, collate, load_clip, read_cache_index
-from tools.video_io import read_video
+from tools.training.data import CachedClips, collate, load_clip, read_cache_index
+from tools.video.read import read_video
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / 'configs' / 'tiny.py')

@@ -17,7 +17,7 @@ from models.pipeline import CascadeV
 from models.weights import MissingWeightsError, random_stages
 from tools.cache_latents import cache_latents
 from tools.config import load_config
-from tools.data import load_clip, read_cache_index
+from tools.training.data import load_clip, read_cache_index
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / 'configs' / 'tiny.py')

@@ -1,4 +1,4 @@
-"""tools/video_io.py on the real clips in ../shared/videos: reading, bad files, writing, geometry."""
+"""tools/video/read.py on the real clips in ../shared/videos: reading, bad files, writing, geometry."""
 import math
 import os
 from fractions import Fraction
@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tools import video_io
-from tools.frames import center_crop, pad_to_multiple, resize_short_side, unpad
-from tools.video_io import (VideoReadError, VideoWriter, fps_fraction, list_videos,
-                            probe_video, read_video, side_by_side, to_uint8,
-                            write_grid_png, write_video)
+from tools.video import read as video_io
+from tools.video.frames import center_crop, pad_to_multiple, resize_short_side, unpad
+from tools.video.read import VideoReadError, list_videos, probe_video, read_video
+from tools.video.write import VideoWriter, fps_fraction, to_uint8, write_video
+from tools.video.panels import side_by_side, write_grid_png
 
 BACKENDS = ['auto', 'pyav']  # PyAV is the only reader ('auto' is the same)
 

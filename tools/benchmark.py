@@ -1,6 +1,6 @@
 """Speed, memory and accuracy benchmarks, one subcommand each: `python tools/benchmark.py SUBCOMMAND --help`.
 
-    recon       recon.py's loop (tools/reconstruct.py) per stage (read, compressor, dit per sampler step, previewer,
+    recon       recon.py's loop (tools/recon/reconstruct.py) per stage (read, compressor, dit per sampler step, previewer,
                 vae, write, metrics):
                 seconds, peak memory, frames/s, DiT TFLOP/s (the default: `benchmark.py --config C ...`)
     dit         one DiT forward: attention backends × precisions × torch.compile on/off × fp32_attention

@@ -25,9 +25,10 @@ from safetensors.torch import save_file
 
 from models.weights import DTYPES, WeightsFormatError, build_compressor, build_vae, check_weights
 from tools.config import ConfigError, add_cfg_options, load_config
-from tools.data import CACHE_FORMAT, BadSamples, DataError, cache_meta, collect_videos, frames_needed, load_clip
+from tools.training.data import (CACHE_FORMAT, BadSamples, DataError, cache_meta, collect_videos, frames_needed,
+    load_clip)
 from tools.files import atomic_write
-from tools.video_io import VideoReadError, probe_video
+from tools.video.read import VideoReadError, probe_video
 
 log = logging.getLogger('cascadev.cache')
 

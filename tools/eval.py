@@ -9,7 +9,7 @@ references by video name (file stem):
   * a recon.py output folder NAME/{rec.mp4, preview.mp4}: gives the methods `refined` and `preview`
     (with LABEL=, only rec.mp4 under that label);
   * a pattern with one `*` standing for the name, e.g. `preview=outputs/*/preview.mp4`.
-A reconstruction is compared with its reference through the frame plan that made it (tools/frames.py): the
+A reconstruction is compared with its reference through the frame plan that made it (tools/video/frames.py): the
 one in the done.json beside a recon.py output, else the one the flags describe (--start, --frame-stride,
 --num-frames, --size, --square, --preprocess, as recon.py takes them). Frame selection and cropping apply to
 the reference only; a reconstruction is resized only when its size differs from the reference's (with a
@@ -33,14 +33,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from tools import metrics
-from tools.data import DataError, read_video_list
-from tools.frames import PREPROCESS, FramePlan, plan
+from tools.evaluation import metrics
+from tools.training.data import DataError, read_video_list
+from tools.video.frames import PREPROCESS, FramePlan, plan
 from tools.report import write_report
-from tools.tables import METRICS, EvalError, markdown_table, mean, summarize, write_outputs
-from tools.tables import read_table  # noqa: F401 (scripts read the CSVs with tools.eval.read_table)
-from tools.video_io import (VIDEO_EXTS, VideoReadError, frame_indices, list_videos, probe_video, read_video,
-                            to_uint8)
+from tools.evaluation.tables import METRICS, EvalError, markdown_table, mean, summarize, write_outputs
+from tools.evaluation.tables import read_table  # noqa: F401 (scripts read the CSVs with tools.eval.read_table)
+from tools.video.read import VIDEO_EXTS, VideoReadError, frame_indices, list_videos, probe_video, read_video
+from tools.video.write import to_uint8
 
 # Named evaluation presets: flag defaults (explicit flags still win) and the source fps the numbers assume.
 PROTOCOLS = {
@@ -290,7 +290,7 @@ def evaluate(ref, rec, out_dir=None, size=None, num_frames=None, lpips=True, squ
     ref: folder / .txt / .json / video, or a list of paths. rec: one --rec spec, a list of them, or
     {label: source}. Each pair is compared through recon.py's frame plan from the done.json beside the
     reconstruction, else through the plan of size / square / preprocess / start / stride / num_frames
-    (recon.py's flags, tools/frames.py); selection and crop apply to the reference only.
+    (recon.py's flags, tools/video/frames.py); selection and crop apply to the reference only.
     vmaf: also run libvmaf (raises EvalError when ffmpeg lacks it). protocol: a PROTOCOLS name, recorded in
     the outputs (its settings are the caller's other arguments; see parse_args).
     Returns {'methods': {label: {videos, frames, psnr, ssim, lpips, flicker, tof, vmaf}},

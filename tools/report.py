@@ -21,8 +21,9 @@ from urllib.parse import quote
 if __package__ in (None, ''):  # run as `python tools/report.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.tables import (DECIMALS, HIGHER_IS_BETTER, METRICS, TITLES, EvalError, available_metrics, fmt,
-                          load_summary, metric_value, parse_value, plot_per_frame, read_table)
+from tools.evaluation.tables import (DECIMALS, HIGHER_IS_BETTER, METRICS, TITLES, EvalError, available_metrics, fmt,
+
+    load_summary, metric_value, parse_value, plot_per_frame, read_table)
 from tools.files import write_text_atomic
 
 CACHE_MB = 512  # per video row: short clips are decoded once and played from memory (see JS)
@@ -220,7 +221,7 @@ def _video_src(path, report_dir, copy_to=None):
 
 
 def _fps(path):
-    from tools.video_io import VideoReadError, probe_video
+    from tools.video.read import VideoReadError, probe_video
     try:
         return probe_video(path).fps or 30.0
     except VideoReadError:

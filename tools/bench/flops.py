@@ -84,7 +84,7 @@ def windowed_flops(model_cfg, frames, height, width):
 
 def recon_flops(cfg, frames, height, width, steps):
     """DiT FLOPs of reconstructing `frames` of height×width video: per sampler step and for all steps."""
-    from tools.frames import MULTIPLE
+    from tools.video.frames import MULTIPLE
     sr = int(cfg.sr_scale)
     h, w = -(-height // MULTIPLE) * sr, -(-width // MULTIPLE) * sr        # the DiT's latent (padded to 32)
     step = windowed_flops(cfg.model, frames, h, w)

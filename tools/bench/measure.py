@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tools.memory import release_freed_memory_to_os  # noqa: F401 (the benchmarks' and recon's one setting)
+from tools.recon.memory import release_freed_memory_to_os  # noqa: F401 (the benchmarks' and recon's one setting)
 
 REPO = Path(__file__).resolve().parents[2]
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}   # None: no autocast

@@ -13,7 +13,7 @@ from tools.bench.recon import build_pipeline, run_recon
 
 def bench_memory(args):
     """Peak memory vs clip length and frame/tile size: the DiT's forward_windowed, or the whole reconstruction;
-    or the calibration of tools/memory.py (stages) and its check against recon.py (plan)."""
+    or the calibration of tools/recon/memory.py (stages) and its check against recon.py (plan)."""
     from models.dit import build_dit, init_random_weights_
     if args.what == 'stages':
         from tools.bench.memory_fit import bench_stage_constants
@@ -54,7 +54,7 @@ def bench_memory(args):
                     else:
                         path = Path(tmp) / f'{frames}x{size}.mp4'
                         if not path.is_file():
-                            from tools.video_io import write_video
+                            from tools.video.write import write_video
                             write_video(path, synthetic_video(frames, size, size), fps=24)
                         kw = dict(frames=frames, steps=args.steps, chunk_frames=args.chunk_frames)
                         run_recon(pipe, str(path), tmp, **kw)     # warm
@@ -83,7 +83,7 @@ def add_memory_parser(subparsers):
     add_config_args(p)
     p.add_argument('--what', choices=['dit', 'recon', 'stages', 'plan'], default='dit',
                    help="dit: forward_windowed on the latent; recon: the whole streamed reconstruction; stages: "
-                        "each stage's peak at two sizes, fitted to tools/memory.py's CALIBRATION; plan: recon.py "
+                        "each stage's peak at two sizes, fitted to tools/recon/memory.py's CALIBRATION; plan: recon.py "
                         "with --max-memory budgets, its printed prediction against the measured peak RSS")
     p.add_argument('--lengths', type=int, nargs='+', default=[8, 16, 32], help='clip lengths in frames')
     p.add_argument('--sizes', type=int, nargs='+', default=[64],

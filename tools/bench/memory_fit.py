@@ -1,7 +1,7 @@
-"""`memory --what stages`: fit tools/memory.py's CALIBRATION; `memory --what plan`: its predictions against recon.py.
+"""`memory --what stages`: fit tools/recon/memory.py's CALIBRATION; `memory --what plan`: its predictions against recon.py.
 
 stages: each stage alone (exact CPU peaks: freed tensors leave the RSS at once) at two sizes; the constant is the
-slope of the added peak over the stage's unit (tools/memory.py: bytes per frame · pixel · dtype byte, per DiT
+slope of the added peak over the stage's unit (tools/recon/memory.py: bytes per frame · pixel · dtype byte, per DiT
 token · hidden unit · dtype byte, per latent pixel of the sampler state), so fixed costs do not enter it.
 plan: recon.py in a fresh process per budget; its printed "predicted peak" against its peak RSS (ru_maxrss).
 """
@@ -17,7 +17,7 @@ import torch
 from tools.bench.measure import (REPO, environment, load_cfg, peak_memory_mib, print_table, setup_device,
                                  write_json)
 from tools.bench.recon import build_pipeline
-from tools.memory import CALIBRATION, CUDA_CONTEXT, DTYPE_BYTES, dit_tiles
+from tools.recon.memory import CALIBRATION, CUDA_CONTEXT, DTYPE_BYTES, dit_tiles
 
 MIB = 2 ** 20
 
@@ -36,7 +36,7 @@ def slope(points):
 
 
 def bench_stage_constants(args):
-    """Measure each stage at two sizes; print the fitted constants next to the ones tools/memory.py uses."""
+    """Measure each stage at two sizes; print the fitted constants next to the ones tools/recon/memory.py uses."""
     cfg = load_cfg(args, random_init=True)
     device = setup_device(args, exact_cpu_peaks=True)
     from models.weights import dtype_name, resolve_dtype
@@ -86,7 +86,7 @@ def bench_stage_constants(args):
             got = added_bytes(lambda: pipe.refine(lat16, steps=1, seed=0, tile_batch=1), device)
             pts.append(record('state', T, T * h * h * 4, got))
         fits['state'] = slope(pts)
-        from tools.render import quick_scores
+        from tools.recon.render import quick_scores
         pts = []
         for s in sizes:                                   # in-loop metrics: one frame of s x s
             x = torch.rand(3, 1, s, s, device=device) * 2 - 1
@@ -97,7 +97,7 @@ def bench_stage_constants(args):
           f'fixed_mib: its output, subtracted before the fit')
     print_table(rows, ['stage', 'size', 'unit', 'added_mib', 'fixed_mib'])
     table = [dict(constant=k, fitted=round(v, 2), in_use=CALIBRATION.get(k)) for k, v in fits.items()]
-    print('fitted constants (tools/memory.py CALIBRATION: bytes per unit):')
+    print('fitted constants (tools/recon/memory.py CALIBRATION: bytes per unit):')
     print_table(table, ['constant', 'fitted', 'in_use'])
     write_json(args.json, dict(benchmark='memory', what='stages', config=cfg.config_path, dtype=dtype,
                                env=environment(device), rows=rows, fitted=fits))
@@ -109,7 +109,7 @@ def encoder_constants(record, device, height=720, width=1280, frames=64):
     bytes per pixel, 'encoder_frame': per pixel and look-ahead frame, 'encoder_thread': per pixel and thread}."""
     import numpy as np
 
-    from tools.video_write import VideoWriter
+    from tools.video.write import VideoWriter
     rng = np.random.default_rng(0)
     tex = (rng.random((height // 8, width // 8 + frames, 3)) * 255).astype(np.uint8).repeat(8, 0).repeat(8, 1)
     px, plateau = height * width, {}
@@ -146,7 +146,7 @@ RUN = ('import resource, sys, torch; import recon; code = recon.main(sys.argv[1:
 
 def run_recon_peak(argv):
     """recon.py argv in a fresh process -> (exit code, its output, predicted peak bytes or None, measured peak
-    bytes: on CUDA max allocated + the context estimate tools/memory.py uses, else the peak RSS)."""
+    bytes: on CUDA max allocated + the context estimate tools/recon/memory.py uses, else the peak RSS)."""
     proc = subprocess.run([sys.executable, '-c', RUN, *argv], capture_output=True, text=True, cwd=REPO)
     out = proc.stdout + proc.stderr
     m, rss, cuda = PREDICTED.search(out), PEAK.search(out), PEAK_CUDA.search(out)

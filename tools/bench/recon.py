@@ -45,8 +45,8 @@ def run_recon(pipe, path, out_dir, size=0, frames=None, steps=8, scheduler='Eule
     recon.py, the next chunk is read and the last one written in background threads, so 'read' and 'write'
     count only the time the model work waited for them (False: serial, for a side-by-side ratio).
     """
-    from tools.reconstruct import ReconSettings, reconstruct
-    from tools.video_io import probe_video
+    from tools.recon.reconstruct import ReconSettings, reconstruct
+    from tools.video.read import probe_video
     device = pipe.device
     timer, steps_timer = StageTimer(device), StepTimer(device)
     available = probe_video(path).num_frames
@@ -70,7 +70,7 @@ def _input_video(args, tmp, frames, height, width):
     """--input, or a synthetic clip written to tmp (not timed) so that 'read' decodes a real mp4."""
     if args.input:
         return args.input
-    from tools.video_io import write_video
+    from tools.video.write import write_video
     path = Path(tmp) / 'synthetic.mp4'
     write_video(path, synthetic_video(frames, height, width), fps=24)
     return str(path)

@@ -111,8 +111,8 @@ def _worst(rows, key, setting):
 
 def bench_seams(args):
     """Max error at SVD-decoder chunk boundaries (overlap 0 vs o) and DiT tile seams (overwrite vs smooth)."""
-    from tools.frames import plan
-    from tools.video_io import probe_video, read_video
+    from tools.video.frames import plan
+    from tools.video.read import probe_video, read_video
     cfg = load_cfg(args, random_init=True)
     device = setup_device(args)
     pipe = build_pipeline(cfg, device, 'fp32', stages=('compressor', 'vae', 'dit'))

@@ -12,9 +12,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-# the writer (tools/video_write.py) and comparison panels (tools/panels.py) are part of this module's API
-from tools.panels import draw_label, side_by_side, write_grid_png  # noqa: F401
-from tools.video_write import VideoWriter, fps_fraction, to_uint8, write_video  # noqa: F401
 
 VIDEO_EXTS = ('.mp4', '.mov', '.avi', '.mkv', '.webm')
 REENCODE = "re-download or re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)"
@@ -332,7 +329,7 @@ def read_frames(path, num_frames=None, stride=1, start=0, backend='auto'):
 
 def read_video(path, num_frames=None, stride=1, start=0, backend='auto'):
     """Read frames start, start+stride, ... -> ((C, T, H, W) float32 in [-1, 1], VideoInfo); see read_frames."""
-    from tools.frames import from_uint8  # noqa: PLC0415
+    from tools.video.frames import from_uint8  # noqa: PLC0415
     frames, info = read_frames(path, num_frames, stride, start, backend)
     return from_uint8(frames), info
 

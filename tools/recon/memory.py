@@ -113,7 +113,7 @@ class Workload:
     @classmethod
     def from_plan(cls, frame_plan, frames, cfg, refine=True, metrics=True, original=True, device='cpu',
                   dtype='fp32'):
-        """From a tools/frames.py FramePlan and a loaded config (model.*, vae.decode_chunk / tile_size)."""
+        """From a tools/video/frames.py FramePlan and a loaded config (model.*, vae.decode_chunk / tile_size)."""
         m = cfg.model
         return cls(source=tuple(frame_plan.source), model=tuple(frame_plan.model), output=tuple(frame_plan.output),
                    frames=int(frames), refine=refine, metrics=metrics and original, original=original,
@@ -200,7 +200,7 @@ def stage_bytes(w, s, cal=CALIBRATION):
     per_pixel = (cal['encoder'] + cal['encoder_frame'] * min(w.frames, s.encoder_lookahead)
                  + cal['encoder_thread'] * writer_threads())
     b['encoder'] = (out * per_pixel * (1 + w.refine + panels), False)
-    # in-loop PSNR/SSIM (tools/render.py quick_scores), one frame at a time: the SSIM blur's unfolded taps; on
+    # in-loop PSNR/SSIM (tools/recon/render.py quick_scores), one frame at a time: the SSIM blur's unfolded taps; on
     # CUDA the chunk's source frames at the model's size are copied to the device first
     on_cuda = w.device == 'cuda'
     b['metrics'] = ((cal['metrics'] * mdl * 3 + on_cuda * c * mdl * 3 * 4) if w.metrics else 0, True)

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from tools.files import atomic_write
-from tools.frames import from_uint8
-from tools.frames import resize as _resize
-from tools.video_write import to_uint8
+from tools.video.frames import from_uint8
+from tools.video.frames import resize as _resize
+from tools.video.write import to_uint8
 
 
 def _label_overlay(text, frame_h):

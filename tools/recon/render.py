@@ -1,6 +1,6 @@
 """Render one latent to video files, streamed: preview | refine (DiT) -> one SVD decode stream -> writers.
 
-    info = render(pipe, latent, meta, out_dir, settings, source=None)     # tools/reconstruct.py calls it
+    info = render(pipe, latent, meta, out_dir, settings, source=None)     # tools/recon/reconstruct.py calls it
 
 The sampler state (the whole clip's SVD latent, small) is the only whole-clip tensor: preview, SVD decode,
 the source's reference frames, metrics and writing go `chunk_frames` output frames at a time, the source
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from models.pipeline import interpolate_latent, noise_seed
-from tools.frames import FramePlan, from_uint8, map_frames, unpad
-from tools.video_write import to_uint8
-from tools.streaming import read_ahead, rechunk
+from tools.video.frames import FramePlan, from_uint8, map_frames, unpad
+from tools.video.write import to_uint8
+from tools.video.streaming import read_ahead, rechunk
 
 FILE_OF = {'preview': 'preview.mp4', 'refined': 'rec.mp4'}
 LABELS = {'original': 'original', 'preview': 'preview (no diffusion)', 'refined': 'refined ({scheduler}, {steps} steps)'}
@@ -32,7 +32,7 @@ def no_timer(stage):
 def read_chunk(path, meta, a, b):
     """Latent frames a..b-1 of the clip `meta` describes, read from `path` -> (RGB uint8 (b-a, H, W, 3),
     their source times in seconds or None). tools/frames.map_frames shapes them a frame at a time."""
-    from tools.video_io import read_frames
+    from tools.video.read import read_frames
     stride = meta['frame_stride']
     frames, info = read_frames(path, num_frames=b - a, stride=stride, start=meta['start'] + a * stride)
     return frames, (list(info.times) if info.times is not None else None)
@@ -44,8 +44,8 @@ def open_writer(path, fps, sar=None, lossless=False, lookahead=None):
     its write(frames, times=None) takes each frame's time in seconds (None: constant fps)."""
     from fractions import Fraction
 
-    from tools.memory import writer_threads
-    from tools.video_io import VideoWriter
+    from tools.recon.memory import writer_threads
+    from tools.video.write import VideoWriter
     sar = Fraction(sar.replace(':', '/')) if sar else None
     return VideoWriter(path, fps, sar=sar, lossless=lossless, lookahead=lookahead, threads=writer_threads())
 
@@ -71,7 +71,7 @@ def quick_scores(ref, rec):
     mean over channels), None for frames under 11 px. One frame at a time: the Gaussian blur's convolution
     unfolds its input 11×, about 1.4 GB for a 16-frame 256x480 chunk at once, 90 MB per frame.
     -> (list of t floats, list of t floats or None)."""
-    from tools.metrics import gaussian_window, ssim_planes
+    from tools.evaluation.metrics import gaussian_window, ssim_planes
     win = gaussian_window(11, 1.5, dtype=torch.float32).to(ref.device)
     psnr, ssim = [], []
     for i in range(ref.shape[1]):
@@ -121,14 +121,14 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
     frames_sha256 (of the uint8 frames written), metrics ({} without a source or with metrics=False) and,
     when refined, scheduler/steps/seed/noise_seed.
 
-    settings: tools.reconstruct.ReconSettings. chunk_frames: output frames per chunk (memory flat in clip
+    settings: tools.recon.reconstruct.ReconSettings. chunk_frames: output frames per chunk (memory flat in clip
     length); vae_chunk: frames per SVD decoder call (None: vae.decode_chunk); tile_batch: DiT tiles per call
-    (None: all); lookahead: x264 look-ahead frames of the files (None: tools/memory.py WRITER_LOOKAHEAD, 10;
+    (None: all); lookahead: x264 look-ahead frames of the files (None: tools/recon/memory.py WRITER_LOOKAHEAD, 10;
     x264's own 40 hold 216 MB per 720p file). timer(stage) wraps each stage: previewer, dit, vae, read, write (frames back to the output
     geometry, uint8, digests, and waiting for the writer thread), metrics.
     """
-    from tools.memory import WRITER_LOOKAHEAD
-    from tools.panels import side_by_side, write_grid_png
+    from tools.recon.memory import WRITER_LOOKAHEAD
+    from tools.video.panels import side_by_side, write_grid_png
     plan, K = FramePlan.from_dict(meta['plan']), settings.interp
     lat = interpolate_latent(latent, K)                                   # (16, T', h, w), T' = K·(T−1)+1
     T = lat.shape[1]
@@ -213,7 +213,7 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
 
 
 def _info(size, T, fps, times, meta, settings, files, digests, scores):
-    from tools.metrics import mean_psnr
+    from tools.evaluation.metrics import mean_psnr
     info = {'frames': T, 'height': int(size[0]), 'width': int(size[1]), 'fps': float(fps),
             'sar': meta.get('sar'), 'frame_times': 'source' if times else 'constant',
             'lossless': bool(settings.lossless), 'files': files,

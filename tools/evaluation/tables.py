@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from tools import metrics
+from tools.evaluation import metrics
 from tools.files import write_text_atomic
 
 METRICS = ('psnr', 'ssim', 'lpips', 'flicker', 'tof', 'vmaf')

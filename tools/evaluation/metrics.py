@@ -1,7 +1,7 @@
 """Per-frame video metrics on uint8 frames: PSNR, SSIM, LPIPS (AlexNet), flicker, tOF and VMAF.
 
 Every metric takes two clips of uint8 RGB frames, (T, H, W, 3) numpy arrays or tensors as written by
-`tools.video_io.to_uint8`, and returns one value per frame (flicker and tOF: per pair of consecutive frames).
+`tools.video.write.to_uint8`, and returns one value per frame (flicker and tOF: per pair of consecutive frames).
 PSNR, SSIM and flicker are computed in float64 on the [0, 1] scale; LPIPS in float32 on [-1, 1]; tOF in
 pixels of optical flow (OpenCV DIS); VMAF (0..100) by libvmaf inside the ffmpeg that imageio-ffmpeg ships.
 """
@@ -27,7 +27,7 @@ def to_levels(frames, device='cpu'):
     frames = torch.as_tensor(np.asarray(frames))
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f'metrics expect uint8 frames (T, H, W, 3), got {tuple(frames.shape)} {frames.dtype} '
-                         '(convert clips with tools.video_io.to_uint8)')
+                         '(convert clips with tools.video.write.to_uint8)')
     return frames.to(device).permute(0, 3, 1, 2).double()
 
 

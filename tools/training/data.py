@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from tools.frames import cascadev_train_crop, center_crop, resize_short_side
-from tools import video_io
-from tools.video_io import VIDEO_EXTS, VideoReadError, list_videos, probe_video
+from tools.video.frames import cascadev_train_crop, center_crop, resize_short_side
+from tools.video import read as video_io
+from tools.video.read import VIDEO_EXTS, VideoReadError, list_videos, probe_video
 
 log = logging.getLogger('cascadev.data')
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tools.video_write import to_uint8
+from tools.video.write import to_uint8
 
 MULTIPLE = 32   # the compressor's down-sampling factor: model frames are multiples of it on both sides
 
@@ -105,7 +105,7 @@ def _check_uint8_frames(frames, name):
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         desc = f'{frames.dtype} {frames.shape}' if isinstance(frames, np.ndarray) else type(frames).__name__
         raise ValueError(f'{name}: expects RGB uint8 numpy frames (T, H, W, 3), got {desc}; convert with '
-                         f'tools.video_io.to_uint8')
+                         f'tools.video.write.to_uint8')
 
 
 def cascadev_box(height, width, short_edge, multiple=MULTIPLE, fix='use a short edge'):
@@ -151,7 +151,7 @@ def cascadev_train_crop(frames, resolution):
     A side shorter than `resolution` is first zero-padded (black) to it, centred (left (R - w)//2, top
     (R - h)//2, the remainder right/bottom); then the centred R x R window at native scale (offsets
     (w - R)//2, (h - R)//2), one window for every frame. The random flip and the [-1, 1] mapping are the
-    data pipeline's (tools/data.py).
+    data pipeline's (tools/training/data.py).
 
     frames: RGB uint8 (T, H, W, 3). Returns RGB uint8 (T, R, R, 3).
     """

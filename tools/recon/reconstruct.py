@@ -2,7 +2,7 @@
 
     from models.pipeline import CascadeV
     from tools.config import load_config
-    from tools.reconstruct import ReconSettings, reconstruct
+    from tools.recon.reconstruct import ReconSettings, reconstruct
     pipe = CascadeV.from_config(load_config('configs/tiny.py'), device='cpu')
     info = reconstruct(pipe, 'out/clip', video='clip.mp4', settings=ReconSettings(size=256, num_frames=16))
     info = reconstruct(pipe, 'out2/clip', latent_file='out/clip/latent.safetensors')   # no source needed
@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 from models.weights import dtype_name
-from tools.frames import map_frames
-from tools.frames import plan as make_plan
-from tools.latents import LATENT_FORMAT, load_latent, safe_name, save_latent
-from tools.render import no_timer, read_chunk, render
-from tools.streaming import read_ahead
+from tools.video.frames import map_frames
+from tools.video.frames import plan as make_plan
+from tools.recon.latents import LATENT_FORMAT, load_latent, safe_name, save_latent
+from tools.recon.render import no_timer, read_chunk, render
+from tools.video.streaming import read_ahead
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class ReconSettings:
     dtype, config and VAE decode chunks: output_settings).
 
     num_frames (None: all), start, stride: which source frames; size: short side the model sees (0: the
-    source's); square: centre square first; preprocess: 'default' or 'cascadev' (tools/frames.py);
+    source's); square: centre square first; preprocess: 'default' or 'cascadev' (tools/video/frames.py);
     upscale: outputs at the model's resolution instead of the source's; interp: K ≥ 1, the latent
     interpolated K× in time (K·(T−1)+1 frames at K× the rate); scheduler/steps/seed: the sampler;
     preview_only: previewer only; fps: a constant output rate (None: the source's times); lossless: files.
@@ -93,9 +93,9 @@ def output_settings(settings, cfg, dtype):
 
 
 def source_plan(path, settings):
-    """The frame plan (tools/frames.py) the settings give for the video at `path` -> (FramePlan, VideoInfo);
+    """The frame plan (tools/video/frames.py) the settings give for the video at `path` -> (FramePlan, VideoInfo);
     VideoReadError (one line) when the clip is unreadable or too short for the frame settings."""
-    from tools.video_io import frame_indices, probe_video
+    from tools.video.read import frame_indices, probe_video
     info = probe_video(path)
     n = len(frame_indices(info.num_frames, settings.num_frames, settings.stride, settings.start, path))
     return make_plan(info.height, info.width, size=settings.size, square=settings.square,
@@ -106,7 +106,7 @@ def source_plan(path, settings):
 def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_timer, threads=True):
     """Read the clip in chunks and encode each -> (latent (16, T, h, w) fp32 on the CPU, metadata).
 
-    The metadata holds the frame plan (tools/frames.py), the source's SAR ('N:D') and, for a variable
+    The metadata holds the frame plan (tools/video/frames.py), the source's SAR ('N:D') and, for a variable
     frame rate source, each frame's time in seconds from the first one used. VideoReadError (one line) for
     a file that cannot be read or is too short for the settings.
     """
@@ -148,7 +148,7 @@ def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings
     name: the folder's video name (default: the file stem, or the latent's checked metadata name).
     timer(stage) -> context manager, around each stage (see the module docstring); None: timed here with
     perf_counter into info['timings']. meta_extra: more metadata for the latent file (e.g. the config).
-    lookahead: x264 look-ahead frames of the files (None: tools/memory.py WRITER_LOOKAHEAD; its planner sets it).
+    lookahead: x264 look-ahead frames of the files (None: tools/recon/memory.py WRITER_LOOKAHEAD; its planner sets it).
     """
     if (video is None) == (latent_file is None):
         raise ValueError('reconstruct: pass exactly one of video=PATH or latent_file=PATH')
