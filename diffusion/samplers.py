@@ -1,6 +1,6 @@
 """Samplers for the refiner DiT: plain functions over an ε model, one signature, one registry.
 
-    sampler(eps_fn, noise, cond, steps, generator, progress, schedule) -> x0 latent (B, C, T, h, w)
+    sampler(eps_fn, noise, cond, steps, generator, progress, schedule, *, callback=None) -> x0 latent (B, C, T, h, w)
 
 eps_fn(x_in (B, C+C_ref, T, h, w), t (B,) float32 on the 1000-step scale) -> ε (B, C, T, h, w), where
 x_in = cat([x_t, cond], channels): the conditioning is concatenated unscaled and never noised. The caller
@@ -8,8 +8,21 @@ owns the network: eps_fn is any callable (the pipeline wraps its windowed DiT in
 NoiseSchedule built once from the diffusion config (the training β schedule); `generator` drives the
 noise of ancestral steps (EulerA; DDIM with η = 0 and DPMS draw none).
 Model calls per step: EulerA 1, DDIM 1, DPMS 1 (multistep: `steps` calls in all).
+
+callback (k-diffusion style): None, or a function called once at the end of every step, after its update,
+with one dict (read it, do not modify its tensors in place; the sampler's result does not depend on it):
+    i         the step, 0 .. steps-1
+    t         the timestep the model saw in this step (float, the 1000-step scale of eps_fn's t)
+    x         the sampler's state after the step, (B, C, T, h, w); after the last step, the returned latent.
+              Its scale is the sampler's own: EulerA x0 + σ·noise (k-diffusion's), DDIM and DPMS x_t
+    eps       the model's ε of this step, (B, C, T, h, w)
+    denoised  x̂0 predicted in this step, (B, C, T, h, w) (DDIM: after clip_sample, as its update uses it;
+              None for a diffusers scheduler whose step() returns no pred_original_sample)
+The callback runs on the host between device launches and adds no host-device sync of its own: what it does
+with the tensors (.item(), printing) may. Uses: progress, previews of x̂0, per-step timing (tools/bench/recon.py).
 """
 import torch
+from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler
 from einops import rearrange
 from tqdm.auto import tqdm
 
@@ -47,18 +60,19 @@ class NoiseSchedule:
 
 
 # ---- the samplers (dpms is with the DPM-Solver++ helpers below) ------------------------------------
-def euler_a(eps_fn, noise, cond, steps=8, generator=None, progress=True, schedule=None):
+def euler_a(eps_fn, noise, cond, steps=8, generator=None, progress=True, schedule=None, *, callback=None):
     """Euler-ancestral on diffusers' EulerAncestralDiscreteScheduler σ schedule (the default sampler)."""
-    from diffusers import EulerAncestralDiscreteScheduler
     scheduler = (schedule or NoiseSchedule()).diffusers_scheduler(EulerAncestralDiscreteScheduler)
-    return sample_diffusers(eps_fn, noise, cond, scheduler, steps, generator=generator, progress=progress)
+    return sample_diffusers(eps_fn, noise, cond, scheduler, steps, generator=generator, progress=progress,
+                            callback=callback)
 
 
-def ddim(eps_fn, noise, cond, steps=8, generator=None, progress=True, schedule=None, *, clip_sample=True):
+def ddim(eps_fn, noise, cond, steps=8, generator=None, progress=True, schedule=None, *, callback=None,
+         clip_sample=True):
     """DDIM, η = 0 (Song et al. 2021), diffusers' DDIMScheduler defaults; clip_sample clips x̂0 to [-1, 1]."""
-    from diffusers import DDIMScheduler
     scheduler = (schedule or NoiseSchedule()).diffusers_scheduler(DDIMScheduler, clip_sample=clip_sample)
-    return sample_diffusers(eps_fn, noise, cond, scheduler, steps, generator=generator, progress=progress)
+    return sample_diffusers(eps_fn, noise, cond, scheduler, steps, generator=generator, progress=progress,
+                            callback=callback)
 
 
 # ---- shared: input checks, the model call, the diffusers loop of EulerA and DDIM --------------------
@@ -80,8 +94,9 @@ def _eps(eps_fn, x, cond, t):
 
 
 @torch.no_grad()
-def sample_diffusers(eps_fn, noise, cond, scheduler, steps, generator=None, progress=True):
-    """The reconstruction loop over a diffusers ε-prediction scheduler: 1 model call per step.
+def sample_diffusers(eps_fn, noise, cond, scheduler, steps, generator=None, progress=True, callback=None):
+    """The reconstruction loop over a diffusers ε-prediction scheduler: 1 model call per step; callback as
+    the module docstring says.
 
     Only the noisy latent goes through scale_model_input. The scheduler state is kept frame-folded,
     ((B·T), C, h, w) video-major as in the original code, so a seeded generator draws the same noise.
@@ -96,16 +111,21 @@ def sample_diffusers(eps_fn, noise, cond, scheduler, steps, generator=None, prog
     scheduler.set_timesteps(steps)                                    # on the CPU
     lat = fold(noise) * scheduler.init_noise_sigma                   # ((B·T), C, h, w)
     if _is_euler_ancestral(scheduler):
-        return unfold(euler_ancestral_loop(eps_fn, lat, cond, scheduler, unfold, fold, generator, progress))
-    for t in tqdm(scheduler.timesteps, disable=not progress, desc=type(scheduler).__name__):
+        return unfold(euler_ancestral_loop(eps_fn, lat, cond, scheduler, unfold, fold, generator, progress,
+                                           callback))
+    for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc=type(scheduler).__name__)):
         inp = unfold(scheduler.scale_model_input(lat, t))                 # (B, C, T, h, w)
         eps = _eps(eps_fn, inp, cond, torch.full((B,), float(t), device=noise.device))
-        lat = scheduler.step(fold(eps), t, lat, generator=generator).prev_sample
+        out = scheduler.step(fold(eps), t, lat, generator=generator)
+        lat = out.prev_sample
+        if callback is not None:
+            denoised = getattr(out, 'pred_original_sample', None)
+            callback({'i': i, 't': float(t), 'x': unfold(lat), 'eps': eps,
+                      'denoised': None if denoised is None else unfold(denoised)})
     return unfold(lat)
 
 
 def _is_euler_ancestral(scheduler):
-    from diffusers import EulerAncestralDiscreteScheduler
     return (isinstance(scheduler, EulerAncestralDiscreteScheduler)
             and scheduler.config.prediction_type == 'epsilon')
 
@@ -128,19 +148,21 @@ def step_noises(shape, steps, generator, device):
         yield noise
 
 
-def euler_ancestral_loop(eps_fn, lat, cond, scheduler, unfold, fold, generator=None, progress=True):
+def euler_ancestral_loop(eps_fn, lat, cond, scheduler, unfold, fold, generator=None, progress=True,
+                         callback=None):
     """Euler-ancestral steps on an EulerAncestralDiscreteScheduler's σ schedule (Karras et al. 2022, Alg. 2 with
     ancestral sampling; k-diffusion's sample_euler_ancestral), operation for operation its scale_model_input
     and step(), but with each step's noise drawn a step ahead and copied without blocking (diffusers draws it
     on the CPU inside step() and copies it with a device sync). lat: ((B·T), C, h, w) scaled by
-    init_noise_sigma -> x0, same layout.
+    init_noise_sigma -> x0, same layout. callback: as the module docstring says (its tensors unfolded).
     """
     sigmas, B = scheduler.sigmas, cond.shape[0]                        # (steps + 1,) float32 on the CPU
     noises = step_noises(lat.shape, len(scheduler.timesteps), generator, lat.device)
     for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc='EulerAncestral')):
         sigma, sigma_to = sigmas[i], sigmas[i + 1]
         inp = unfold(lat / ((sigma ** 2 + 1) ** 0.5))                   # scale_model_input
-        eps = fold(_eps(eps_fn, inp, cond, torch.full((B,), float(t), device=lat.device)))
+        model_eps = _eps(eps_fn, inp, cond, torch.full((B,), float(t), device=lat.device))   # (B, C, T, h, w)
+        eps = fold(model_eps)
         sample = lat.to(torch.float32)
         pred_x0 = sample - sigma * eps
         sigma_up = (sigma_to ** 2 * (sigma ** 2 - sigma_to ** 2) / sigma ** 2) ** 0.5
@@ -148,6 +170,8 @@ def euler_ancestral_loop(eps_fn, lat, cond, scheduler, unfold, fold, generator=N
         derivative = (sample - pred_x0) / sigma                         # Euler step to σ_down ...
         lat = sample + derivative * (sigma_down - sigma)
         lat = (lat + next(noises) * sigma_up).to(eps.dtype)             # ... then noise up to σ_to
+        if callback is not None:
+            callback({'i': i, 't': float(t), 'x': unfold(lat), 'eps': model_eps, 'denoised': unfold(pred_x0)})
     return lat
 
 
@@ -160,14 +184,15 @@ def _interp(t, xp, fp):
 
 
 @torch.no_grad()
-def dpms(eps_fn, noise, cond, steps=8, generator=None, progress=True, schedule=None, *, order=2,
+def dpms(eps_fn, noise, cond, steps=8, generator=None, progress=True, schedule=None, *, callback=None, order=2,
          lower_order_final=True):
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), data prediction, time-uniform steps; deterministic.
 
     Steps run from t = 1 to t = 1/N; the model sees t_in = N·(t − 1/N). The first step is first order;
     with lower_order_final the last one is too, for any number of steps (time-uniform steps make the last
     λ step large, where a 2nd-order update overshoots; the reference solver may restrict this to steps < 10,
-    which golden_a's 4 steps cannot tell apart). No model call at the final time.
+    which golden_a's 4 steps cannot tell apart). No model call at the final time. Step i updates with the
+    model call at t_in[i]; callback (module docstring) gets that call's ε and x̂0.
     """
     if order not in (1, 2):
         raise ValueError(f'diffusion/samplers.py: DPM-Solver++ order={order} (use 1 or 2)')
@@ -184,11 +209,13 @@ def dpms(eps_fn, noise, cond, steps=8, generator=None, progress=True, schedule=N
     t_model = [torch.full((B,), float(v), dtype=torch.float32, device=noise.device) for v in t_in[:-1]]
 
     def data_pred(x, i):
-        """x̂0 = (x − σ_t·ε)/α_t."""
-        return (x - sigma[i].item() * _eps(eps_fn, x, cond, t_model[i])) / alpha[i].item()
+        """-> ε, x̂0 = (x − σ_t·ε)/α_t."""
+        eps = _eps(eps_fn, x, cond, t_model[i])
+        return eps, (x - sigma[i].item() * eps) / alpha[i].item()
 
     x = noise
-    x0s = [data_pred(x, 0)]
+    eps, x0 = data_pred(x, 0)
+    x0s = [x0]
     for i in tqdm(range(1, steps + 1), disable=not progress, desc='DPM-Solver++'):
         h = lam[i] - lam[i - 1]
         c = alpha[i] * torch.expm1(-h)                                 # α_t·(e^{−h} − 1)
@@ -198,8 +225,11 @@ def dpms(eps_fn, noise, cond, steps=8, generator=None, progress=True, schedule=N
             r = (lam[i - 1] - lam[i - 2]) / h
             d = (1.0 / r).item() * (x0s[-1] - x0s[-2])
             x = x - (0.5 * c).item() * d
+        if callback is not None:
+            callback({'i': i - 1, 't': float(t_in[i - 1]), 'x': x, 'eps': eps, 'denoised': x0s[-1]})
         if i < steps:
-            x0s = [x0s[-1], data_pred(x, i)]
+            eps, x0 = data_pred(x, i)
+            x0s = [x0s[-1], x0]
     return x
 
 

@@ -4,46 +4,10 @@ from einops import rearrange
 from torch import nn
 from torchvision.models import efficientnet_v2_s
 
+from models.stages import DOWNSCALE, FrozenStage, as_video_batch, check_multiple
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DOWNSCALE = 32                      # EfficientNetV2-S features: five stride-2 stages
-
-
-def check_multiple(video, multiple, name):
-    """Raise ValueError unless the frames' H and W are multiples of `multiple` (the stages never pad)."""
-    h, w = video.shape[-2:]
-    if h % multiple or w % multiple:
-        raise ValueError(f"{name}: frames are {h}x{w}; both sides must be multiples of {multiple}. Bring them "
-                         f"there with the frame plan (tools.video.frames.plan(H, W).to_model(video) pads to 32)")
-
-
-def as_video_batch(video, name):
-    """Accept (C, T, H, W) or (B, C, T, H, W); return the 5-D tensor and whether a batch dim was added."""
-    if video.dim() == 4:
-        return video.unsqueeze(0), True
-    if video.dim() != 5:
-        raise ValueError(f"{name}: expected a video (B, C, T, H, W) or (C, T, H, W), got shape {tuple(video.shape)}")
-    return video, False
-
-
-class FrozenStage(nn.Module):
-    """Base for the frozen stages: eval mode always (BatchNorm uses its running statistics), no gradients."""
-
-    def freeze(self):
-        self.requires_grad_(False)
-        return self.eval()
-
-    def train(self, mode=True):
-        """Frozen stage: stays in eval mode whatever `mode` is."""
-        return super().train(False)
-
-    @property
-    def device(self):
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self):
-        return next(self.parameters()).dtype
 
 
 class SemanticCompressor(FrozenStage):

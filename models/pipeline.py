@@ -169,9 +169,11 @@ class CascadeV:
         return video[0] if single else video
 
     # ---- stage 2: refinement in the SVD latent space ------------------------------------------------
-    def _eps_fn(self, tile_batch=None):
-        """ε of the windowed/tiled DiT; under fp16/bf16 the DiT runs in autocast and ε comes back fp32.
-        tile_batch: spatial tiles per DiT call (None: all of a window's tiles at once; fewer: less memory)."""
+    def eps_fn(self, tile_batch=None):
+        """The ε function the samplers call (diffusion/samplers.py): eps_fn(x_in (B, 20, T, h, w), t (B,) float on
+        the 1000-step scale) -> ε (B, 4, T, h, w) fp32, the DiT over its temporal windows and spatial tiles; under
+        fp16/bf16 the DiT runs in autocast. tile_batch: spatial tiles per DiT call (None: all of a window's tiles
+        at once; fewer: less memory)."""
         dit = self._need('dit')
         amp = (torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype != torch.float32
                else nullcontext())
@@ -183,12 +185,14 @@ class CascadeV:
 
     @torch.no_grad()
     def refine(self, latent, steps=8, scheduler='EulerA', seed=42, name=None, generator=None, progress=False,
-               tile_batch=None):
+               tile_batch=None, callback=None):
         """Compressor latent (B, 16, T, h, w) -> SVD latent (B, 4, T, sr·h, sr·w) (scaled by scale_factor).
 
         The noise comes from `generator` if given, else from a CPU generator seeded with `seed`, or with
         noise_seed(seed, name) when a video name is given (what recon.py does, so a video's output does not
         depend on the rest of the batch). The same generator drives Euler-ancestral's per-step noise.
+        callback: called once per sampler step with a dict {'i', 't', 'x', 'eps', 'denoised'} (the sampler's
+        state in the SVD latent space, (B, 4, T, sr·h, sr·w); diffusion/samplers.py describes each key).
         """
         sampler = get_sampler(scheduler)
         latent, single = _batched(latent)
@@ -197,7 +201,8 @@ class CascadeV:
         cond = upsample_latent(latent.to(self.device), self.sr_scale, self.scale_factor)   # (B, 16, T, H/8, W/8)
         shape = (cond.shape[0], 4, *cond.shape[2:])
         noise = torch.randn(shape, generator=generator, device=generator.device).to(self.device)
-        z = sampler(self._eps_fn(tile_batch), noise, cond, steps, generator, progress, self.schedule)
+        z = sampler(self.eps_fn(tile_batch), noise, cond, steps, generator, progress, self.schedule,
+                    callback=callback)
         check_finite(z, f'DiT sampler ({scheduler})', self.dtype)
         return z[0] if single else z
 
@@ -208,13 +213,14 @@ class CascadeV:
 
     @torch.no_grad()
     def decode(self, latent, steps=8, scheduler='EulerA', seed=42, name=None, generator=None, progress=False,
-               interp=1):
+               interp=1, callback=None):
         """Compressor latent (B, 16, T, h, w) -> refined video (B, 3, T', 32h, 32w): refine, then SVD decode.
-        interp=K > 1 first interpolates the latent K× in time (interpolate_latent): T' = K·(T−1)+1."""
+        interp=K > 1 first interpolates the latent K× in time (interpolate_latent): T' = K·(T−1)+1.
+        callback: per sampler step, as in refine."""
         latent, single = _batched(latent)
         latent = interpolate_latent(latent, interp)
         z = self.refine(latent, steps=steps, scheduler=scheduler, seed=seed, name=name, generator=generator,
-                        progress=progress)
+                        progress=progress, callback=callback)
         video = torch.cat(list(self.vae_decode_chunks(z)), dim=2)
         return video[0] if single else video
 

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from models.compressor import DOWNSCALE, FrozenStage, as_video_batch
+from models.stages import DOWNSCALE, FrozenStage, as_video_batch
+
 
 def _stage(conv, channels):
     """conv -> GELU -> BatchNorm, the previewer's repeating unit."""

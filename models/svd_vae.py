@@ -9,15 +9,15 @@ Temporal chunks: with `decode_overlap` = 0 the chunks do not overlap (frames [0,
 shorter), as the original did; each frame then sees only its own chunk, and the output jumps where one chunk
 ends and the next begins. With `decode_overlap` = o > 0 consecutive chunks of `decode_chunk` frames share o
 frames (stride decode_chunk − o, the last chunk flush with the end); a shared frame is decoded once in each
-chunk and the two decodes are blended with raised-cosine weights that sum to one (models/dit.py
-tile_weights_1d, the DiT's tile blend), so the output crosses from one chunk's context to the next smoothly.
+chunk and the two decodes are blended with raised-cosine weights that sum to one (models/tiling.py
+blend_spans, the DiT's tile weights), so the output crosses from one chunk's context to the next smoothly.
 Cost: about decode_chunk / (decode_chunk − o) times the decoder calls.
 
 Spatial tiling: diffusers' `enable_tiling()` is not implemented for the temporal decoder (0.42:
 `AutoencoderMixin.enable_tiling` raises NotImplementedError because the class has no `use_tiling`), so
-`tile_size` > 0 enables our own overlapping-tile decode blended with linear ramps. The decoder's mid-block
-attends over the whole frame, so tiled output is close to, not equal to, the untiled one; use it only
-where the untiled decode does not fit in memory.
+`tile_size` > 0 enables our own overlapping-tile decode blended with linear ramps (models/tiling.py
+tiled_apply). The decoder's mid-block attends over the whole frame, so tiled output is close to, not equal
+to, the untiled one; use it only where the untiled decode does not fit in memory.
 """
 from pathlib import Path
 
@@ -25,9 +25,10 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder
 from einops import rearrange
 
-from models.compressor import FrozenStage, as_video_batch, check_multiple
+from models.stages import FrozenStage, as_video_batch, check_multiple
+from models.tiling import blend_spans, chunk_spans, tiled_apply
 
-DOWNSCALE = 8
+VAE_DOWNSCALE = 8                   # frame pixels per SVD-latent pixel, each side
 SCALE_FACTOR = 0.13025
 # stabilityai/stable-video-diffusion-img2vid-xt, vae/config.json (architecture keys only).
 SVD_VAE_CONFIG = dict(
@@ -52,67 +53,11 @@ def check_vae_config(config, where='cfg.vae.config'):
                          f"CascadeV needs 8x, i.e. 4 entries in block_out_channels")
 
 
-def _ramp(n, overlap, at_start, at_end, device):
-    """1-D blending weight of a tile of n pixels: linear ramps over `overlap` pixels on inner edges."""
-    w = torch.ones(n, device=device)
-    ramp = (torch.arange(overlap, device=device) + 0.5) / overlap
-    if at_start and overlap:
-        w[:overlap] = ramp
-    if at_end and overlap:
-        w[-overlap:] = ramp.flip(0)
-    return w
-
-
-def _starts(size, tile, overlap):
-    """Tile origins covering [0, size): stride tile - overlap, the last tile flush with the end."""
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, tile - overlap))
-    return starts + [size - tile]
-
-
-def tiled_apply(fn, z, tile, overlap, scale):
-    """Apply fn: (N, C, h, w) -> (N, C', h·scale, w·scale) on overlapping tiles of z and blend them."""
-    h, w = z.shape[-2:]
-    out = weight = None
-    ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
-    for y in ys:
-        for x in xs:
-            part = fn(z[..., y:y + tile, x:x + tile])                       # (N, C', th·s, tw·s)
-            if out is None:
-                out = part.new_zeros(*part.shape[:2], h * scale, w * scale, dtype=torch.float32)
-                weight = torch.zeros(h * scale, w * scale, device=part.device)
-            wy = _ramp(part.shape[-2], overlap * scale, y > 0, y + tile < h, part.device)
-            wx = _ramp(part.shape[-1], overlap * scale, x > 0, x + tile < w, part.device)
-            wt = wy[:, None] * wx[None, :]
-            sy, sx = slice(y * scale, y * scale + part.shape[-2]), slice(x * scale, x * scale + part.shape[-1])
-            out[..., sy, sx] += part.float() * wt
-            weight[sy, sx] += wt
-    return out / weight
-
-
 def check_decode_overlap(decode_chunk, decode_overlap):
+    """One-line ValueError unless decode_overlap is an integer in [0, decode_chunk) (frames)."""
     if not (isinstance(decode_overlap, int) and 0 <= decode_overlap < decode_chunk):
         raise ValueError(f"cfg.vae.decode_overlap = {decode_overlap!r} must be an integer in [0, decode_chunk = "
                          f"{decode_chunk}); e.g. decode_chunk=4, decode_overlap=1 (frames), 0 = no overlap")
-
-
-def chunk_spans(num_frames, chunk, overlap=0):
-    """Temporal decoder chunks [(start, stop)] covering [0, num_frames).
-
-    overlap 0: [0, chunk), [chunk, 2·chunk), ..., the last one shorter (the original's chunks). overlap > 0:
-    starts step by chunk − overlap while start + chunk < num_frames, then one chunk flush with the end, so
-    every chunk has `chunk` frames (a clip of at most `chunk` frames is one chunk).
-    """
-    if not overlap:
-        return [(a, min(a + chunk, num_frames)) for a in range(0, num_frames, chunk)]
-    if num_frames <= chunk:
-        return [(0, num_frames)]
-    starts, a = [], 0
-    while a + chunk < num_frames:
-        starts.append(a)
-        a += chunk - overlap
-    return [(a, a + chunk) for a in starts + [num_frames - chunk]]
 
 
 class SVDVAE(FrozenStage):
@@ -153,7 +98,7 @@ class SVDVAE(FrozenStage):
         times scale_factor. Frames are encoded `encode_chunk` at a time; other sizes raise ValueError.
         """
         video, added = as_video_batch(video, 'SVDVAE.encode')
-        check_multiple(video, DOWNSCALE, 'SVDVAE.encode')
+        check_multiple(video, VAE_DOWNSCALE, 'SVDVAE.encode')
         frames = rearrange(video, 'b c t h w -> (b t) c h w')
         means, stds = [], []
         for i in range(0, frames.shape[0], self.encode_chunk):
@@ -179,7 +124,7 @@ class SVDVAE(FrozenStage):
         """(b·k, 4, h, w) unscaled -> (b·k, 3, 8h, 8w); the temporal layers see k consecutive frames."""
         run = lambda part: self.vae.decode(part, num_frames=num_frames).sample
         if self.tile_size and max(z.shape[-2:]) > self.tile_size:
-            return tiled_apply(run, z, self.tile_size, self.tile_overlap, DOWNSCALE).to(z.dtype)
+            return tiled_apply(run, z, self.tile_size, self.tile_overlap, VAE_DOWNSCALE).to(z.dtype)
         return run(z)
 
     @torch.no_grad()
@@ -197,7 +142,7 @@ class SVDVAE(FrozenStage):
         spans = chunk_spans(latent.shape[2], chunk, overlap)
         parts = (self._decode_span(latent, a, b) for a, b in spans)
         if overlap and len(spans) > 1:
-            parts = _blend_spans(parts, spans, chunk)
+            parts = blend_spans(parts, spans, chunk)
         for frames in parts:
             yield frames[0] if added else frames
 
@@ -215,25 +160,3 @@ class SVDVAE(FrozenStage):
         parts = self.decode_iter(latent, decode_chunk=decode_chunk, decode_overlap=decode_overlap)
         return torch.cat(list(parts), dim=dim)
 
-
-def _blend_spans(parts, spans, chunk):
-    """Blend decoded chunks (B, 3, chunk, H, W) of overlapping `spans`; yield each run of final frames.
-
-    Weights along time: tile_weights_1d (raised-cosine ramps over each overlap, summing to one per frame).
-    Frames before the next chunk's start are final once the current chunk is added.
-    """
-    from models.dit import tile_weights_1d
-    starts = tuple(a for a, _ in spans)
-    weights = tile_weights_1d(starts, chunk, spans[-1][1])             # (n_chunks, chunk), float32 on the CPU
-    acc, acc_start = None, 0                                           # weighted sum of frames [acc_start, a + chunk)
-    for k, ((a, b), frames) in enumerate(zip(spans, parts)):
-        part = frames.float() * weights[k].to(frames.device).view(1, 1, -1, 1, 1)
-        if acc is None:
-            acc = part
-        else:
-            shared = acc_start + acc.shape[2] - a                       # frames in both the sum and this chunk
-            acc = torch.cat([acc[:, :, :a - acc_start], acc[:, :, a - acc_start:] + part[:, :, :shared],
-                             part[:, :, shared:]], dim=2)
-        final = (spans[k + 1][0] if k + 1 < len(spans) else b) - acc_start
-        yield acc[:, :, :final].to(frames.dtype)
-        acc, acc_start = acc[:, :, final:], acc_start + final

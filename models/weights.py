@@ -1,12 +1,13 @@
-"""One place that finds the released weights, says what is missing, and builds every stage from a config.
+"""One place that finds the released weights, reads weight files, says what is missing, and builds every stage.
 
 Paths in `cfg.weights` are relative to the repository root (not the working directory) unless absolute.
 `cfg.random_init` (True: every stage; or a list of stage names) puts seeded random weights (seed
 `cfg.init_seed`) in place of the released files; a `weights` entry that names another file (a DiT you
-trained, say) is always loaded (random_stages).
+trained, say) is always loaded (random_stages). Every weight file goes through one reader (read_state_dict):
+safetensors, or a torch checkpoint read with weights_only=True.
 
-Command line: `python -m models.weights convert-dit SRC.pth DST.safetensors` (used by
-`bash pretrained/download.sh --convert`) and `python -m models.weights check CONFIG`.
+Command line (tools/check_weights.py): `python -m models.weights check CONFIG` and
+`python -m models.weights convert-dit SRC.pth DST.safetensors` (used by `bash pretrained/download.sh --convert`).
 """
 import sys
 from contextlib import contextmanager
@@ -14,10 +15,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from mmengine.config import Config
 from safetensors.torch import load_file, save_file
 
 from models.compressor import SemanticCompressor
+from models.dit import VideoDiT, init_random_weights_
 from models.previewer import Previewer
+from models.svd_vae import SVD_VAE_CONFIG, SVDVAE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOWNLOAD_CMD = 'bash pretrained/download.sh'
@@ -25,6 +29,8 @@ STAGES = ('dit', 'compressor', 'previewer', 'vae')
 VAE_WEIGHT_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.fp16.safetensors')
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 SEED_OFFSET = {'dit': 0, 'compressor': 1, 'previewer': 2, 'vae': 3}   # distinct streams per stage
+TORCH_SUFFIXES = ('.pth', '.pt', '.ckpt', '.bin')                     # read with torch.load(weights_only=True)
+IGNORED_CHECKPOINT_KEYS = ('pos_embed',)       # computed at every call; older PixArt checkpoints store it
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -109,7 +115,6 @@ def required_files(cfg, stage):
 @lru_cache(maxsize=1)
 def released_weights():
     """{stage: path} of the released files: `weights` in configs/_base_/model.py, resolved."""
-    from mmengine.config import Config
     base = Config.fromfile(str(REPO_ROOT / 'configs' / '_base_' / 'model.py'))
     return {stage: resolve_path(base.weights[stage]) for stage in STAGES}
 
@@ -152,13 +157,50 @@ def check_weights(cfg, stages=STAGES, files=None):
     return {stage: resolve_path(cfg.weights[stage]) for stage in needed}
 
 
-def load_state_dict_strict(module, path, what):
-    """Load a safetensors file into module with strict key matching; one-line error on mismatch."""
-    fix = f"re-fetch it with `{DOWNLOAD_CMD}`"
+def read_state_dict(path, allow_pickle=False, pickle_fix='if you trust the file, re-run with --allow-pickle'):
+    """{name: tensor} of a weight file: .safetensors, or a torch checkpoint (its 'state_dict' entry if it holds
+    one) read with torch.load(weights_only=True); on the CPU.
+
+    MissingWeightsError for an absent file; WeightsFormatError (one line naming the file) for a file that
+    cannot be read or holds no state dict. `allow_pickle`: where weights_only refuses the file, unpickle it
+    fully (trusted files only); `pickle_fix` ends the refusal's message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(f"{path}: no such file; fetch it with `{DOWNLOAD_CMD}`")
+    if path.suffix == '.safetensors':
+        try:
+            return load_file(str(path), device='cpu')
+        except Exception as e:  # truncated or not a safetensors file
+            raise WeightsFormatError(f"{path}: not a readable safetensors file ({e}); re-fetch it with "
+                                     f"`{DOWNLOAD_CMD}`") from e
     try:
-        state = load_file(str(path), device='cpu')
-    except Exception as e:  # truncated or not a safetensors file
-        raise WeightsFormatError(f"{path}: not a readable safetensors file ({e}); {fix}") from e
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # weights_only refuses pickled classes it does not know
+        if not allow_pickle:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WeightsFormatError(f"{path}: torch.load(weights_only=True) refused it ({reason}); "
+                                     f"{pickle_fix}") from e
+        obj = _load_pth_trusting_pickle(path)
+    if isinstance(obj, dict) and isinstance(obj.get('state_dict'), dict):
+        obj = obj['state_dict']
+    if not isinstance(obj, dict):
+        raise WeightsFormatError(f"{path}: holds a {type(obj).__name__}, not a state dict; expected a .pth "
+                                 f"with a 'state_dict' entry")
+    return {k: v for k, v in obj.items() if torch.is_tensor(v)}
+
+
+def _load_pth_trusting_pickle(path):
+    """ISOLATED FALLBACK, only on an explicit --allow-pickle: full unpickling, which can run code from the file."""
+    print(f"warning: {path}: loading with weights_only=False (--allow-pickle): only do this for files you trust",
+          file=sys.stderr)
+    return torch.load(path, map_location='cpu', weights_only=False)
+
+
+def load_state_dict_strict(module, path, what):
+    """Load a stage's weight file into module with strict key matching; one-line WeightsFormatError otherwise."""
+    fix = f"re-fetch it with `{DOWNLOAD_CMD}`"
+    state = read_state_dict(path)
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as e:  # a tensor of the wrong shape
@@ -169,6 +211,36 @@ def load_state_dict_strict(module, path, what):
             f"{path}: not {what} ({len(result.missing_keys)} missing keys, e.g. {result.missing_keys[:2]}; "
             f"{len(result.unexpected_keys)} unexpected, e.g. {result.unexpected_keys[:2]}); {fix}")
     return module
+
+
+def load_dit_checkpoint(model, path):
+    """Load a .pth (`state_dict` key, weights_only) or .safetensors DiT checkpoint strictly; returns model.
+
+    PixArt parameter names (the released s1024.effn-f32.pth loads as is; a stored pos_embed is ignored).
+    MissingWeightsError for an absent file; WeightsFormatError naming the missing, unexpected and
+    mis-shaped keys for a checkpoint of another model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(f"{path}: DiT checkpoint not found; fetch the released weights with "
+                                  f"`{DOWNLOAD_CMD}` or fix weights.dit in the config")
+    if path.suffix != '.safetensors' and path.suffix not in TORCH_SUFFIXES:
+        raise WeightsFormatError(f"{path}: unknown checkpoint format {path.suffix!r}; use .pth or .safetensors")
+    state = read_state_dict(path, pickle_fix=f"if you trust the file, convert it once with `python -m "
+                                             f"models.weights convert-dit {path} OUT.safetensors --allow-pickle`")
+    state = {k: v for k, v in state.items() if k not in IGNORED_CHECKPOINT_KEYS}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        def names(keys):
+            return f"{len(keys)} ({', '.join(keys[:4])}{', …' if len(keys) > 4 else ''})"
+        raise WeightsFormatError(f"{path}: checkpoint does not match the model: missing {names(missing)}, "
+                                 f"unexpected {names(unexpected)}, shape mismatch {names(shapes)}; check "
+                                 f"model.depth/hidden_size/in_channels/learn_sigma in the config")
+    model.load_state_dict(state, strict=True)
+    return model
 
 
 @torch.no_grad()
@@ -249,7 +321,6 @@ def build_previewer(cfg, device='cpu', dtype=torch.float32):
 
 def build_vae(cfg, device='cpu', dtype=torch.float32):
     """The frozen SVD VAE: the diffusers folder in cfg.weights.vae, or cfg.vae.config (random or loaded)."""
-    from models.svd_vae import SVD_VAE_CONFIG, SVDVAE    # here: diffusers is slow to import, the CLI needs none
     vcfg = cfg.vae
     kw = dict(scale_factor=float(cfg.get('scale_factor', 0.13025)),
               encode_chunk=vcfg.get('encode_chunk', 8), decode_chunk=vcfg.get('decode_chunk', 4),
@@ -274,8 +345,7 @@ def build_vae(cfg, device='cpu', dtype=torch.float32):
 
 def build_dit(cfg, device='cpu', dtype=torch.float32):
     """The refiner DiT from cfg.model: the released checkpoint, or seeded random weights (models.dit)."""
-    from models.dit import build_dit as _build, init_random_weights_, load_dit_checkpoint
-    model = _build(cfg.model)
+    model = VideoDiT.from_config(cfg.model)
     if 'dit' in random_stages(cfg):
         init_random_weights_(model, seed=int(cfg.get('init_seed', 0)) + SEED_OFFSET['dit'])
     else:
@@ -286,36 +356,9 @@ def build_dit(cfg, device='cpu', dtype=torch.float32):
 
 # ---- one-off conversion of the released DiT checkpoint to safetensors --------------------------------
 
-def load_pth_state_dict(path, allow_pickle=False):
-    """Tensors of a .pth checkpoint (its 'state_dict' entry if present), read with weights_only=True."""
-    if not Path(path).is_file():
-        raise MissingWeightsError(f"{path}: no such file; fetch it with `{DOWNLOAD_CMD}`")
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # weights_only refuses pickled classes it does not know
-        if not allow_pickle:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise WeightsFormatError(
-                f"{path}: torch.load(weights_only=True) refused it ({reason}); if you trust the file, "
-                f"re-run with --allow-pickle") from e
-        obj = _load_pth_trusting_pickle(path)
-    state = obj.get('state_dict', obj) if isinstance(obj, dict) else obj
-    if not isinstance(state, dict):
-        raise WeightsFormatError(f"{path}: holds a {type(obj).__name__}, not a state dict; expected a .pth "
-                                 f"with a 'state_dict' entry")
-    return {k: v for k, v in state.items() if torch.is_tensor(v)}
-
-
-def _load_pth_trusting_pickle(path):
-    """ISOLATED FALLBACK, only on an explicit --allow-pickle: full unpickling, which can run code from the file."""
-    print(f"warning: {path}: loading with weights_only=False (--allow-pickle): only do this for files you trust",
-          file=sys.stderr)
-    return torch.load(path, map_location='cpu', weights_only=False)
-
-
 def convert_pth_to_safetensors(src, dst, allow_pickle=False):
     """Write the tensors of checkpoint `src` to `dst` (safetensors, via DST.tmp then rename); return the count."""
-    state = load_pth_state_dict(src, allow_pickle=allow_pickle)
+    state = read_state_dict(src, allow_pickle=allow_pickle)
     state = {k: v.detach().contiguous().clone() for k, v in state.items()}  # no shared storage in safetensors
     dst = Path(dst)
     tmp = dst.with_name(dst.name + '.tmp')
@@ -324,34 +367,6 @@ def convert_pth_to_safetensors(src, dst, allow_pickle=False):
     return len(state)
 
 
-def main(argv=None):
-    """CLI: `convert-dit SRC DST [--allow-pickle]` | `check CONFIG`."""
-    import argparse
-    parser = argparse.ArgumentParser(prog='python -m models.weights', description=main.__doc__)
-    sub = parser.add_subparsers(dest='cmd', required=True)
-    conv = sub.add_parser('convert-dit', help='convert a .pth checkpoint to safetensors')
-    conv.add_argument('src')
-    conv.add_argument('dst')
-    conv.add_argument('--allow-pickle', action='store_true', help='fall back to full unpickling (trusted files)')
-    chk = sub.add_parser('check', help='list missing weight files for a config')
-    chk.add_argument('config')
-    args = parser.parse_args(argv)
-    try:
-        if args.cmd == 'convert-dit':
-            n = convert_pth_to_safetensors(args.src, args.dst, allow_pickle=args.allow_pickle)
-            print(f"{args.dst}: wrote {n} tensors")
-        else:
-            from tools.config import load_config
-            cfg = load_config(args.config)
-            paths = check_weights(cfg)
-            random = ', '.join(s for s in STAGES if s in random_stages(cfg))
-            print('all weights present' + ''.join(f"\n  {k}: {v}" for k, v in paths.items())
-                  + (f"\n  random_init: {random}" if random else ''))
-    except (FileNotFoundError, ValueError) as e:   # missing or unreadable weights, a bad config: usage errors
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == '__main__':
+if __name__ == '__main__':                       # the weights command line lives in tools/check_weights.py
+    from tools.check_weights import main
     sys.exit(main())

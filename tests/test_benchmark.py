@@ -15,7 +15,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.dit import build_dit, init_random_weights_
+from models.dit import VideoDiT, init_random_weights_
 from tools import benchmark
 from tools.bench import dit as bench_dit
 from tools.bench import flops, measure, seams
@@ -39,7 +39,7 @@ def tiny_cfg():
 
 @pytest.fixture(scope='module')
 def tiny_dit(tiny_cfg):
-    return init_random_weights_(build_dit(tiny_cfg.model), 0).eval()
+    return init_random_weights_(VideoDiT.from_config(tiny_cfg.model), 0).eval()
 
 
 def finite_number(v):
@@ -115,17 +115,6 @@ def test_missing_weights_and_bad_input_are_one_line_exit_2(tmp_path, capsys):
         benchmark.main(['recon', '--config', TINY, '--frames', '2', '--device', 'tpu9'])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err == "benchmark.py recon: device 'tpu9' is unknown; use auto, cpu, cuda or cuda:N"
-
-
-def test_benchmark_imports_no_cli_and_no_private_dit_names():
-    """tools/bench/ measures through the library: no `recon` CLI import, only public names of models/dit.py."""
-    import re
-    for f in sorted((REPO / 'tools' / 'bench').glob('*.py')) + [REPO / 'tools' / 'benchmark.py']:
-        text = f.read_text()
-        assert not re.search(r'^\s*(from recon |import recon\b)', text, re.M), f
-        for names in re.findall(r'from models\.dit import ([^\n]+)', text):
-            assert not any(n.strip().startswith('_') for n in names.split(',')), (f, names)
-        assert len(text.splitlines()) <= 400, f
 
 
 # ---- analytic FLOPs -------------------------------------------------------------------------------------
@@ -289,14 +278,19 @@ def test_bf16_dit_is_close_to_fp32(tiny_dit):
 
 
 def test_step_and_stage_timers():
+    """StepTimer as a sampler's per-step callback: one time per step of every run, each from the step before."""
     device = torch.device('cpu')
     timer, steps = measure.StageTimer(device), measure.StepTimer(device)
-    double = steps.wrap(lambda v: 2 * v)
     with timer('a'):
-        assert double(2) == 4 and double(3) == 6
+        steps.start()
+        steps.step({'i': 0})
+        steps.step({'i': 1})
     with timer('a'):
         pass
     assert timer.stages['a']['calls'] == 2 and len(steps.seconds()) == 2
+    steps.start()
+    steps.step()
+    assert len(steps.seconds()) == 3 and all(v >= 0 for v in steps.seconds())
     times = measure.time_interleaved({'x': lambda: None, 'y': lambda: None}, device, repeats=2, warmup=0)
     assert set(times) == {'x', 'y'} and all(m >= b >= 0 for m, b in times.values())
 
@@ -331,18 +325,20 @@ def test_sampler_loop_has_no_host_device_sync(tiny_cfg, scheduler):
     Allowed: Euler-ancestral's non-blocking copy of each step's noise (from pinned memory on CUDA).
     """
     from diffusion.samplers import get_sampler
-    model = build_dit(tiny_cfg.model).eval().to('meta').set_attn_backend('math')
+    model = VideoDiT.from_config(tiny_cfg.model).eval().to('meta').set_attn_backend('math')
     x, cond = torch.randn(1, 4, 6, 12, 12, device='meta'), torch.randn(1, 16, 6, 12, 12, device='meta')
     model.forward_windowed(torch.cat([x, cond], 1), 1.0)                   # fills the pos-embed / tile caches
-    counts = []
-    for steps in (2, 4):
+    counts, timer = [], measure.StepTimer(torch.device('meta'))
+    for steps, callback in ((2, None), (4, None), (4, timer.step)):    # the benchmark's per-step callback too
+        timer.start()
         with HostTransfers() as seen:
             out = get_sampler(scheduler)(lambda v, t: model.forward_windowed(v, t), x, cond, steps,
-                                         torch.Generator().manual_seed(0), False)
+                                         torch.Generator().manual_seed(0), False, callback=callback)
         assert out.device.type == 'meta' and out.shape == x.shape
         assert all(e.startswith('copy cpu->meta (6, 4, 12, 12)') for e in seen.events), seen.events
         counts.append(len(seen.events))
-    assert counts == ([2, 4] if scheduler == 'EulerA' else [0, 0]), counts
+    assert counts == ([2, 4, 4] if scheduler == 'EulerA' else [0, 0, 0]), counts
+    assert len(timer.runs[-1]) == 4 + 1                                  # start and one mark per step
 
 
 @pytest.mark.parametrize('spacing', ['linspace', 'leading', 'trailing'])

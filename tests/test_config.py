@@ -1,9 +1,16 @@
 """tools/config.py: loading, `_base_` inheritance, `--cfg-options` overrides and one-line errors for bad keys."""
 import argparse
+from pathlib import Path
 
 import pytest
 
-from tools.config import ConfigError, add_cfg_options, load_config, parse_cfg_options
+from diffusion.samplers import SAMPLERS
+from models.dit import ATTN_BACKENDS, TILE_BLENDS
+from models.weights import DTYPES, STAGES
+from tools.config import KEYS, TABLE, ConfigError, add_cfg_options, keys_help, load_config, parse_cfg_options
+from tools.video.frames import TRANSFORMS
+
+CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
 
 
 @pytest.fixture(scope='module')
@@ -208,9 +215,9 @@ def test_attn_strides_none_is_full_attention(tiny_path):
 
 
 def test_attn_strides_minus_one_is_one_window_per_position(tiny_path):
-    from models.dit import build_dit
+    from models.dit import VideoDiT
     cfg = load_config(tiny_path, ['model.attn_strides=[[-1,1],[1,-1],None,[-1,-1]]'])
-    assert build_dit(cfg.model).windows == [(1, 4, 4), (4, 1, 1), (None, None, None), (1, 1, 1)]
+    assert VideoDiT.from_config(cfg.model).windows == [(1, 4, 4), (4, 1, 1), (None, None, None), (1, 1, 1)]
     with pytest.raises(ConfigError, match=r'attn_strides\[0\]'):
         load_config(tiny_path, ['model.attn_strides=[[-2,1],None,None,None]'])
 
@@ -238,3 +245,114 @@ def test_unparsable_file(tmp_path, text):
     with pytest.raises(ConfigError) as e:
         load_config(str(path))
     assert str(path) in _one_line(e)
+
+
+# ---- the key table: every key the configs use, checked once, choices from their owners -------------------------
+
+@pytest.mark.parametrize('path', sorted(p for p in CONFIGS.rglob('*.py') if '_base_' not in p.parts),
+                         ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_config_file_loads(path):
+    assert load_config(str(path)).config_path == str(path)
+
+
+def _leaves(values, prefix=''):
+    for name, value in values.items():
+        key = prefix + name
+        if key in TABLE:
+            yield key, value
+        if isinstance(value, dict) and any(k.startswith(key + '.') for k in TABLE):
+            yield from _leaves(value, key + '.')
+
+
+def test_table_defaults_are_the_base_files(tmp_path):
+    base = tmp_path / 'bases.py'
+    base.write_text(f"_base_ = {[str(p) for p in sorted((CONFIGS / '_base_').glob('*.py'))]!r}\n")
+    values = dict(_leaves(load_config(str(base)).to_dict()))
+    values.pop('config_path')                                         # set by load_config, not a file
+    assert len(TABLE) == len(KEYS)                                    # one entry per key
+    assert {k.key: k.default for k in KEYS if k.key in values} == values
+    assert sorted(set(TABLE) - set(values)) == ['config_path', 'model.attn_backend']   # set by code / VideoDiT
+    assert TABLE['model.attn_backend'].default == 'sdpa'
+
+
+def test_choices_are_their_owners_constants():
+    assert TABLE['sampling.scheduler'].choices is SAMPLERS and TABLE['sampling.tile_blend'].choices is TILE_BLENDS
+    assert TABLE['random_init'].choices is STAGES and TABLE['data.transform'].choices is TRANSFORMS
+    assert TABLE['model.attn_backend'].choices is ATTN_BACKENDS
+    assert TABLE['dtype'].choices == ('auto', *DTYPES)
+    assert TABLE['train.mixed_precision'].choices == ('no', 'fp16', 'bf16')
+
+
+def test_help_lists_every_key_with_its_choices():
+    text = ' '.join(add_cfg_options(argparse.ArgumentParser()).format_help().split())
+    assert keys_help() in text
+    for k in KEYS:
+        assert k.key.rpartition('.')[2] in keys_help(), k.key
+    assert 'sampling.{scheduler (EulerA|DDIM|DPMS), steps, seed, tile_blend (smooth|overwrite)}' in text
+    assert 'train.{batch_size, max_steps,' in text and 'mixed_precision (no|fp16|bf16)' in text
+
+
+@pytest.mark.parametrize('text, message', [
+    ("train = dict(max_stpes=3)\n", "unknown key 'train.max_stpes'; did you mean 'train.max_steps'?"),
+    ("trian = dict(max_steps=3)\n", "unknown key 'trian'; did you mean 'train'?"),
+    ("model = dict(dpeth=4)\n", "unknown key 'model.dpeth'; did you mean 'model.depth'?"),
+    ("sr_scael = 4\n", "unknown key 'sr_scael'; did you mean 'sr_scale'?"),
+    ("frobnicate = 1\n", "unknown key 'frobnicate'; the known keys are listed under --cfg-options in --help"),
+    ("model = dict(hidden_size='64')\n", "model.hidden_size = '64' (str); use an integer"),
+    ("train = 3\n", "train = 3 (int); use a dict of train.* keys"),
+])
+def test_bad_key_in_a_config_file(tmp_path, tiny_path, text, message):
+    bad = tmp_path / 'bad.py'
+    bad.write_text(f"_base_ = [{tiny_path!r}]\n{text}")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(bad))
+    assert _one_line(e) == f"{bad}: {message}"
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (['train.max_stpes=3'], "--cfg-options key 'train.max_stpes' is unknown; did you mean 'train.max_steps'?"),
+    (['trian.max_steps=3'], "--cfg-options key 'trian.max_steps' is unknown; did you mean 'train.max_steps'?"),
+    ({'train': {'lgo_every': 3}}, "--cfg-options key 'train.lgo_every' is unknown; did you mean 'train.log_every'?"),
+    (['zzz=1'], "--cfg-options key 'zzz' is unknown; the known keys are listed under --cfg-options in --help"),
+    (['train.max_steps=abc'], "train.max_steps = 'abc' (str); use an integer or None"),
+    (['train.max_steps=2.5'], "train.max_steps = 2.5 (float); use an integer or None"),
+    (['train.batch_size=0'], "train.batch_size = 0; use a value >= 1"),
+    (['train.joint_training=1.5'], "train.joint_training = 1.5; use a value in [0, 1]"),
+    (['data.random_flip=yes'], "data.random_flip = 'yes' (str); use True or False"),
+    (['model.depth=True'], "model.depth = True (bool); use an integer"),
+    (['random_init=1'], "random_init = 1 (int); use True, False or a list"),
+    (['train.mixed_precision=fp8'], "train.mixed_precision = 'fp8'; use no, fp16 or bf16"),
+    (['dtype=fp8'], "dtype = 'fp8'; use auto, fp32, fp16 or bf16"),
+    (['sampling.scheduler=Euler'], "sampling.scheduler = 'Euler'; use EulerA, DDIM or DPMS"),
+    (['sampling.tile_blend=foo'], "sampling.tile_blend = 'foo'; use smooth or overwrite"),
+    (['data.transform=resize'], "data.transform = 'resize'; use crop or resize_crop"),
+    (['model.attn_backend=flash'], "model.attn_backend = 'flash'; use sdpa, math or xformers"),
+    (['random_init=[dit,unet]'],
+     "random_init = ['dit', 'unet']; 'unet' is not one of dit, compressor, previewer or vae"),
+    (['optimizer.auto_lr.rule=cube'], "optimizer.auto_lr.rule = 'cube'; use sqrt or linear"),
+    (['optimizer.auto_lr.base_batch_size=0'], "optimizer.auto_lr.base_batch_size = 0; use a value >= 1"),
+    (['optimizer.auto_lr={}'],
+     "required key 'optimizer.auto_lr.rule' is missing; add it (configs/_base_/ sets 'sqrt')"),
+])
+def test_bad_override_one_line(tiny_path, overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(tiny_path, overrides)
+    assert _one_line(e) == f"{tiny_path}: {message}"
+
+
+def test_required_key_message(tmp_path):
+    path = tmp_path / 'incomplete.py'
+    path.write_text("model = dict(depth=2)\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path))
+    assert _one_line(e) == f"{path}: required key 'model.input_size' is missing; add it (configs/_base_/ sets 128)"
+
+
+def test_known_keys_absent_from_the_file_may_be_set(tiny_path, tmp_path):
+    cfg = load_config(tiny_path, ['model.attn_backend=math', 'optimizer.auto_lr=None', 'train.grad_clip=None'])
+    assert cfg.model.attn_backend == 'math' and cfg.optimizer.auto_lr is None and cfg.train.grad_clip is None
+    assert load_config(tiny_path, ['vae.config.anything=1']).vae.config.anything == 1   # vae.config: any arguments
+    saved = tmp_path / 'config.py'                                  # a run's saved config (config_path included)
+    cfg.dump(str(saved))
+    again = load_config(str(saved))
+    assert again.config_path == str(saved) and again.model.attn_backend == 'math'

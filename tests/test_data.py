@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tools.training.data import (BadSamples, ClipSampler, DataError, VideoClips, build_dataset, build_loader,
-
-    collect_videos, derive_seed, frames_to_clip, load_clip, random_clip, read_frames, read_video_list)
+    collect_videos, derive_seed, frames_to_clip, load_clip, random_clip, read_frames)
+from tools.video.lists import VideoListError, read_video_list
 
 GOLDEN_PREPROCESS = Path(os.environ.get('GOLDEN_PREPROCESS_FILE', Path(__file__).resolve().parents[2] / 'shared'
                                         / 'golden' / 'golden_preprocess_a.safetensors'))
@@ -51,10 +51,13 @@ def test_txt_json_and_folder_lists(tmp_path, videos, shared_videos):
 def test_bad_lists_give_one_line(tmp_path, content, name, words):
     path = tmp_path / name
     path.write_text(content)
-    with pytest.raises(DataError) as e:
+    with pytest.raises(VideoListError) as e:
         read_video_list(path)
     msg = str(e.value)
     assert '\n' not in msg and str(path) in msg and all(w in msg for w in words)
+    with pytest.raises(DataError) as e:                        # training reports the same line
+        collect_videos([str(path)])
+    assert str(e.value) == msg
 
 
 def test_missing_and_empty_lists(tmp_path):

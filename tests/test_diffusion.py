@@ -304,8 +304,9 @@ def test_samplers_share_one_signature_and_the_schedule():
     and the schedule's β range reaches the model: a different beta_end changes every sampler's output."""
     import inspect
     for fn in SAMPLERS.values():
-        params = list(inspect.signature(fn).parameters)
-        assert params[:7] == ['eps_fn', 'noise', 'cond', 'steps', 'generator', 'progress', 'schedule']
+        params = inspect.signature(fn).parameters
+        assert list(params)[:7] == ['eps_fn', 'noise', 'cond', 'steps', 'generator', 'progress', 'schedule']
+        assert params['callback'].kind is inspect.Parameter.KEYWORD_ONLY and params['callback'].default is None
     noise, cond = toy_problem(T=1, hw=4)
     for name, fn in SAMPLERS.items():
         run = lambda schedule: fn(GaussianOracle(STD), noise, cond, 3, torch.Generator().manual_seed(0), False,
@@ -315,6 +316,29 @@ def test_samplers_share_one_signature_and_the_schedule():
     sched = NoiseSchedule.from_config(dict(num_timesteps=1000, beta_start=1e-4, beta_end=0.02))
     ab = torch.from_numpy(create_diffusion().alphas_cumprod)
     torch.testing.assert_close(sched.log_alpha.double(), 0.5 * ab.log(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('name', list(SAMPLERS))
+def test_callback_once_per_step_without_changing_the_result(name):
+    """callback: one dict per step, i = 0..steps-1, t = the timestep the model saw, x after the step (the last x
+    is the result), eps = the model's output, denoised = x̂0 of that step; the result is bit-identical."""
+    noise, cond = toy_problem(T=2, hw=4)
+    steps, sampler = 4, get_sampler(name)
+    run = lambda oracle, **kw: sampler(oracle, noise, cond, steps, torch.Generator().manual_seed(0), False, **kw)
+    oracle, seen = GaussianOracle(STD), []
+    plain = run(GaussianOracle(STD))
+    out = run(oracle, callback=lambda info: seen.append({k: (v.clone() if torch.is_tensor(v) else v)
+                                                         for k, v in info.items()}))
+    assert torch.equal(out, plain)
+    assert [d['i'] for d in seen] == list(range(steps)) and all(set(d) == {'i', 't', 'x', 'eps', 'denoised'}
+                                                               for d in seen)
+    assert [d['t'] for d in seen] == [float(t[0]) for t in oracle.seen]
+    assert torch.equal(seen[-1]['x'], out)
+    for d in seen:
+        assert d['x'].shape == d['eps'].shape == d['denoised'].shape == noise.shape
+    # the last step lands (EulerA σ -> 0, DDIM ᾱ -> 1) or nearly lands (DPMS at t = 1/N, σ ≈ 0.01) on its x̂0
+    assert (seen[-1]['x'] - seen[-1]['denoised']).abs().max() < 0.05
+    assert (seen[0]['x'] - seen[0]['denoised']).abs().max() > 0.5            # the first one does not
 
 
 def test_diffusion_imports_no_network():

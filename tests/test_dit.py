@@ -7,8 +7,10 @@ import torch
 from einops import rearrange
 
 import models.dit as dit
-from models.dit import (VideoDiT, build_dit, frame_window_starts, grid_attention, init_random_weights_,
-                        load_dit_checkpoint, tile_starts, tile_weights_1d, timestep_frequencies, video_pos_embed)
+from models.attention import Attention, grid_attention
+from models.dit import VideoDiT, init_random_weights_, timestep_frequencies, video_pos_embed
+from models.tiling import frame_window_starts, tile_starts, tile_weights_1d
+from models.weights import load_dit_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(input_size=8, hidden_size=64, depth=4, num_heads=4, lats_per_vid=4,
@@ -58,21 +60,21 @@ def test_training_init_zeroes_output():
     assert torch.count_nonzero(model(rand(1, 20, 4, 8, 8), 3)) == 0
 
 
-def test_build_dit_from_tiny_config():
+def test_dit_from_tiny_config():
     from tools.config import load_config
     cfg = load_config(str(REPO / 'configs' / 'tiny.py'))
-    model = build_dit(cfg.model)
+    model = VideoDiT.from_config(cfg.model)
     assert (model.input_size, model.lats_per_vid, len(model.blocks)) == (cfg.model.input_size,
                                                                          cfg.model.lats_per_vid, cfg.model.depth)
     assert model(rand(1, 20, 4, 8, 8), 3).shape == (1, 8, 4, 8, 8)
     with pytest.raises(ValueError, match="'dropout'"):
-        build_dit({**cfg.model, 'dropout': 0.1})
+        VideoDiT.from_config({**cfg.model, 'dropout': 0.1})
 
 
 @pytest.mark.parametrize('kw,match', [
     (dict(attn_strides=[[3, 2], None, None, None]), r'attn_strides\[0\]=\[3, 2\]'),
     (dict(attn_strides=[[1, 3], None, None, None]), 'dividing the token grid 4'),
-    (dict(attn_strides=[None, None]), 'has 2 entries but depth=4'),
+    (dict(attn_strides=[None, None]), 'has 2 entries but depth is 4'),
     (dict(num_heads=5), 'multiple of num_heads=5'),
     (dict(input_size=9), 'multiple of patch_size'),
     (dict(attn_backend='flash3'), 'attn_backend'),
@@ -146,7 +148,7 @@ def masked_reference(qkv, grid, window, heads):
 @pytest.mark.parametrize('grid,window', [((4, 4, 4), (2, 2, 2)), ((4, 4, 4), (None, None, None)),
                                          ((4, 6, 4), (1, 3, None)), ((3, 5, 6), (2, 2, 4)), ((1, 3, 3), (4, 2, 2))])
 def test_grid_attention_matches_masked_reference(grid, window):
-    attn = dit.Attention(32, 4)
+    attn = Attention(32, 4)
     qkv = rand(2, math.prod(grid), 96)
     out = grid_attention(qkv, grid, window, attn._attend)
     assert torch.allclose(out, masked_reference(qkv, grid, window, 4), atol=1e-5)

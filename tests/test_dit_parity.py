@@ -14,8 +14,8 @@ import pytest
 import torch
 from einops import rearrange
 
-from models.dit import (VideoDiT, VideoDiT_XL_2, build_dit, frame_window_starts, init_random_weights_,
-                        tile_starts, video_pos_embed)
+from models.dit import VideoDiT, VideoDiT_XL_2, init_random_weights_, video_pos_embed
+from models.tiling import frame_window_starts, tile_starts
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
 GOLDEN_FILE = Path(os.environ.get('GOLDEN_FILE', SHARED / 'golden' / 'golden_a.safetensors'))
@@ -161,6 +161,6 @@ def test_released_config_builds_xl_keys():
     from tools.config import load_config
     cfg = load_config(str(Path(__file__).resolve().parents[1] / 'configs' / 's1024.effn-f32.py'))
     with torch.device('meta'):
-        model = build_dit(cfg.model)
+        model = VideoDiT.from_config(cfg.model)
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes
     assert model.windows[0] == (8, 16, 16) and model.windows[1] == (2, 64, 64) and model.windows[8] == (None,) * 3

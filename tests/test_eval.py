@@ -1,4 +1,4 @@
-"""tools/eval.py end to end on small real clips: both --rec layouts, labels, sizes, outputs, bad input."""
+"""tools/eval.py and tools.evaluation end to end on small real clips: both --rec layouts, labels, sizes, outputs, bad input."""
 import math
 import subprocess
 import sys
@@ -9,8 +9,12 @@ import torch
 from PIL import Image
 
 from tools import eval as ev
+from tools.evaluation import clips as eval_clips
+from tools.evaluation.evaluate import EvalSettings, evaluate
+from tools.evaluation.matching import default_out_dir
+from tools.evaluation.tables import read_table
 from tools.video.frames import plan
-from tools.video.read import read_video
+from tools.video.read import VideoReadError, read_video
 from tools.video.write import to_uint8, write_video
 
 
@@ -49,7 +53,7 @@ def test_recon_layout_end_to_end(clips, tmp_path, capsys):
     assert '| preview |' in printed.out and '| refined |' in printed.out
     assert (printed.out + printed.err).count('LPIPS unavailable') == 1 and 'alexnet-owt-7be5be79.pth' in printed.err
 
-    videos = ev.read_table(out / 'per_video.csv')
+    videos = read_table(out / 'per_video.csv')
     assert {(v['method'], v['video']) for v in videos} == {(m, n) for m in ('preview', 'refined')
                                                             for n in ('carphone', 'bunny')}
     assert 'mean of the per-frame PSNRs' in (out / 'per_video.csv').read_text().splitlines()[0]
@@ -62,7 +66,7 @@ def test_recon_layout_end_to_end(clips, tmp_path, capsys):
         assert 0 < float(ref['flicker']) < float(rec['flicker'])
         assert ref['lpips'] == ''
 
-    frames = ev.read_table(out / 'per_frame.csv')
+    frames = read_table(out / 'per_frame.csv')
     assert len(frames) == 2 * (6 + 5)
     per = [f for f in frames if f['method'] == 'refined' and f['video'] == 'carphone']
     assert per[0]['flicker'] == '' and all(float(f['flicker']) > 0 for f in per[1:])
@@ -78,26 +82,26 @@ def test_recon_layout_end_to_end(clips, tmp_path, capsys):
 
 
 def test_flat_dir_pattern_labels_and_frames(clips, tmp_path):
-    result = ev.evaluate(clips / 'ref', [f'noisy={clips / "flat"}', f'{clips}/recon/*/rec.mp4'], tmp_path / 'o',
+    result = evaluate(clips / 'ref', [f'noisy={clips / "flat"}', f'{clips}/recon/*/rec.mp4'], tmp_path / 'o',
                          num_frames=4, device='cpu', progress=False, log=lambda s: None)
     assert list(result['methods']) == ['noisy', 'refined']  # a */rec.mp4 pattern is named 'refined'
     assert all(s['videos'] == 2 and s['frames'] == 8 for s in result['methods'].values())
     assert 'LPIPS unavailable' in result['lpips'] and result['methods']['noisy']['lpips'] is None
     assert result['methods']['noisy']['psnr'] < result['methods']['refined']['psnr']  # σ 0.05 vs 0.02
-    videos = ev.read_table(result['files']['per_video'])
+    videos = read_table(result['files']['per_video'])
     assert {(v['height'], v['width'], v['frames']) for v in videos} == {('144', '176', '4'), ('72', '128', '4')}
 
 
 def test_identical_clips_report_inf(clips, tmp_path):
     ref_list = tmp_path / 'refs.txt'
     ref_list.write_text(f"# originals\n{clips / 'ref' / 'carphone.mp4'}\n")
-    result = ev.evaluate(ref_list, {'same': clips / 'ref'}, tmp_path / 'o', lpips=False, progress=False,
+    result = evaluate(ref_list, {'same': clips / 'ref'}, tmp_path / 'o', lpips=False, progress=False,
                          log=lambda s: None)
     s = result['methods']['same']
     assert s['psnr'] == math.inf and s['ssim'] == pytest.approx(1, abs=1e-12) and s['flicker'] == 0
-    video = ev.read_table(result['files']['per_video'])[0]
+    video = read_table(result['files']['per_video'])[0]
     assert video['psnr'] == 'inf' and video['psnr_inf_frames'] == '6' and video['lpips'] == ''
-    assert all(f['psnr'] == 'inf' for f in ev.read_table(result['files']['per_frame']))
+    assert all(f['psnr'] == 'inf' for f in read_table(result['files']['per_frame']))
     assert '| same | 1 | 6 | inf | 1.0000 | n/a | 0.00000 |' in result['files']['summary'].read_text()
     assert 'bars_plot' not in result['files']
 
@@ -123,23 +127,51 @@ def test_perfect_reconstruction_scores_inf_through_the_flags(row, odd_clip, tmp_
     write_lossless(tmp_path / 'rec' / 'odd.mp4', to_uint8(p.reference(frames)), info.fps)
     assert ev.main(['--ref', str(odd_clip), '--rec', str(tmp_path / 'rec'), '--out', str(tmp_path / 'o'),
                     '--no-lpips', '--quiet', *FLAG_ROWS[row]]) == 0
-    video = ev.read_table(tmp_path / 'o' / 'per_video.csv')[0]
+    video = read_table(tmp_path / 'o' / 'per_video.csv')[0]
     assert video['psnr'] == 'inf' and video['psnr_inf_frames'] == str(p.num_frames), (row, video)
     assert (int(video['height']), int(video['width'])) == p.output
 
 
+def test_settings_object_and_options_agree(clips, tmp_path):
+    """evaluate(settings=EvalSettings(...)) and evaluate(**options) are one thing; options override settings;
+    an unknown option is a TypeError naming it."""
+    base = EvalSettings(num_frames=2, lpips=True, progress=False)
+    a = evaluate(clips / 'ref', clips / 'recon', tmp_path / 'a', settings=base, lpips=False, log=lambda s: None)
+    b = evaluate(clips / 'ref', clips / 'recon', tmp_path / 'b', num_frames=2, lpips=False, progress=False,
+                 log=lambda s: None)
+    assert a['methods'] == b['methods'] and a['lpips'] == 'LPIPS disabled (--no-lpips)'
+    assert base.lpips is True  # the caller's settings are not changed
+    with pytest.raises(TypeError, match='bogus'):
+        evaluate(clips / 'ref', clips / 'recon', tmp_path / 'c', bogus=1)
+
+
+def test_reference_read_once_per_plan_and_failures_remembered(clips, monkeypatch):
+    calls = []
+    real = eval_clips.load_frames
+    monkeypatch.setattr(eval_clips, 'load_frames', lambda *a, **k: calls.append(a) or real(*a, **k))
+    reads = eval_clips.ReferenceReads(str(clips / 'ref' / 'bunny.mp4'))
+    whole, first4 = plan(72, 128, num_frames=5), plan(72, 128, num_frames=4)
+    assert reads.frames(whole).shape == (5, 72, 128, 3) and reads.frames(whole) is reads.frames(whole)
+    assert reads.frames(first4).shape == (4, 72, 128, 3) and len(calls) == 2
+    too_long = plan(72, 128, num_frames=50)
+    for _ in range(2):
+        with pytest.raises(VideoReadError):
+            reads.frames(too_long)
+    assert len(calls) == 3
+
+
 def test_smaller_reconstruction_is_resized_with_one_warning(clips, tmp_path):
     logs = []
-    result = ev.evaluate(clips / 'ref', {'half': clips / 'half'}, tmp_path / 'o', lpips=False, progress=False,
+    result = evaluate(clips / 'ref', {'half': clips / 'half'}, tmp_path / 'o', lpips=False, progress=False,
                          log=logs.append)
     assert sum('resized to the reference' in s for s in logs) == 1
     assert result['methods']['half']['videos'] == 2 and 20 < result['methods']['half']['psnr'] < 40
 
 
 def test_default_out_dir_is_inside_first_rec(clips):
-    assert ev.default_out_dir(str(clips / 'recon')) == clips / 'recon' / 'eval'
-    assert ev.default_out_dir([f'p={clips}/recon/*/preview.mp4']) == clips / 'recon' / 'eval'
-    assert ev.default_out_dir({'x': clips / 'flat'}) == clips / 'flat' / 'eval'
+    assert default_out_dir(str(clips / 'recon')) == clips / 'recon' / 'eval'
+    assert default_out_dir([f'p={clips}/recon/*/preview.mp4']) == clips / 'recon' / 'eval'
+    assert default_out_dir({'x': clips / 'flat'}) == clips / 'flat' / 'eval'
 
 
 @pytest.mark.parametrize('args, expected', [
@@ -176,7 +208,7 @@ def test_unreadable_video_is_skipped_and_reported(clips, tmp_path, capsys):
                     '--no-lpips']) == 1
     err = capsys.readouterr().err
     assert 'bunny.mp4' in err and 'could not be read' in err
-    assert len(ev.read_table(tmp_path / 'o' / 'per_video.csv')) == 1
+    assert len(read_table(tmp_path / 'o' / 'per_video.csv')) == 1
     assert 'skipped (unreadable)' in (tmp_path / 'o' / 'summary.md').read_text()
 
 
@@ -194,8 +226,8 @@ def test_lpips_column_filled_when_backbone_present(clips, tmp_path, monkeypatch)
     from tools.evaluation.metrics import alexnet_weights_path
     alexnet_weights_path().parent.mkdir(parents=True)
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), alexnet_weights_path())
-    result = ev.evaluate(clips / 'ref' / 'bunny.mp4', {'r': clips / 'recon'}, tmp_path / 'o', num_frames=2,
+    result = evaluate(clips / 'ref' / 'bunny.mp4', {'r': clips / 'recon'}, tmp_path / 'o', num_frames=2,
                          progress=False, log=lambda s: None)
     assert result['lpips'] is None and result['methods']['r']['lpips'] > 0
-    assert all(float(f['lpips']) > 0 for f in ev.read_table(result['files']['per_frame']))
+    assert all(float(f['lpips']) > 0 for f in read_table(result['files']['per_frame']))
     assert 'unavailable' not in result['files']['summary'].read_text()

@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+import recon
 from tools import eval as ev
 from tools.evaluation import metrics
 from tools.evaluation import tables
-from tools.report import write_report
+from tools.evaluation.clips import load_frames
+from tools.evaluation.errors import EvalError
+from tools.evaluation.evaluate import evaluate
+from tools.evaluation.report import write_report
+from tools.evaluation.scoring import frame_metrics, video_row
+from tools.recon import batch
+from tools.recon.settings import RunSettings
 from tools.video.read import read_video
 from tools.video.write import write_video
 
@@ -72,7 +79,7 @@ def test_vmaf_and_tof_in_every_output(clips, tmp_path):
 
 
 def test_without_vmaf_the_column_is_empty_and_noted(clips, tmp_path):
-    result = ev.evaluate(clips / 'ref' / 'bunny.mp4', {'n': clips / 'noisy'}, tmp_path / 'o', lpips=False,
+    result = evaluate(clips / 'ref' / 'bunny.mp4', {'n': clips / 'noisy'}, tmp_path / 'o', lpips=False,
                          progress=False, log=lambda s: None)
     doc = strict_json(result['files']['summary_json'])
     assert doc['vmaf'] is None and doc['methods']['n']['vmaf'] is None and doc['methods']['n']['tof'] > 0
@@ -92,7 +99,7 @@ def test_summary_json_is_strict_for_inf_and_nan():
 def test_bad_summary_json_is_a_one_line_error(tmp_path):
     path = tmp_path / 'summary.json'
     path.write_text('{"psnr": Infinity}')
-    with pytest.raises(tables.EvalError, match='summary.json: not valid JSON') as e:
+    with pytest.raises(EvalError, match='summary.json: not valid JSON') as e:
         tables.load_summary(path)
     assert '\n' not in str(e.value)
 
@@ -138,11 +145,11 @@ def test_protocol_run_is_recorded_and_warns_on_fps(clips, tmp_path, capsys):
 def test_release_clip_numbers(shared_videos):
     """side_by_side_3.mp4: left half the original, right half the released model's output (8 frames, 1024²).
     PSNR and SSIM equal what the code gave before tOF/VMAF were added; the README quotes all four."""
-    video = ev.load_frames(shared_videos / 'side_by_side_3.mp4')
+    video = load_frames(shared_videos / 'side_by_side_3.mp4')
     assert video.shape == (8, 1024, 2048, 3)
     ref, rec = video[:, :, :1024], video[:, :, 1024:]
-    per, version = ev.frame_metrics(ref, rec, vmaf=True)
-    row = ev.video_row('released', 'side_by_side_3', per, ref.shape[1:3], 'a', 'b')
+    per, version = frame_metrics(ref, rec, vmaf=True)
+    row = video_row('released', 'side_by_side_3', per, ref.shape[1:3], 'a', 'b')
     assert row['psnr'] == pytest.approx(29.18482674259854, abs=1e-9)
     assert row['ssim'] == pytest.approx(0.8889090413138688, abs=1e-9)
     assert row['flicker'] == pytest.approx(0.003724373355299151, abs=1e-12)
@@ -157,17 +164,18 @@ def test_report_does_not_import_eval(repo_root):
 
 
 def test_report_reads_strict_summary(clips, tmp_path):
-    result = ev.evaluate(clips / 'ref', {'same': clips / 'ref'}, tmp_path / 'o', lpips=False, progress=False,
+    result = evaluate(clips / 'ref', {'same': clips / 'ref'}, tmp_path / 'o', lpips=False, progress=False,
                          log=lambda s: None)
     page = write_report(tmp_path / 'r', result['out_dir']).read_text()
     assert '<td>same</td><td>2</td><td>9</td><td>inf</td>' in page  # PSNR null + identical -> inf
 
 
 def test_recon_eval_passes_vmaf_through(monkeypatch, tmp_path):
-    import recon
+    """recon.py --eval [--vmaf]: the batch's evaluation gets vmaf from the flags."""
     seen = {}
-    monkeypatch.setattr(ev, 'evaluate', lambda *a, **k: seen.update(k) or {'skipped': []})
-    args = recon.build_parser().parse_args(['--input', 'x.mp4', '--output', str(tmp_path), '--eval', '--vmaf'])
-    assert recon.run_eval(args, {'x': 'x.mp4'}, tmp_path) == 0 and seen['vmaf'] is True
-    args = recon.build_parser().parse_args(['--input', 'x.mp4', '--output', str(tmp_path), '--eval'])
-    assert recon.run_eval(args, {'x': 'x.mp4'}, tmp_path) == 0 and seen['vmaf'] is False
+    monkeypatch.setattr(batch, 'evaluate', lambda *a, **k: seen.update(k) or {'skipped': []})
+    for flags, vmaf in ((['--eval', '--vmaf'], True), (['--eval'], False)):
+        args = recon.build_parser().parse_args(['--input', 'x.mp4', '--output', str(tmp_path), *flags])
+        settings = RunSettings.from_flags(args)
+        assert batch.run_eval({'x': 'x.mp4'}.values(), tmp_path, 'auto', settings.vmaf) == 0
+        assert seen['vmaf'] is vmaf and seen['out_dir'] == tmp_path / 'eval'

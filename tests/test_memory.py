@@ -29,7 +29,7 @@ def test_parse_size_rejects(text):
 
 @pytest.mark.parametrize('model', [(64, 64), (256, 448), (1024, 1024), (720, 1280), (96, 2048)])
 def test_dit_tiles_match_the_dit(model):
-    from models.dit import tile_starts
+    from models.tiling import tile_starts
     w = workload(model=model, dit=(128, 8, 2, 1152, 16), frames=5)
     tiles, th, tw, L = dit_tiles(w)
     H, W = model[0] // 8, model[1] // 8
@@ -220,8 +220,8 @@ def recon_run(argv, monkeypatch):
     import io
 
     import recon
-    import tools.recon.memory
-    monkeypatch.setattr(tools.recon.memory, 'release_freed_memory_to_os', lambda *a: False)
+    import tools.recon.batch
+    monkeypatch.setattr(tools.recon.batch, 'release_freed_memory_to_os', lambda *a: False)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = recon.main([str(a) for a in argv])
@@ -273,14 +273,14 @@ def test_recon_bad_budget_is_a_usage_error(repo_root, shared_videos, tmp_path, m
 
 def test_recon_prints_the_plan_and_applies_it(repo_root, shared_videos, tmp_path, monkeypatch):
     """A generous budget keeps the defaults; the plan line names them (4 frames of 64x78 -> 2 DiT tiles)."""
-    import tools.recon.reconstruct
+    import tools.recon.batch
     seen = {}
-    reconstruct = tools.recon.reconstruct.reconstruct
+    reconstruct = tools.recon.batch.reconstruct
 
     def spy(pipe, out_dir, **kw):
         seen.update({k: kw[k] for k in ('chunk_frames', 'vae_chunk', 'tile_batch', 'lookahead')})
         return reconstruct(pipe, out_dir, **kw)
-    monkeypatch.setattr(tools.recon.reconstruct, 'reconstruct', spy)
+    monkeypatch.setattr(tools.recon.batch, 'reconstruct', spy)
     code, out, err = recon_run(tiny_argv(repo_root, shared_videos / 'carphone_pristine.mp4', tmp_path / 'o',
                                          '--max-memory', '64GB'), monkeypatch)
     assert code == 0, err

@@ -4,7 +4,7 @@ import hashlib
 import pytest
 import torch
 
-from models.dit import build_dit
+from models.dit import VideoDiT
 from models.pipeline import CascadeV, NonFiniteError, noise_seed, upsample_latent
 from models.weights import MissingWeightsError
 
@@ -145,13 +145,13 @@ def test_missing_stage_is_named(pipe, cfg):
 @pytest.fixture(scope='module')
 def dit(cfg):
     torch.manual_seed(0)
-    return build_dit(cfg.model).eval()
+    return VideoDiT.from_config(cfg.model).eval()
 
 
 @pytest.fixture
 def identity_dit(cfg):
     """A DiT whose per-tile forward returns its input's first 8 channels (ε = the noisy latent)."""
-    model = build_dit(cfg.model).eval()
+    model = VideoDiT.from_config(cfg.model).eval()
     model.forward_conditioned = lambda x, temb, c6, as_images=False: x[:, :model.out_channels]
     return model
 

@@ -6,17 +6,20 @@ import os
 import shutil
 import subprocess
 
-import argparse
-
 import pytest
 import torch
 
 import recon
+import tools.recon.reconstruct
+import tools.recon.render
 from models.pipeline import CascadeV
 from models.weights import STAGES
 from tools import eval as ev
-from tools.video.frames import FramePlan, plan, resize_short_side
+from tools.evaluation.tables import read_table
+from tools.recon import batch
 from tools.recon.latents import load_latent
+from tools.recon.records import DONE, OUTPUT_FILES
+from tools.video.frames import FramePlan, plan, resize_short_side
 from tools.video.read import probe_video, read_video
 from tools.video.write import to_uint8, write_video
 
@@ -90,7 +93,7 @@ def test_outputs_match_the_input(runs, clips, name, size):
     code, stdout, _ = res[name]
     assert code == 0 and f'{name}: {FRAMES} frames' in stdout and 'refined PSNR' in stdout
     folder = out / name / name
-    assert sorted(os.listdir(folder)) == sorted(recon.OUTPUT_FILES + (recon.DONE,))   # no temp files left
+    assert sorted(os.listdir(folder)) == sorted(OUTPUT_FILES + (DONE,))   # no temp files left
     src = probe_video(clips / f'{name}.mp4')
     for f in ('rec.mp4', 'preview.mp4'):
         info = probe_video(folder / f)
@@ -108,11 +111,11 @@ def test_latent_file_round_trips(runs, clips, shared_pipelines):
     out, _ = runs
     latent, meta = load_latent(out / 'carphone_pristine' / 'carphone_pristine' / 'latent.safetensors')
     assert latent.shape == (16, FRAMES, 5, 6) and latent.dtype == torch.float32        # 160x192 padded / 32
-    assert meta['name'] == 'carphone_pristine' and meta['config'] == 'tiny.py'
-    assert meta['source'] == str((clips / 'carphone_pristine.mp4').resolve())
-    assert meta['fps'] == pytest.approx(29.97, abs=1e-2) and meta['num_frames'] == FRAMES
+    assert meta.name == 'carphone_pristine' and meta.config == 'tiny.py'
+    assert meta.source == str((clips / 'carphone_pristine.mp4').resolve())
+    assert meta.fps == pytest.approx(29.97, abs=1e-2) and meta.num_frames == FRAMES
     frame_plan = plan(144, 176, num_frames=FRAMES)
-    assert meta['plan'] == frame_plan.to_dict() and meta['plan']['pad'] == [8, 8, 8, 8]
+    assert meta.plan == frame_plan and meta.plan.to_dict()['pad'] == [8, 8, 8, 8]
     pipe = next(iter(shared_pipelines.values()))
     frames = read_video(clips / 'carphone_pristine.mp4', num_frames=FRAMES)[0]
     torch.testing.assert_close(pipe.encode(frame_plan.to_model(frames)[None])[0], latent, rtol=0, atol=0)
@@ -157,7 +160,7 @@ def test_resized_input_comes_back_at_source_size(clips, tiny, tmp_path):
     info = probe_video(tmp_path / 'carphone_pristine' / 'rec.mp4')
     assert (info.num_frames, info.height, info.width) == (2, 144, 176)
     latent, meta = load_latent(tmp_path / 'carphone_pristine' / 'latent.safetensors')
-    assert latent.shape == (16, 2, 3, 4) and meta['plan']['resized'] == [96, 117]   # padded to 96x128
+    assert latent.shape == (16, 2, 3, 4) and meta.plan.to_dict()['resized'] == [96, 117]   # padded to 96x128
 
 
 def test_preview_only_square_resume_and_overwrite(clips, tiny, tmp_path):
@@ -195,7 +198,7 @@ def test_bad_files_are_skipped_and_listed(clips, tiny, tmp_path, shared_videos):
     for bad in ('empty.mp4', 'notes.mp4', 'truncated.mp4'):
         assert f'{folder / bad}: ' in err
         assert not (tmp_path / 'out' / bad[:-4]).exists()
-    assert recon.is_complete(tmp_path / 'out' / 'good')
+    assert batch.is_complete(tmp_path / 'out' / 'good')
     assert before == {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
     code, _, err = run([*tiny, '--input', folder / 'notes.mp4', '--output', tmp_path / 'only_bad', '--preview-only'])
     assert code == 1 and '1/1 failed' in err and not (tmp_path / 'only_bad').exists()   # no empty folders left
@@ -251,10 +254,81 @@ def test_usage_errors_exit_2(clips, tiny, tmp_path, shared_videos):
 @pytest.mark.parametrize('world', [1, 2, 3, 4])
 def test_shards_cover_every_video_once(n, world):
     items = [f'v{i:02d}' for i in range(n)][::-1]
-    shards = [recon.shard(items, rank, world) for rank in range(world)]
+    shards = [batch.shard(items, rank, world) for rank in range(world)]
     flat = [x for s in shards for x in s]
     assert sorted(flat) == sorted(items) and len(flat) == len(set(flat))      # no duplicate, none lost
     assert max(map(len, shards)) - min(map(len, shards)) <= 1                 # balanced
+
+
+def test_run_settings_check_each_flag_and_name_what_a_latent_fixes():
+    from tools.recon.settings import RunSettings, UsageError
+    s = RunSettings.from_flags(recon.build_parser().parse_args(['--input', 'x.mp4', '--output', 'o']))
+    assert s == RunSettings(output='o', input=('x.mp4',), cfg_options={})          # the parser's defaults are its own
+    assert s.stages() == ('compressor', 'previewer', 'dit', 'vae') and s.ignored_by_latent() == []
+    with pytest.raises(UsageError, match=r"^--max-memory '2\.5XB': use a size of at least 1 MB"):
+        RunSettings(output='o', input=('x',), max_memory='2.5XB')
+    assert RunSettings(output='o', input=('x',), max_memory='2.5GB').max_memory == 2_500_000_000
+    with pytest.raises(UsageError, match=r'^--frame-stride 0: must be >= 1$'):
+        RunSettings(output='o', input=('x',), frame_stride=0, max_memory='2.5XB')   # in flag order, as recon.py
+    d = RunSettings.from_flags(recon.build_parser().parse_args(['--decode-from', 'l', '--output', 'o', '--size', '128',
+                                                              '--square', '--steps', '2', '--preview-only']))
+    assert d.ignored_by_latent() == ['--size', '--square'] and d.stages() == ('previewer',)
+    assert RunSettings(output='o', input=('x',), size=128).ignored_by_latent() == []
+
+
+def test_records_round_trip_and_read_the_older_layout(tmp_path):
+    from tools.recon.latents import LatentError, read_latent_meta
+    from tools.recon.records import DONE_FORMAT, DoneRecord, LatentMeta, RenderInfo
+    p = plan(144, 176, num_frames=3, stride=2, start=1)
+    meta = LatentMeta(name='v', plan=p, source='/x/v.mp4', source_fps=30.0, sar='4:3', vfr=True,
+                      times=[0.0, 0.1, 0.2], config='tiny.py')
+    d = meta.to_dict()
+    assert (d['format'], d['num_frames'], d['start'], d['frame_stride'], d['fps']) == ('cascadev-latent-v2', 3, 1, 2, 15.0)
+    assert LatentMeta.from_dict(json.loads(json.dumps(d))) == meta
+    render = RenderInfo(frames=3, height=144, width=176, fps=15.0, sar=None, frame_times='constant', lossless=False,
+                        files=['preview.mp4'], frames_sha256={'preview.mp4': 'ab'}, metrics={})
+    assert 'scheduler' not in render.to_dict() and RenderInfo.from_dict(render.to_dict()) == render
+    done = DoneRecord(name='v', source='/x/v.mp4', render=render, latent='latent.safetensors', plan=p.to_dict(),
+                      settings={'size': 64})
+    d = done.to_dict()
+    assert d['format'] == DONE_FORMAT and d['frames'] == 3 and d['plan']['stride'] == 2
+    assert not set(d) & {'start', 'frame_stride', 'size', 'square', 'preprocess'}      # each fact once: the plan's
+    assert DoneRecord.from_dict(json.loads(json.dumps(d))) == done
+    v1 = {**{k: v for k, v in d.items() if k != 'format'}, 'start': 1, 'frame_stride': 2, 'size': 0, 'square': False,
+          'preprocess': 'default'}
+    assert DoneRecord.from_dict(v1) == done
+    with pytest.raises(ValueError, match='format'):
+        DoneRecord.from_dict({**d, 'format': 'cascadev-done-v9'})
+    from safetensors.torch import save_file
+    bad = {'format': 'cascadev-latent-v2', 'name': 'v', 'plan': {'nonsense': 1}}
+    save_file({'latent': torch.zeros(16, 1, 2, 2)}, str(tmp_path / 'l.safetensors'), metadata={'meta': json.dumps(bad)})
+    with pytest.raises(LatentError, match='no valid frame plan'):
+        read_latent_meta(tmp_path / 'l.safetensors')
+
+
+def test_an_older_done_json_and_latent_still_resume_and_decode(clips, tiny, tmp_path):
+    """A done.json of the older layout (no format, the plan's fields copied at the top level) is complete and
+    skipped; a latent written without the config and --fps keys decodes."""
+    argv = [*tiny, '--input', clips / 'carphone_pristine.mp4', '--output', tmp_path / 'a', '--preview-only',
+            '--size', '64', '--num-frames', '1', '--no-metrics']
+    code, _, err = run(argv)
+    assert code == 0, err
+    folder = tmp_path / 'a' / 'carphone_pristine'
+    done = json.loads((folder / 'done.json').read_text())
+    p = done.pop('plan')
+    old = {**{k: v for k, v in done.items() if k != 'format'}, 'start': p['start'], 'frame_stride': p['stride'],
+           'size': p['size'], 'square': p['square'], 'preprocess': p['preprocess'], 'plan': p}
+    (folder / 'done.json').write_text(json.dumps(old, indent=1) + '\n')
+    code, stdout, _ = run(argv)
+    assert code == 0 and 'complete in' in stdout and 'skipped' in stdout
+    from safetensors.torch import load_file, save_file
+    meta = load_latent(folder / 'latent.safetensors')[1].to_dict()
+    del meta['config'], meta['output_fps']
+    save_file(load_file(str(folder / 'latent.safetensors')), str(tmp_path / 'old.safetensors'),
+              metadata={'meta': json.dumps(meta)})
+    code, _, err = run([*tiny, '--decode-from', tmp_path / 'old.safetensors', '--output', tmp_path / 'b',
+                        '--preview-only', '--no-metrics'])
+    assert code == 0 and batch.is_complete(tmp_path / 'b' / 'carphone_pristine'), err
 
 
 # ---- exact output geometry, eval through recon's plan, non-finite outputs -----------------------------------
@@ -300,11 +374,11 @@ def test_eval_of_a_perfect_reconstruction_is_inf(row, odd_clip, tiny, tmp_path, 
     assert perfect.shape == (done['frames'], done['height'], done['width'], 3) == (p.num_frames, *p.output, 3)
     write_lossless(folder / 'preview.mp4', perfect, done['fps'])
 
-    assert recon.run_eval(argparse.Namespace(device='cpu', vmaf=False), {'odd': str(odd_clip)}, tmp_path) == 0
+    assert batch.run_eval([str(odd_clip)], tmp_path, device='cpu', vmaf=False) == 0
     assert ev.main(['--ref', str(odd_clip), '--rec', str(tmp_path), '--out', str(tmp_path / 'standalone'),
                     '--no-lpips', '--quiet']) == 0
     for out in (tmp_path / 'eval', tmp_path / 'standalone'):
-        video = ev.read_table(out / 'per_video.csv')[0]
+        video = read_table(out / 'per_video.csv')[0]
         assert video['method'] == 'preview' and video['psnr'] == 'inf', (row, video)
         assert (int(video['frames']), int(video['height']), int(video['width'])) == (p.num_frames, *p.output)
 
@@ -337,7 +411,7 @@ def test_non_finite_output_fails_that_video_only(case, clips, tiny, tmp_path, mo
     assert code == 1 and '1/2 failed' in err
     assert f'{folder / "carphone_pristine.mp4"}: {expected}\n' in err
     assert not (tmp_path / 'out' / 'carphone_pristine').exists()             # nothing left, not even the latent
-    assert recon.is_complete(tmp_path / 'out' / 'demo')
+    assert batch.is_complete(tmp_path / 'out' / 'demo')
 
 
 class RecordingWriter:
@@ -375,15 +449,17 @@ def test_sar_times_and_lossless_reach_the_writer(clips, tiny, tmp_path, monkeypa
     from tools.recon.memory import writer_threads
     source_time = lambda i: 0.05 * i if i < 4 else 0.2 + 0.1 * (i - 4)       # 20 fps, then 10 fps
     probe, read = vio.probe_video, vio.read_frames
-    monkeypatch.setattr(vio, 'probe_video', lambda path: probe(path)._replace(sar=Fraction(4, 3), vfr=True))
+    fake_probe = lambda path: probe(path)._replace(sar=Fraction(4, 3), vfr=True)
+    monkeypatch.setattr(vio, 'probe_video', fake_probe)
+    monkeypatch.setattr(tools.recon.reconstruct, 'probe_video', fake_probe)
 
     def read_with_times(path, num_frames=None, stride=1, start=0):
         frames, info = read(path, num_frames=num_frames, stride=stride, start=start)
         times = tuple(source_time(start + k * stride) for k in range(len(frames)))
         return frames, info._replace(sar=Fraction(4, 3), vfr=True, times=times)
     monkeypatch.setattr(vio, 'read_frames', read_with_times)
-    import tools.video.write as vw
-    monkeypatch.setattr(vw, 'VideoWriter', RecordingWriter)
+    monkeypatch.setattr(tools.recon.render, 'read_frames', read_with_times)
+    monkeypatch.setattr(tools.recon.render, 'VideoWriter', RecordingWriter)
     RecordingWriter.calls = []
     code, stdout, err = run([*tiny, '--input', clips / 'carphone_pristine.mp4', '--output', tmp_path, '--size', '0',
                              '--preview-only', '--lossless', '--start', '1', '--frame-stride', '2', '--num-frames', '4',
@@ -439,10 +515,12 @@ def test_decode_from_keeps_the_encoding_runs_fps_and_refuses_unsafe_names(clips,
     assert probe_video(tmp_path / 'b' / 'carphone_pristine' / 'preview.mp4').fps == pytest.approx(10)
     done = json.loads((tmp_path / 'b' / 'carphone_pristine' / 'done.json').read_text())
     assert done['settings']['size'] == 'latent' and done['plan']['size'] == 64
+    from dataclasses import replace
+
     from tools.recon.latents import save_latent
     data, meta = load_latent(latent)
     for bad in ('../../escaped', str(tmp_path / 'abs'), '..'):
-        save_latent(tmp_path / 'evil.safetensors', data, {**meta, 'name': bad})
+        save_latent(tmp_path / 'evil.safetensors', data, replace(meta, name=bad))
         code, _, err = run([*tiny, '--decode-from', tmp_path / 'evil.safetensors', '--output', tmp_path / 'o' / 'p'])
         assert code == 2 and 'not a single safe folder name' in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / 'o').exists() and not (tmp_path / 'escaped').exists() and not (tmp_path / 'abs').exists()
@@ -462,15 +540,15 @@ def test_bad_device_blend_interp_exit_2_before_any_work(flags, message, clips, t
 
 
 def test_ctrl_c_says_what_is_done_and_exits_130(clips, tiny, tmp_path, monkeypatch):
-    real = recon.process
+    real = batch.process
 
     def interrupt_second(pipe, name, *rest):
         if name == 'demo':
             raise KeyboardInterrupt
         return real(pipe, name, *rest)
-    monkeypatch.setattr(recon, 'process', interrupt_second)
+    monkeypatch.setattr(batch, 'process', interrupt_second)
     code, _, err = run([*tiny, '--input', clips, '--output', tmp_path, '--num-frames', '1', '--preview-only',
                         '--size', '64'])
     assert code == 130
     assert 'interrupted: 1/2 videos complete' in err and 'rerun the same command to resume' in err
-    assert recon.is_complete(tmp_path / 'carphone_pristine') and not recon.is_complete(tmp_path / 'demo')
+    assert batch.is_complete(tmp_path / 'carphone_pristine') and not batch.is_complete(tmp_path / 'demo')

@@ -11,8 +11,9 @@ import torch
 from models.pipeline import CascadeV, interpolate_latent
 from models.weights import resolve_device, resolve_dtype
 from tools.video.frames import FramePlan, plan
-from tools.recon.latents import LATENT_FORMAT, LatentError, load_latent, safe_name, save_latent
+from tools.recon.latents import LatentError, load_latent, safe_name, save_latent
 from tools.recon.reconstruct import ReconSettings, reconstruct
+from tools.recon.records import LatentMeta
 from tools.recon.render import output_timing
 from tools.video.streaming import rechunk
 from tools.video.read import probe_video, read_video
@@ -81,7 +82,7 @@ def test_svd_decode_is_one_stream_over_the_clip(pipe, clip, tmp_path, monkeypatc
     latent, meta = load_latent(tmp_path / 'latent.safetensors')
     z = pipe.refine(latent[None], steps=1, seed=42, name='clip')
     whole = pipe._need('vae').decode(z).float().clamp(-1, 1)[0]                   # (3, 6, 64, 96) at once
-    assert info['frames_sha256']['rec.mp4'] == sha(FramePlan.from_dict(meta['plan']).to_output(whole))
+    assert info['frames_sha256']['rec.mp4'] == sha(meta.plan.to_output(whole))
 
 
 def test_rechunk_recuts_a_stream_holding_one_chunk_at_most():
@@ -124,9 +125,11 @@ def test_interp_k_outputs_and_frame_times(pipe, clip, tmp_path):
         assert probe_video(tmp_path / f).num_frames == 7
     cmp = read_video(tmp_path / 'cmp.mp4')[0][:, :, :, :80]                          # the original's panel
     assert (cmp[:, 0] - cmp[:, 2]).abs().max() < 0.05 < (cmp[:, 2] - cmp[:, 3]).abs().max()   # held, then next
-    fps, times = output_timing({'name': 'v', 'fps': 10.0, 'times': [0.0, 0.1, 0.3]}, None, 2)
+    meta = LatentMeta(name='v', plan=plan(64, 80), source_fps=10.0, times=[0.0, 0.1, 0.3])
+    fps, times = output_timing(meta, None, 2)
     assert fps == 20.0 and times == pytest.approx([0.0, 0.05, 0.1, 0.2, 0.3])
-    assert output_timing({'name': 'v', 'fps': 10.0, 'times': [0.0, 0.1]}, 12.0, 2, warn=lambda m: None) == (12.0, None)
+    meta = LatentMeta(name='v', plan=plan(64, 80), source_fps=10.0, times=[0.0, 0.1])
+    assert output_timing(meta, 12.0, 2, warn=lambda m: None) == (12.0, None)
 
 
 def test_upscale_outputs_at_the_models_resolution(pipe, clip, tmp_path):
@@ -148,7 +151,7 @@ def test_upscale_outputs_at_the_models_resolution(pipe, clip, tmp_path):
 def test_unsafe_names_in_latent_files_are_refused(name, tmp_path):
     with pytest.raises(LatentError, match='not a single safe folder name'):
         safe_name(name, 'f.safetensors')
-    meta = {'format': LATENT_FORMAT, 'name': name, 'plan': plan(64, 64).to_dict()}
+    meta = LatentMeta(name=name, plan=plan(64, 64))
     save_latent(tmp_path / 'l.safetensors', torch.zeros(16, 1, 2, 2), meta)
     with pytest.raises(LatentError, match=re.escape(f'{tmp_path}/l.safetensors: its metadata names')):
         load_latent(tmp_path / 'l.safetensors')
@@ -177,11 +180,12 @@ def test_no_library_module_imports_a_cli():
 
 
 def test_benchmark_times_the_library_function(pipe, clip, tmp_path, monkeypatch):
+    import tools.bench.recon as bench
     import tools.recon.reconstruct as lib
     from tools.bench.recon import run_recon
     calls = []
     real = lib.reconstruct
-    monkeypatch.setattr(lib, 'reconstruct', lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    monkeypatch.setattr(bench, 'reconstruct', lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     stages, steps, info = run_recon(pipe, str(clip), tmp_path, frames=3, steps=1, chunk_frames=2)
     assert len(calls) == 1 and calls[0]['timer'] is not None and len(steps) == 1
     assert {s['stage'] for s in stages} == STAGES and info['frames'] == 3

@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
@@ -12,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tools import eval as ev
+from tools.evaluation import report as report_module
+from tools.evaluation.evaluate import evaluate
+from tools.evaluation.report import write_report
 from tools.report import main as report_main
-from tools.report import write_report
 from tools.video.read import read_video
 from tools.video.write import write_video
 
@@ -36,7 +38,7 @@ def evaluated(shared_videos, tmp_path_factory):
         for file, sigma in (('rec.mp4', 0.02), ('preview.mp4', 0.08)):
             write_video(root / 'recon' / name / file,
                         (video + 2 * sigma * torch.randn(video.shape, generator=g)).clamp(-1, 1), info.fps)
-    ev.evaluate(root / 'ref', root / 'recon', root / 'eval', lpips=False, progress=False, log=lambda s: None)
+    evaluate(root / 'ref', root / 'recon', root / 'eval', lpips=False, progress=False, log=lambda s: None)
     return root
 
 
@@ -52,6 +54,14 @@ def test_page_is_self_contained(evaluated):
         assert not src.startswith('/') and (page_path.parent / unquote(src)).is_file(), src
     order = re.findall(r'<div class="label">([^<]+)</div>', page)[:3]
     assert order == ['original', 'preview', 'refined']
+
+
+def test_style_and_players_come_from_their_files(evaluated):
+    """report.css and report.js are read when the page is written and inlined verbatim."""
+    page = write_report(evaluated / 'report', evaluated / 'eval').read_text()
+    assets = Path(report_module.__file__).parent
+    assert f"<style>\n{(assets / 'report.css').read_text()}</style>" in page
+    assert f"<script>var CACHE_ROWS = 2;\n{(assets / 'report.js').read_text()}</script>" in page
 
 
 def test_copied_videos_make_a_portable_folder(evaluated, tmp_path):
@@ -226,7 +236,7 @@ def short_large(shared_videos, tmp_path_factory):
         for file, sigma in (('rec.mp4', 0.02), ('preview.mp4', 0.08)):
             write_video(root / 'recon' / name / file,
                         (short + 2 * sigma * torch.randn(short.shape, generator=g)).clamp(-1, 1), info.fps)
-    ev.evaluate(root / 'ref', root / 'recon', root / 'eval', lpips=False, num_frames=8, size=72, progress=False,
+    evaluate(root / 'ref', root / 'recon', root / 'eval', lpips=False, num_frames=8, size=72, progress=False,
                 log=lambda s: None)  # metrics at 72 px (fast); the page plays the 720p files
     return root
 
@@ -293,7 +303,7 @@ EVICT_PROBE = """new Promise(function (done) {
 
 @pytest.mark.skipif(CHROMIUM is None, reason='headless Chromium not installed (Debian package `chromium`)')
 def test_decoded_frames_are_freed_beyond_the_row_limit(short_large, tmp_path, monkeypatch):
-    monkeypatch.setattr('tools.report.CACHE_ROWS', 1)
+    monkeypatch.setattr('tools.evaluation.report.CACHE_ROWS', 1)
     page = write_report(short_large / 'report_one', short_large / 'eval')
     chrome = DevTools(tmp_path / 'profile')
     try:

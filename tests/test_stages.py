@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torchvision.models import efficientnet_v2_s
 
-from models.svd_vae import SVDVAE, check_vae_config, chunk_spans, tiled_apply
+from models.svd_vae import SVDVAE, check_vae_config
+from models.tiling import chunk_spans, tiled_apply
 from models.weights import (DOWNLOAD_CMD, REPO_ROOT, MissingWeightsError, WeightsFormatError, build_compressor,
                             build_previewer, build_vae, check_weights, convert_pth_to_safetensors, resolve_path)
 from tools.config import load_config

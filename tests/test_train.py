@@ -1,6 +1,7 @@
 """Training end to end (train_vae.py, tools/cache_latents.py) on the tiny config and real clips, CPU fp32.
 
-In-process runs call train_vae.main / cli; the kill, signal and two-rank tests run real processes. Torch runs
+In-process runs call tools.training.loop.train or train_vae.main(argv); the kill, signal and two-rank tests
+run real processes (train_vae.py, or a small launcher script that patches or hooks the library). Torch runs
 single-threaded here: the tiny model is too small for threads to help, and they hurt on a loaded machine.
 """
 import json
@@ -19,12 +20,17 @@ from safetensors.torch import load_file
 
 import train_vae
 from diffusion import create_diffusion
-from models.dit import build_dit, init_random_weights_, load_dit_checkpoint
-from models.weights import build_compressor, build_vae
-from tools.training import checkpoint as ckpt
-from tools.cache_latents import cache_latents, main as cache_main
+from models.dit import VideoDiT, init_random_weights_
+from models.weights import build_compressor, build_vae, load_dit_checkpoint
+from tools.cache_latents import main as cache_main
 from tools.config import load_config
+from tools.training import checkpoint as ckpt
+from tools.training import step as train_step_module
+from tools.training.cache import cache_latents
 from tools.training.data import CachedClips, collate, load_clip, read_cache_index
+from tools.training.loop import TrainingError, train
+from tools.training.optim import effective_lr, lr_at
+from tools.training.step import compute_losses, draw_step, encode_batch, nonfinite_policy
 from tools.video.read import read_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +76,7 @@ def full_run(carphone, tmp_path_factory):
             'optimizer.lr': 1e-3, 'optimizer.auto_lr': {'rule': 'sqrt', 'base_batch_size': 256}}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    result = train_vae.main(tiny_cfg(**over), work)
+    result = train(tiny_cfg(**over), work)
     torch.set_num_threads(threads)
     return over, work, result
 
@@ -92,7 +98,7 @@ def test_ten_steps_write_checkpoints_and_prune(full_run):
     assert state['step'] == 10 and state['iteration'] == 10
     cfg = load_config(str(work / 'config.py'))                        # the final config is saved and loadable
     assert cfg.train.max_steps == 10 and cfg.train.ema_decay == 0.9
-    model = load_dit_checkpoint(build_dit(cfg.model), folder / 'model.safetensors')   # PixArt names: loads
+    model = load_dit_checkpoint(VideoDiT.from_config(cfg.model), folder / 'model.safetensors')   # PixArt names: loads
     assert model.final_layer.linear.weight.abs().sum() > 0                           # it trained (zero-init)
     logged = [json.loads(l) for l in (work / 'log.jsonl').read_text().splitlines()]
     assert [r['step'] for r in logged] == list(range(1, 11))
@@ -108,9 +114,9 @@ def test_exact_resume(full_run, tmp_path):
     """5 steps, stop, resume, 5 steps == 10 straight steps: the same losses and bit-identical weights, with
     the posterior sample drawn from each step's seeded generator and the auto_lr-scaled lr."""
     over, work, result = full_run
-    first = train_vae.main(tiny_cfg(**{**over, 'train.max_steps': 5}), tmp_path)
+    first = train(tiny_cfg(**{**over, 'train.max_steps': 5}), tmp_path)
     assert _steps(tmp_path) == [4, 5]
-    second = train_vae.main(tiny_cfg(**over), tmp_path, resume='auto')
+    second = train(tiny_cfg(**over), tmp_path, resume='auto')
     assert first['losses'] + second['losses'] == result['losses']
     for name in ('model.safetensors', 'ema.safetensors', 'optimizer.safetensors'):
         a = load_file(str(work / 'checkpoints' / 'step_00000010' / name))
@@ -125,15 +131,15 @@ def test_corrupt_checkpoint_one_line_and_auto_fallback(full_run, cache, tmp_path
     broken.write_bytes(broken.read_bytes()[:1000])                  # truncated
     argv = [TINY, '--work-dir', str(tmp_path), '--cfg-options', *overrides_argv(
         {**over, 'data.video_list': [], 'data.cached_latents': cache, 'train.max_steps': 11})]
-    assert train_vae.cli(argv + ['--resume', str(broken.parent)]) == 2
+    assert train_vae.main(argv + ['--resume', str(broken.parent)]) == 2
     err = capsys.readouterr().err.strip()
     assert '\n' not in err and str(broken) in err and 'corrupt or truncated' in err
-    assert train_vae.cli(argv + ['--resume', 'auto']) == 0           # falls back to step 8 and goes on
+    assert train_vae.main(argv + ['--resume', 'auto']) == 0           # falls back to step 8 and goes on
     log = (tmp_path / 'train.log').read_text()
     assert 'skipping a broken checkpoint' in log and 'resumed from' in log and 'step_00000008' in log
     assert (tmp_path / 'checkpoints' / 'step_00000010.broken').is_dir()      # set aside, not overwritten
     assert _steps(tmp_path) == [10, 11]                                    # the redone step 10 is a new one
-    assert train_vae.cli(argv + ['train.max_steps=5', '--resume', 'auto']) == 0       # already past step 5
+    assert train_vae.main(argv + ['train.max_steps=5', '--resume', 'auto']) == 0       # already past step 5
     assert 'nothing to train: the run is at step 11' in (tmp_path / 'train.log').read_text()
     assert _steps(tmp_path) == [10, 11]
     ckpt.read_manifest(tmp_path / 'checkpoints' / 'step_00000010')
@@ -141,16 +147,16 @@ def test_corrupt_checkpoint_one_line_and_auto_fallback(full_run, cache, tmp_path
 
 def nan_batches_at(monkeypatch, iterations):
     """Make the encoded batches of these 0-based iterations NaN (a corrupt batch)."""
-    encode, calls = train_vae.encode_batch, iter(range(10 ** 6))
+    encode, calls = encode_batch, iter(range(10 ** 6))
 
     def corrupt(batch, stages, device):
         moments = encode(batch, stages, device)
         return tuple(m * float('nan') for m in moments) if next(calls) in iterations else moments
-    monkeypatch.setattr(train_vae, 'encode_batch', corrupt)
+    monkeypatch.setattr(train_step_module, 'encode_batch', corrupt)
 
 
 def test_nonfinite_policy():
-    policy = train_vae.nonfinite_policy
+    policy = nonfinite_policy
     assert policy(True, True, False, 3, 10) == ('step', 0)              # a good step resets the count
     assert policy(False, True, False, 3, 10) == ('skip', 4)              # NaN loss on some rank
     assert policy(True, False, False, 0, 10) == ('skip', 1)              # NaN / inf gradient norm
@@ -162,7 +168,7 @@ def test_nonfinite_policy():
 def test_nan_batch_is_skipped_and_repeated_nans_stop(cache, tmp_path, monkeypatch):
     over = {'data.cached_latents': cache, 'train.max_steps': 3}
     nan_batches_at(monkeypatch, {1})
-    result = train_vae.main(tiny_cfg(**over), tmp_path / 'a')
+    result = train(tiny_cfg(**over), tmp_path / 'a')
     losses = [l for _, l in result['losses']]
     assert result['step'] == 3 and result['iteration'] == 4                  # 4 batches for 3 optimizer steps
     assert losses[1] != losses[1] and all(l == l for i, l in enumerate(losses) if i != 1)
@@ -171,8 +177,8 @@ def test_nan_batch_is_skipped_and_repeated_nans_stop(cache, tmp_path, monkeypatc
     assert all(torch.isfinite(v).all() for v in model.values())
     over.update({'train.max_nonfinite': 2})
     nan_batches_at(monkeypatch, {0, 1, 2})
-    with pytest.raises(train_vae.TrainingError, match='2 non-finite steps in a row'):
-        train_vae.main(tiny_cfg(**over), tmp_path / 'b')
+    with pytest.raises(TrainingError, match='2 non-finite steps in a row'):
+        train(tiny_cfg(**over), tmp_path / 'b')
 
 
 def test_cached_latents_give_the_on_the_fly_loss(carphone, tmp_path):
@@ -190,13 +196,13 @@ def test_cached_latents_give_the_on_the_fly_loss(carphone, tmp_path):
     cached = collate([CachedClips(videos, cfg.data)[(0, 0)]])
     stages = {'compressor': build_compressor(cfg), 'vae': build_vae(cfg), 'dtype': torch.float32}
     video = load_clip(carphone, cfg.data, entry['start'], False)
-    fly = train_vae.encode_batch({'video': video[None]}, stages, 'cpu')
-    from_cache = train_vae.encode_batch(cached, stages, 'cpu')
-    model = init_random_weights_(build_dit(cfg.model), seed=1)      # non-zero output layer: a real loss
+    fly = encode_batch({'video': video[None]}, stages, 'cpu')
+    from_cache = encode_batch(cached, stages, 'cpu')
+    model = init_random_weights_(VideoDiT.from_config(cfg.model), seed=1)      # non-zero output layer: a real loss
     diffusion = create_diffusion()
     for seed in range(3):
-        a = train_vae.compute_losses(model, diffusion, train_vae.draw_step(fly, cfg, seed))
-        b = train_vae.compute_losses(model, diffusion, train_vae.draw_step(from_cache, cfg, seed))
+        a = compute_losses(model, diffusion, draw_step(fly, cfg, seed))
+        b = compute_losses(model, diffusion, draw_step(from_cache, cfg, seed))
         torch.testing.assert_close(a['loss'], b['loss'], rtol=1e-5, atol=1e-6)
         assert a['vb'].abs().sum() > 0
 
@@ -211,18 +217,19 @@ def test_overfit_one_clip(cache, tmp_path):
             'train.save_model_steps': 1000, 'train.joint_training': 0.0, 'train.log_every': 50,
             'optimizer.lr': 2e-4, 'train.grad_clip': 1.0}           # CAME; tiny's auto_lr keeps 2e-4 at batch 1
     cfg = tiny_cfg(**over)
-    result = train_vae.main(cfg, tmp_path / 'run')
+    result = train(cfg, tmp_path / 'run')
     assert result['step'] == 150
     batch = collate([CachedClips(read_cache_index(cfg.data.cached_latents, cfg), cfg.data)[(0, 0)]])
-    moments = train_vae.encode_batch(batch, {}, 'cpu')
+    moments = encode_batch(batch, {}, 'cpu')
     diffusion = create_diffusion()
 
     def fixed_loss(model):
         with torch.no_grad():
-            return sum(train_vae.compute_losses(model, diffusion, train_vae.draw_step(moments, cfg, 10_000 + s))
+            return sum(compute_losses(model, diffusion, draw_step(moments, cfg, 10_000 + s))
                        ['loss'].item() for s in range(32)) / 32
-    before = fixed_loss(build_dit(cfg.model))                      # the training init (zero output layer)
-    after = fixed_loss(load_dit_checkpoint(build_dit(cfg.model), Path(result['checkpoint']) / 'model.safetensors'))
+    before = fixed_loss(VideoDiT.from_config(cfg.model))                      # the training init (zero output layer)
+    trained = load_dit_checkpoint(VideoDiT.from_config(cfg.model), Path(result['checkpoint']) / 'model.safetensors')
+    after = fixed_loss(trained)
     print(f"overfit: fixed-draw loss {before:.4f} -> {after:.4f} ({100 * (1 - after / before):.1f} % lower)")
     assert after < 0.7 * before
 
@@ -232,7 +239,7 @@ def test_preview_mp4(carphone, shared_videos, tmp_path):
     (tmp_path / 'train.txt').write_text(f'{carphone}\n{other}\n')
     over = {'data.video_list': [str(tmp_path / 'train.txt')], 'train.max_steps': 2, 'train.eval_every': 2,
             'train.save_model_steps': 1000}
-    train_vae.main(tiny_cfg(**over), tmp_path / 'run')
+    train(tiny_cfg(**over), tmp_path / 'run')
     video, info = read_video(tmp_path / 'run' / 'previews' / 'step_00000002.mp4')
     assert video.shape[1] == 4 and info.width == 2 * info.height == 128     # held-out clip | reconstruction
     assert f'preview clip: {other}' in (tmp_path / 'run' / 'train.log').read_text()   # the last one, held out
@@ -241,11 +248,11 @@ def test_preview_mp4(carphone, shared_videos, tmp_path):
 def test_load_from_released_format(carphone, tmp_path):
     """train.load_from takes a PixArt-style .pth ({'state_dict': ...}) and starts from those weights."""
     cfg = tiny_cfg(**{'data.video_list': [carphone]})
-    released = init_random_weights_(build_dit(cfg.model), seed=5)
+    released = init_random_weights_(VideoDiT.from_config(cfg.model), seed=5)
     torch.save({'state_dict': released.state_dict()}, tmp_path / 'released.pth')
     over = {'data.video_list': [carphone], 'train.max_steps': 1, 'train.load_from': str(tmp_path / 'released.pth'),
             'optimizer.type': 'AdamW', 'optimizer.lr': 1e-9}
-    result = train_vae.main(tiny_cfg(**over), tmp_path / 'run')
+    result = train(tiny_cfg(**over), tmp_path / 'run')
     tuned = load_file(str(Path(result['checkpoint']) / 'model.safetensors'))
     for k, v in released.state_dict().items():
         torch.testing.assert_close(tuned[k], v, atol=1e-6, rtol=0)
@@ -255,7 +262,7 @@ ABLATIONS = sorted((REPO / 'configs' / 'ablations').glob('*.py'))
 
 
 def ablation_keys_at_tiny_size(path):
-    """The keys the ablation changes against the released config, over configs/tiny.py (README "Ablations"):
+    """The keys the ablation changes against the released config, over configs/tiny.py (docs/training.md "Ablations"):
     an attention pattern cut to the tiny depth (the patterns repeat every 2 or 4 layers), nothing rescaled."""
     full, released, tiny = load_config(str(path)), load_config(str(REPO / 'configs' / 's1024.effn-f32.py')), \
         load_config(TINY)
@@ -274,41 +281,41 @@ def ablation_keys_at_tiny_size(path):
 @pytest.mark.parametrize('path', ABLATIONS, ids=[p.stem for p in ABLATIONS])
 def test_ablation_configs_train_one_step_at_tiny_size(path, carphone, tmp_path):
     keys = ablation_keys_at_tiny_size(path)
-    readme = (REPO / 'README.md').read_text()
+    readme = (REPO / 'docs' / 'training.md').read_text()
     assert keys and path.name in readme
-    for key, value in keys.items():                                # the README's tiny command lines say the same
+    for key, value in keys.items():                                # the docs' tiny command lines say the same
         assert f"{key}={str(value).replace(' ', '')}" in readme, key
     cfg = tiny_cfg(**{**keys, 'data.video_list': [carphone], 'train.max_steps': 1})
-    result = train_vae.main(cfg, tmp_path)
+    result = train(cfg, tmp_path)
     assert result['step'] == 1 and all(l == l for _, l in result['losses'])
     if path.stem == 'attn_2plus1d':                                # whole-axis windows at any size
-        model = build_dit(cfg.model)
+        model = VideoDiT.from_config(cfg.model)
         assert model.windows[:2] == [(1, 4, 4), (cfg.model.lats_per_vid, 1, 1)]
 
 
 def test_dry_run_and_bad_input(carphone, tmp_path, capsys):
-    assert train_vae.cli([TINY, '--dry-run', '--cfg-options', 'train.max_steps=7',
+    assert train_vae.main([TINY, '--dry-run', '--cfg-options', 'train.max_steps=7',
                           f'data.video_list=[{carphone},{carphone}]']) == 0
     out = capsys.readouterr().out
     assert 'max_steps=7' in out and f"video_list=[\n        '{carphone}',\n        '{carphone}',\n" in out
-    assert train_vae.cli([TINY, '--work-dir', str(tmp_path), '--cfg-options', 'data.video_list=[]']) == 2
+    assert train_vae.main([TINY, '--work-dir', str(tmp_path), '--cfg-options', 'data.video_list=[]']) == 2
     err = capsys.readouterr().err.strip()
     assert '\n' not in err and 'data.video_list is empty' in err and tmp_path.is_dir()     # existing dir kept
     fresh = tmp_path / 'fresh'
-    assert train_vae.cli([TINY, '--work-dir', str(fresh), '--cfg-options', 'data.video_list=[]']) == 2
+    assert train_vae.main([TINY, '--work-dir', str(fresh), '--cfg-options', 'data.video_list=[]']) == 2
     assert not fresh.exists()                                   # a run that cannot start leaves no work dir
     capsys.readouterr()
-    assert train_vae.cli([TINY, '--work-dir', str(tmp_path), '--resume', str(tmp_path / 'nope'),
+    assert train_vae.main([TINY, '--work-dir', str(tmp_path), '--resume', str(tmp_path / 'nope'),
                           '--cfg-options', *overrides_argv({'data.video_list': [carphone]})]) == 2
     err = capsys.readouterr().err.strip()
     assert '\n' not in err and 'state.json' in err
     torch.save({'state_dict': {'x_embedder.proj.weight': torch.zeros(1)}}, tmp_path / 'other.pth')
-    assert train_vae.cli([TINY, '--work-dir', str(tmp_path), '--cfg-options', *overrides_argv(
+    assert train_vae.main([TINY, '--work-dir', str(tmp_path), '--cfg-options', *overrides_argv(
         {'data.video_list': [carphone], 'train.load_from': str(tmp_path / 'other.pth')})]) == 2
     err = capsys.readouterr().err.strip()
     assert '\n' not in err and 'train.load_from' in err and 'other.pth' in err
     with pytest.raises(SystemExit) as e:                                  # an option without '='
-        train_vae.cli([TINY, '--work-dir', str(tmp_path), '--cfg-options', 'train.max_steps'])
+        train_vae.main([TINY, '--work-dir', str(tmp_path), '--cfg-options', 'train.max_steps'])
     assert e.value.code == 2 and 'expected KEY=VALUE' in capsys.readouterr().err
 
 
@@ -319,7 +326,7 @@ def test_missing_weights_are_named_at_once(carphone, tmp_path, capsys):
             'weights.compressor': str(tmp_path / 'w' / 'effnet.safetensors'),
             'weights.vae': str(tmp_path / 'w' / 'svd_vae'), 'train.mixed_precision': 'no'}
     argv = ['--work-dir', str(tmp_path / 'run'), '--cfg-options', *overrides_argv(opts)]
-    assert train_vae.cli([released, *argv]) == 2
+    assert train_vae.main([released, *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert '\n' not in err and 'bash pretrained/download.sh --only dit,compressor,vae' in err
     assert 'train.load_from=None' in err and all(opts[k] in err for k in ('train.load_from', 'weights.compressor'))
@@ -333,14 +340,14 @@ def test_missing_weights_are_named_at_once(carphone, tmp_path, capsys):
 
 def test_effective_lr_follows_the_released_rule():
     cfg = load_config(str(REPO / 'configs' / 's1024.effn-f32.py'))
-    assert train_vae.effective_lr(cfg, 1) == (pytest.approx(2.5e-6), 4)            # 2e-5 × √(4/256)
-    assert train_vae.effective_lr(cfg, 2) == (pytest.approx(2e-5 * 0.125 * 2 ** 0.5), 8)
-    assert train_vae.effective_lr(cfg, 8)[0] == pytest.approx(7.0711e-6, rel=1e-4)
+    assert effective_lr(cfg, 1) == (pytest.approx(2.5e-6), 4)            # 2e-5 × √(4/256)
+    assert effective_lr(cfg, 2) == (pytest.approx(2e-5 * 0.125 * 2 ** 0.5), 8)
+    assert effective_lr(cfg, 8)[0] == pytest.approx(7.0711e-6, rel=1e-4)
     cfg.optimizer.auto_lr.rule = 'linear'
-    assert train_vae.effective_lr(cfg, 2)[0] == pytest.approx(2e-5 * 8 / 256)
+    assert effective_lr(cfg, 2)[0] == pytest.approx(2e-5 * 8 / 256)
     cfg.optimizer.auto_lr = None
-    assert train_vae.effective_lr(cfg, 8) == (2e-5, 32)
-    assert train_vae.lr_at(0, 1.0, 4) == 0.25 and train_vae.lr_at(9, 1.0, 4) == 1.0
+    assert effective_lr(cfg, 8) == (2e-5, 32)
+    assert lr_at(0, 1.0, 4) == 0.25 and lr_at(9, 1.0, 4) == 1.0
     assert subprocess.run(['bash', '-n', str(REPO / 'train_vae.sh')]).returncode == 0
 
 
@@ -348,6 +355,51 @@ def test_effective_lr_follows_the_released_rule():
 
 def _env(**extra):
     return {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1', **extra}
+
+
+# launchers that run train_vae.py's work with a test's patch or hook, in a real (killable, launchable) process
+SLOW_SAVE = """
+import sys, time
+import train_vae
+from tools.training import checkpoint
+
+write_tensors = checkpoint.write_tensors
+
+
+def slow_write_tensors(*args, **kwargs):      # each checkpoint file pauses 1 s once written: a window for a kill
+    path = write_tensors(*args, **kwargs)
+    time.sleep(1)
+    return path
+
+
+checkpoint.write_tensors = slow_write_tensors
+sys.exit(train_vae.main(sys.argv[1:]))
+"""
+RANK_DUMP = """
+import sys
+import train_vae
+from tools.config import load_config
+from tools.training.checkpoint import write_tensors
+from tools.training.loop import train
+
+args = train_vae.parse_args(sys.argv[1:])
+cfg = load_config(args.config, args.cfg_options)
+
+
+def dump_final_weights(info):                 # every rank writes its weights after the last step
+    if info['action'] == 'step' and info['step'] == cfg.train.max_steps:
+        write_tensors(args.work_dir, f"debug_rank{info['rank']}.safetensors", info['model'].state_dict())
+
+
+train(cfg, args.work_dir, args.resume, callback=dump_final_weights)
+"""
+
+
+def _launcher(folder, name, text):
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
 
 
 def _train_cmd(work, cache, **over):
@@ -371,7 +423,9 @@ def test_kill_during_save_then_resume_and_sigterm(cache, tmp_path):
     work = tmp_path / 'run'
     over = {'train.max_steps': 6, 'train.save_model_steps': 2}
     # 1. kill -9 while the second checkpoint is being written (each file write pauses 1 s)
-    proc = subprocess.Popen(_train_cmd(work, cache, **over), env=_env(CASCADEV_TEST_SLOW_SAVE='1'), cwd=REPO,
+    slow = [sys.executable, str(_launcher(tmp_path, 'slow_save.py', SLOW_SAVE)),
+            *_train_cmd(work, cache, **over)[2:]]
+    proc = subprocess.Popen(slow, env=_env(PYTHONPATH=str(REPO)), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tmp4 = work / 'checkpoints' / 'step_00000004.tmp'
     _wait_for(lambda: (tmp4 / 'model.safetensors').is_file(), proc)
@@ -412,9 +466,10 @@ def test_two_ranks_keep_identical_weights(cache, tmp_path):
     accelerate = Path(sys.executable).parent / 'accelerate'
     cmd = [str(accelerate), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
            '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', str(_free_port()),
-           *_train_cmd(tmp_path, cache, **{'train.max_steps': 4, 'optimizer.lr': 1e-3})[1:]]
-    run = subprocess.run(cmd, env=_env(CUDA_VISIBLE_DEVICES='', ACCELERATE_USE_CPU='1',
-                                       **{train_vae.RANK_DUMP_ENV: '1'}), cwd=REPO,
+           str(_launcher(tmp_path / 'launch', 'rank_dump.py', RANK_DUMP)),
+           *_train_cmd(tmp_path, cache, **{'train.max_steps': 4, 'optimizer.lr': 1e-3})[2:]]
+    run = subprocess.run(cmd, env=_env(CUDA_VISIBLE_DEVICES='', ACCELERATE_USE_CPU='1', PYTHONPATH=str(REPO)),
+                         cwd=REPO,
                          capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     # tiny's auto_lr: sqrt rule over a base batch of 1, so 2 processes train at 1e-3 × √2

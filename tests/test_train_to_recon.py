@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import train_vae
-from models.dit import build_dit, load_dit_checkpoint
+from models.dit import VideoDiT
 from models.pipeline import CascadeV
-from models.weights import MissingWeightsError, random_stages
-from tools.cache_latents import cache_latents
+from models.weights import MissingWeightsError, load_dit_checkpoint, random_stages
 from tools.config import load_config
+from tools.training.cache import cache_latents
 from tools.training.data import load_clip, read_cache_index
+from tools.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / 'configs' / 'tiny.py')
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures('one_torch_thread')
 def test_train_tiny_then_reconstruct_with_it(carphone, tmp_path, capsys):
     over = {'data.video_list': [carphone], 'train.max_steps': 3, 'train.save_epoch_end': False,
             'lr_schedule.warmup_steps': 0, 'optimizer.lr': 1e-2}
-    result = train_vae.main(load_config(TINY, over), tmp_path / 'run')
+    result = train(load_config(TINY, over), tmp_path / 'run')
     trained = Path(result['checkpoint']) / 'model.safetensors'
     cfg = load_config(TINY, {'weights.dit': str(trained)})           # as recon.py --dit-checkpoint sets it
     assert random_stages(cfg) == {'compressor', 'previewer', 'vae'}   # the named DiT is not replaced
@@ -38,7 +38,7 @@ def test_train_tiny_then_reconstruct_with_it(carphone, tmp_path, capsys):
     pipe = CascadeV.from_config(cfg, stages=STAGES)
     untrained = CascadeV.from_config(load_config(TINY), stages=STAGES)
     direct = CascadeV(cfg, compressor=pipe.compressor, vae=pipe.vae,
-                      dit=load_dit_checkpoint(build_dit(cfg.model), trained).eval())
+                      dit=load_dit_checkpoint(VideoDiT.from_config(cfg.model), trained).eval())
     latent = pipe.encode(video)
     out, ref, base = (p.decode(latent, steps=2, seed=7) for p in (pipe, direct, untrained))
     assert torch.equal(out, ref)                                      # exactly the trained weights

@@ -1,49 +1,166 @@
-"""Config loading: mmengine `Config` files with `_base_` inheritance, `--cfg-options` overrides, validation."""
+"""Config loading: mmengine `Config` files with `_base_` inheritance, `--cfg-options` overrides, and one table of
+every config key (KEYS) that validation and the `--cfg-options` help are derived from."""
 import argparse
+import difflib
 import os
+from dataclasses import dataclass
 
 from mmengine.config import Config, DictAction
+
+from diffusion.samplers import SAMPLERS
+from models.attention import ATTN_BACKENDS
+from models.dit import check_attn_strides
+from models.tiling import TILE_BLENDS
+from models.weights import DTYPES, STAGES
+from tools.video.frames import TRANSFORMS
 
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message is one line naming the key and the file."""
 
 
-# key -> accepted types (None allowed where listed). Checked after overrides are applied.
-REQUIRED = {
-    'model.input_size': (int,),
-    'model.patch_size': (int,),
-    'model.in_channels': (int,),
-    'model.hidden_size': (int,),
-    'model.depth': (int,),
-    'model.num_heads': (int,),
-    'model.mlp_ratio': (int, float),
-    'model.learn_sigma': (bool,),
-    'model.pe_interpolation': (int, float),
-    'model.attn_strides': (list, tuple, type(None)),
-    'model.lats_per_vid': (int,),
-    'sr_scale': (int,),
-    'scale_factor': (float,),
-    'random_init': (bool, list, tuple),
-    'diffusion.num_timesteps': (int,),
-    'sampling.scheduler': (str,),
-    'sampling.steps': (int,),
-    'sampling.seed': (int,),
-    'data.num_frames_per_video': (int,),
-    'data.time_stride': (int,),
-    'data.sample_size': (int,),
-    'train.batch_size': (int,),
-    'optimizer.lr': (float,),
-}
+@dataclass(frozen=True)
+class Range:
+    """The numbers from `lo` to `hi` (inclusive; None: unbounded), usable as a key's choices."""
+    lo: float = None
+    hi: float = None
+
+    def __contains__(self, value):
+        return (self.lo is None or value >= self.lo) and (self.hi is None or value <= self.hi)
+
+    def __str__(self):
+        return f'>= {self.lo}' if self.hi is None else f'in [{self.lo}, {self.hi}]'
 
 
-def _lookup(cfg, dotted):
-    node = cfg.to_dict() if isinstance(cfg, Config) else cfg
-    for part in dotted.split('.'):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(dotted)
-        node = node[part]
-    return node
+@dataclass(frozen=True)
+class Key:
+    """One config key. `type`: '|'-joined names of TYPES ('int|None'); `choices`: the allowed values (of a str
+    or number; of each item of a list), a Range, or None (any); `default`: the value configs/_base_/ sets;
+    `required`: must be present (inside an optional dict such as optimizer.auto_lr: whenever that dict is)."""
+    key: str
+    type: str
+    default: object
+    choices: object
+    doc: str
+    required: bool = False
+
+
+TYPES = {'int': int, 'float': (int, float), 'bool': bool, 'str': str, 'path': (str, os.PathLike),
+         'list': (list, tuple), 'dict': dict, 'None': type(None)}
+WORDS = {'int': 'an integer', 'float': 'a number', 'bool': 'True, False', 'str': 'a string', 'path': 'a path',
+         'list': 'a list', 'dict': 'a dict', 'None': 'None'}
+MIXED_PRECISION = ('no', *(d for d in DTYPES if d != 'fp32'))   # accelerate's names: 'no' (fp32) or a half dtype
+LR_RULES = ('sqrt', 'linear')                                     # lr x (effective batch / base) ** 0.5 or ** 1
+POSITIVE, NATURAL, FRACTION = Range(1), Range(0), Range(0, 1)
+K = Key
+KEYS = (
+    # the refiner DiT: models.dit.VideoDiT's keyword arguments
+    K('model.input_size', 'int', 128, None, 'latent pixels of one spatial tile (= data.sample_size / 8)', True),
+    K('model.patch_size', 'int', 2, None, 'DiT patch size in latent pixels', True),
+    K('model.in_channels', 'int', 20, None, '4 noisy SVD-latent channels + 16 compressor channels', True),
+    K('model.hidden_size', 'int', 1152, None, 'transformer width', True),
+    K('model.depth', 'int', 28, None, 'transformer blocks', True),
+    K('model.num_heads', 'int', 16, None, 'attention heads', True),
+    K('model.mlp_ratio', 'float', 4.0, None, 'MLP width / hidden_size', True),
+    K('model.learn_sigma', 'bool', True, None, '8 output channels: eps and the variance interpolation value', True),
+    K('model.pe_interpolation', 'float', 1.0, None, 'positional-embedding scale (the release: 2.0)', True),
+    K('model.attn_strides', 'list|None', None, None, 'per layer: None = full 3D attention, [ts, xs] = grid '
+      'attention (-1: one window per frame / token); None: full 3D everywhere', True),
+    K('model.lats_per_vid', 'int', 8, None, 'frames per temporal window', True),
+    K('model.fp32_attention', 'bool', False, None, 'attention in fp32 under autocast (as the release)'),
+    K('model.grad_checkpointing', 'bool', False, None, 'recompute block activations in backward (saves memory)'),
+    K('model.attn_backend', 'str', 'sdpa', ATTN_BACKENDS, 'attention kernel'),
+    K('sr_scale', 'int', 4, None, 'compressor latent (H/32) -> SVD latent (H/8)', True),
+    K('scale_factor', 'float', 0.13025, None, 'SVD VAE latent scale', True),
+    # the frozen stages and their weights (models.weights)
+    K('compressor.chunk_size', 'int', 8, None, 'frames per compressor call (memory flat in clip length)'),
+    K('previewer.chunk_size', 'int', 8, None, 'frames per previewer call'),
+    K('vae.config', 'dict', {}, None, "empty: read config.json from weights.vae; keys given: build that "
+      "AutoencoderKLTemporalDecoder (any of its arguments)"),
+    K('vae.decode_chunk', 'int', 4, None, 'frames per SVD temporal-decoder call'),
+    K('vae.decode_overlap', 'int', 2, None, 'frames blended between consecutive decoder chunks (0: none)'),
+    K('vae.encode_chunk', 'int', 8, None, 'frames per SVD encoder call'),
+    K('vae.sample_posterior', 'bool', True, None, 'training target x0: a posterior sample (False: the mean)'),
+    K('vae.tile_size', 'int', 0, None, '> 0: decode in spatial tiles of this many latent pixels'),
+    K('vae.tile_overlap', 'int', 16, None, 'latent pixels blended between neighbouring decoder tiles'),
+    K('weights.dit', 'path', 'pretrained/s1024.effn-f32.pth', None, 'refiner DiT (.pth or .safetensors)'),
+    K('weights.compressor', 'path', 'pretrained/effnet_encoder.safetensors', None, 'StableCascade effnet'),
+    K('weights.previewer', 'path', 'pretrained/previewer.safetensors', None, 'StableCascade previewer'),
+    K('weights.vae', 'path', 'pretrained/svd_vae', None, 'diffusers AutoencoderKLTemporalDecoder folder or file'),
+    K('random_init', 'bool|list', False, STAGES, 'True or a list of stages: seeded random weights in place of '
+      'the released files', True),
+    K('init_seed', 'int', 0, None, 'seed of the random_init weights'),
+    # diffusion and reconstruction sampling
+    K('diffusion.num_timesteps', 'int', 1000, None, 'IDDPM steps', True),
+    K('diffusion.beta_start', 'float', 1e-4, None, 'first beta of the linear schedule'),
+    K('diffusion.beta_end', 'float', 0.02, None, 'last beta of the linear schedule'),
+    K('diffusion.learn_sigma', 'bool', True, None, 'learned-range variance (loss MSE + VB)'),
+    K('sampling.scheduler', 'str', 'EulerA', SAMPLERS, 'reconstruction sampler', True),
+    K('sampling.steps', 'int', 8, POSITIVE, 'sampler steps', True),
+    K('sampling.seed', 'int', 42, None, 'noise seed', True),
+    K('sampling.tile_blend', 'str', 'smooth', TILE_BLENDS, "smooth (no seams) or overwrite (last tile wins)"),
+    K('device', 'str', 'auto', None, 'auto, cpu, cuda or cuda:N'),
+    K('dtype', 'str', 'auto', ('auto', *DTYPES), 'auto: bf16 on CUDA GPUs with native bf16, else fp32'),
+    # training data (tools.training.data)
+    K('data.video_list', 'path|list', [], None, '.txt / .json lists of videos, folders or video files'),
+    K('data.num_frames_per_video', 'int', 8, POSITIVE, 'frames per training clip', True),
+    K('data.time_stride', 'int', 4, POSITIVE, 'source frames between clip frames', True),
+    K('data.sample_size', 'int', 1024, POSITIVE, 'clip frames are sample_size x sample_size', True),
+    K('data.transform', 'str', 'crop', TRANSFORMS, 'crop: native-scale centre crop (the release); '
+      'resize_crop: short side resized first'),
+    K('data.random_flip', 'bool', True, None, 'mirror the whole clip with probability 0.5'),
+    K('data.num_workers', 'int', 4, NATURAL, 'DataLoader worker processes per GPU'),
+    K('data.max_bad_fraction', 'float', 0.1, FRACTION, 'stop when more of the list than this is unreadable'),
+    K('data.cached_latents', 'path|None', None, None, 'folder written by tools/cache_latents.py'),
+    K('data.eval_video', 'path|None', None, None, 'clip for the previews; None: the last listed video'),
+    # optimisation and bookkeeping (train_vae.py)
+    K('train.batch_size', 'int', 4, POSITIVE, 'clips per GPU per step', True),
+    K('train.max_steps', 'int|None', None, POSITIVE, 'stop after this many optimizer steps (None: num_epochs)'),
+    K('train.num_epochs', 'int', 100, POSITIVE, 'epochs when max_steps is None'),
+    K('train.joint_training', 'float', 0.1, FRACTION, 'probability that a batch is trained as images'),
+    K('train.mixed_precision', 'str', 'fp16', MIXED_PRECISION, 'autocast dtype of training'),
+    K('train.grad_clip', 'float|None', 0.01, None, 'max gradient norm (None: no clipping)'),
+    K('train.save_model_steps', 'int', 1000, POSITIVE, 'steps between checkpoints'),
+    K('train.save_epoch_end', 'bool', True, None, 'also save at the end of every epoch'),
+    K('train.keep_last', 'int|None', 3, NATURAL, 'checkpoints kept (None or 0: all)'),
+    K('train.eval_every', 'int', 1000, NATURAL, 'steps between held-out previews (0: off)'),
+    K('train.log_every', 'int', 10, POSITIVE, 'steps between log lines'),
+    K('train.seed', 'int', 0, None, 'training seed'),
+    K('train.ema_decay', 'float|None', None, FRACTION, 'keep an EMA of the weights (e.g. 0.9999)'),
+    K('train.max_nonfinite', 'int', 10, POSITIVE, 'consecutive non-finite steps before the run stops'),
+    K('train.load_from', 'path|None', None, None, 'DiT weights to start from; None: from scratch'),
+    K('optimizer.type', 'str', 'CAME', None, 'CAME or AdamW (tools/training/optim.py)'),
+    K('optimizer.lr', 'float', 2e-5, NATURAL, 'base lr (at base_batch_size when auto_lr is set)', True),
+    K('optimizer.auto_lr', 'dict|None', {'rule': 'sqrt', 'base_batch_size': 256}, None,
+      'scale lr with the effective batch; None: lr as given'),
+    K('optimizer.auto_lr.rule', 'str', 'sqrt', LR_RULES, 'lr x (effective batch / base) ** 0.5 or ** 1', True),
+    K('optimizer.auto_lr.base_batch_size', 'int', 256, POSITIVE, 'the batch lr is given for', True),
+    K('optimizer.betas', 'list', (0.9, 0.999, 0.9999), None, "CAME's three betas (AdamW: the first two)"),
+    K('optimizer.eps', 'float|list', (1e-30, 1e-16), None, "CAME's two eps (AdamW: the first)"),
+    K('optimizer.weight_decay', 'float', 0.0, NATURAL, 'decoupled weight decay'),
+    K('lr_schedule.warmup_steps', 'int', 1000, NATURAL, 'linear lr warm-up (0: none)'),
+    K('config_path', 'path', None, None, 'the file load_config read (set by it; saved with a run)'),
+)
+del K
+TABLE = {k.key: k for k in KEYS}
+SECTIONS = {k.key.rsplit('.', i)[0] for k in KEYS for i in range(1, k.key.count('.') + 1)}   # e.g. optimizer.auto_lr
+
+
+def _either(items):
+    """['a', 'b', 'c'] -> 'a, b or c'."""
+    words = [str(i) for i in items]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def keys_help():
+    """Every key of the table for `--help`, a section's keys braced, choices after a key: 'model.{input_size,
+    ...}, sr_scale, ..., sampling.{scheduler (EulerA|DDIM|DPMS), ...}, ...'."""
+    groups = {}                                      # section (or top-level key) -> its keys, in table order
+    for k in KEYS:
+        section, _, name = k.key.partition('.')
+        choices = '' if k.choices is None or isinstance(k.choices, Range) else f" ({'|'.join(k.choices)})"
+        groups.setdefault(section, []).append(name + choices if name else section + choices)
+    return ', '.join(f"{s}.{{{', '.join(names)}}}" if s in SECTIONS else names[0] for s, names in groups.items())
 
 
 class CfgOptionsAction(DictAction):
@@ -62,7 +179,8 @@ def add_cfg_options(parser):
     parser.add_argument(
         '--cfg-options', nargs='+', action=CfgOptionsAction, default={}, metavar='KEY=VALUE',
         help="override config keys (mmengine syntax): train.max_steps=100 data.video_list=[a.txt,b.txt] "
-             "'model.attn_strides=[[1,4],None]' vae.sample_posterior=False optimizer.auto_lr=None")
+             "'model.attn_strides=[[1,4],None]' vae.sample_posterior=False optimizer.auto_lr=None. "
+             f"Keys: {keys_help()}")
     return parser
 
 
@@ -75,54 +193,96 @@ def parse_cfg_options(items):
         raise ConfigError(f"--cfg-options {e.message}") from None
 
 
-def _check(cfg, path):
-    for key, types in REQUIRED.items():
-        try:
-            value = _lookup(cfg, key)
-        except KeyError:
-            raise ConfigError(f"{path}: required key '{key}' is missing; add it (see configs/_base_/)") from None
-        if types == (float,) and isinstance(value, int) and not isinstance(value, bool):
-            continue  # an int where a float is expected is fine (lr=1 is a valid float)
-        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-            names = '/'.join(t.__name__ for t in types)
-            raise ConfigError(f"{path}: key '{key}' must be {names}, got {type(value).__name__} {value!r}")
-    strides = cfg.model.attn_strides
-    if strides is not None:
-        if len(strides) != cfg.model.depth:
-            raise ConfigError(f"{path}: model.attn_strides has {len(strides)} entries but model.depth is "
-                              f"{cfg.model.depth}; give one entry ([ts, xs] or None) per layer")
-        for i, s in enumerate(strides):
-            if s is not None and (not isinstance(s, (list, tuple)) or len(s) != 2 or not all(
-                    isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1) for v in s)):
-                raise ConfigError(f"{path}: model.attn_strides[{i}] = {s!r}; each entry must be None or "
-                                  f"[ts, xs] with positive integers (or -1: one window per frame / token)")
-    stages = ('dit', 'compressor', 'previewer', 'vae')
-    if not isinstance(cfg.random_init, bool) and any(s not in stages for s in cfg.random_init):
-        raise ConfigError(f"{path}: random_init = {list(cfg.random_init)!r}; use True, False or a list of "
-                          f"stages from {list(stages)}")
-    if cfg.get('data', {}).get('transform', 'crop') not in ('crop', 'resize_crop'):
-        raise ConfigError(f"{path}: data.transform = {cfg.data.transform!r}; use 'crop' (native-scale centre crop, "
-                          f"as the release was trained) or 'resize_crop' (short side resized first)")
-    auto = cfg.optimizer.get('auto_lr')
-    if auto is not None and not (isinstance(auto, dict) and auto.get('rule') in ('sqrt', 'linear') and isinstance(
-            auto.get('base_batch_size'), int) and auto['base_batch_size'] >= 1):
-        raise ConfigError(f"{path}: optimizer.auto_lr = {auto!r}; use dict(rule='sqrt' or 'linear', "
-                          f"base_batch_size=256) or None (the lr as given)")
-    from diffusion.samplers import SAMPLERS          # here: torch is slow to import, `--help` needs none
-    if cfg.sampling.scheduler not in SAMPLERS:
-        raise ConfigError(f"{path}: sampling.scheduler = {cfg.sampling.scheduler!r}; use {', '.join(SAMPLERS)}")
-    from models.dit import TILE_BLENDS
-    if cfg.sampling.get('tile_blend', 'smooth') not in TILE_BLENDS:
-        raise ConfigError(f"{path}: sampling.tile_blend = {cfg.sampling.tile_blend!r}; use {' or '.join(TILE_BLENDS)}")
-    if cfg.get('dtype', 'auto') not in ('auto', 'fp32', 'fp16', 'bf16'):
-        raise ConfigError(f"{path}: dtype = {cfg.dtype!r}; use auto, fp32, fp16 or bf16")
+def _words(spec):
+    """'int|None' -> 'an integer or None' (what a value of that type spec may be)."""
+    return _either(', '.join(WORDS[t] for t in spec.split('|')).split(', '))
+
+
+def _value_error(key, value):
+    """Why `value` is not valid for `key` (its TABLE type, then its choices), as one phrase; None when valid."""
+    entry, spec = TABLE[key], TABLE[key].type.split('|')
+    if not (('bool' in spec) if isinstance(value, bool) else any(isinstance(value, TYPES[t]) for t in spec)):
+        return f"{key} = {value!r} ({type(value).__name__}); use {_words(entry.type)}"
+    if entry.choices is None or isinstance(value, bool) or value is None:
+        return None
+    if isinstance(entry.choices, Range):
+        return None if value in entry.choices else f"{key} = {value!r}; use a value {entry.choices}"
+    if not isinstance(value, (list, tuple)):
+        return None if value in entry.choices else f"{key} = {value!r}; use {_either(entry.choices)}"
+    bad = [v for v in value if v not in entry.choices]
+    return f"{key} = {list(value)!r}; {bad[0]!r} is not one of {_either(entry.choices)}" if bad else None
+
+
+def _get(values, key, path):
+    """(True, value) of a dotted key in a config dict; (False, None) where it or an optional parent is absent."""
+    node, parts = values, key.split('.')
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict):
+            parent = '.'.join(parts[:i])
+            if parent in TABLE:                      # e.g. optimizer.auto_lr = None: its keys are absent
+                return False, None
+            raise ConfigError(f"{path}: {parent} = {node!r} ({type(node).__name__}); use a dict of {parent}.* keys")
+        if part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _unknown(values, prefix=''):
+    """The dotted keys of a config dict that the table does not know, in file order."""
+    for name, value in values.items():
+        key = prefix + name
+        if key in SECTIONS and isinstance(value, dict):
+            yield from _unknown(value, key + '.')
+        elif key not in TABLE and key not in SECTIONS:
+            yield key
+
+
+def _unknown_error(key, path, overrides):
+    """The ConfigError for an unknown key: the --cfg-options item that set it, if one did, and the nearest key."""
+    item = next((o for o in overrides if o == key or o.startswith(key + '.') or key.startswith(o + '.')), None)
+    name = max(key, item or '', key=len)
+    parent, _, last = name.rpartition('.')
+    same_depth = [k for k in (*TABLE, *SECTIONS) if k.count('.') == name.count('.')]
+    siblings = {k.rpartition('.')[2]: k for k in same_depth if k.rpartition('.')[0] == parent}
+    near = [siblings[n] for n in difflib.get_close_matches(last, siblings, 1)] or \
+        difflib.get_close_matches(name, same_depth, 1)
+    what = f"--cfg-options key '{name}' is unknown" if item else f"unknown key '{name}'"
+    hint = f"did you mean '{near[0]}'?" if near else "the known keys are listed under --cfg-options in --help"
+    return ConfigError(f"{path}: {what}; {hint}")
+
+
+def _check(cfg, path, overrides=()):
+    """Every key of the merged config against the table: known (the nearest key named if not), present where
+    required, of its type and within its choices. ConfigError (one line naming the key and `path`) otherwise."""
+    values = cfg.to_dict()
+    unknown = next(_unknown(values), None)
+    if unknown:
+        raise _unknown_error(unknown, path, overrides)
+    for entry in KEYS:
+        found, value = _get(values, entry.key, path)
+        if not found:
+            parent = entry.key.rpartition('.')[0]
+            in_optional = parent in TABLE and not isinstance(_get(values, parent, path)[1], dict)
+            if entry.required and not in_optional:
+                raise ConfigError(f"{path}: required key '{entry.key}' is missing; add it (configs/_base_/ sets "
+                                  f"{entry.default!r})")
+        elif _value_error(entry.key, value):
+            raise ConfigError(f"{path}: {_value_error(entry.key, value)}")
+    try:
+        check_attn_strides(cfg.model.attn_strides, cfg.model.depth, key='model.attn_strides', where=f"{path}: ")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_config(path, overrides=None):
-    """Load a config file, apply overrides, validate, return a Config.
+    """Load a config file, apply overrides, validate against KEYS, return a Config (config_path set to `path`).
 
     `overrides`: the dict `--cfg-options` produces ({'train.max_steps': 10, ...}; a nested dict merges into
     its section), or a list of 'KEY=VALUE' strings parsed the same way (parse_cfg_options).
+    Raises ConfigError (one line naming `path` and the key) for a missing or unparsable file, an unknown key (from
+    the file or an override, with the nearest known key), a missing required key, or a value of the wrong type
+    or outside its choices.
     """
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: config file not found; pass a file such as configs/s1024.effn-f32.py")
@@ -132,15 +292,8 @@ def load_config(path, overrides=None):
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{path}: cannot be parsed ({msg}); fix the file") from e
     parsed = dict(overrides) if isinstance(overrides, dict) else parse_cfg_options(overrides)
-    for key in parsed:
-        try:
-            _lookup(cfg, key)
-        except KeyError:
-            raise ConfigError(f"{path}: --cfg-options key '{key}' does not exist in the config; "
-                              f"check the spelling (python -c \"from tools.config import load_config; "
-                              f"print(load_config('{path}').pretty_text)\")") from None
     if parsed:  # dicts merge (mmengine); {} (also typed as `key={}`) empties the key, so vae.config={} is no no-op
         cfg.merge_from_dict({k: {'_delete_': True} if v in ({}, '{}') else v for k, v in parsed.items()})
-    _check(cfg, path)
+    _check(cfg, path, parsed)
     cfg.config_path = path
     return cfg

@@ -2,6 +2,7 @@
 import argparse
 import sys
 
+from models.weights import MissingWeightsError
 from tools.bench.dit import add_dit_parser, add_gemm_floor_parser
 from tools.bench.flops import add_flops_parser
 from tools.bench.memory import add_memory_parser
@@ -17,7 +18,6 @@ DEFAULT_SUBCOMMAND = 'recon'
 
 def main(argv=None, description=None):
     """Parse and run; usage, config and missing-weight errors print one line and exit with code 2."""
-    from models.weights import MissingWeightsError
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith('-') and argv[0] not in ('-h', '--help'):
         argv.insert(0, DEFAULT_SUBCOMMAND)

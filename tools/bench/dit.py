@@ -4,7 +4,10 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
+from models.attention import grid_attention
+from models.dit import VideoDiT, init_random_weights_, video_pos_embed
 from tools.bench.flops import dit_flops, windowed_flops
 from tools.bench.measure import (DTYPES, RELEASED, add_config_args, add_run_args, autocast_for, bf16_peak_tflops,
                                  environment, load_cfg, memory_kind, peak_memory_mib, print_table, setup_device,
@@ -31,11 +34,9 @@ def compile_dit(model, mode=None, backend='inductor'):
 
 def bench_dit(args):
     """Forward time and peak memory of the refiner DiT: attention backends × precisions × compile × fp32_attention."""
-    from models.dit import build_dit, init_random_weights_
-
     cfg = load_cfg(args)
     device = setup_device(args, exact_cpu_peaks=args.exact_cpu_peak)
-    model = init_random_weights_(build_dit(cfg.model), cfg.init_seed).to(device).eval()   # non-zero outputs
+    model = init_random_weights_(VideoDiT.from_config(cfg.model), cfg.init_seed).to(device).eval()   # non-zero outputs
     n_params = sum(p.numel() for p in model.parameters())
     frames = args.frames or cfg.model.lats_per_vid
     size = args.grid or [cfg.model.input_size]
@@ -52,7 +53,35 @@ def bench_dit(args):
     print(f'{what}: {cfg.config_path} ({n_params / 1e6:.1f}M params), input {tuple(x.shape)}, '
           f'{frames * (height // model.patch_size) * (width // model.patch_size)} tokens per clip, '
           f'{flops / 1e9:.4g} GFLOP per call, device {device}, {torch.get_num_threads()} threads')
+    rows, fns = dit_variants(args, cfg, model, x, t, device)
+    times = time_interleaved({i: f for i, (f, _) in fns.items()}, device, args.repeats, args.warmup)
+    for run, row in fns.values():                       # CPU: only exact when freed memory leaves the RSS
+        row['peak_mib'] = peak_memory_mib(run, device) if device.type == 'cuda' or args.exact_cpu_peak else None
+    best0 = None
+    for i, (_, row) in fns.items():
+        median, best = times[i]
+        best0 = best0 or best
+        row.update(median_ms=round(median, 2), min_ms=round(best, 2), ratio=round(best / best0, 3),
+                   tflops=flops / best / 1e9)
+        if peak_tflops:
+            row['peak_fraction'] = row['tflops'] / peak_tflops
+        if row.get('peak_mib') is not None:
+            row['peak_mib'] = round(row['peak_mib'], 1)
+    print_table(rows, ['dtype', 'backend', 'compile', 'fp32_attention', 'median_ms', 'min_ms', 'ratio', 'tflops',
+                       'peak_fraction', 'peak_mib', 'max_abs_diff', 'error'])
+    print('ratio (of min_ms: the least disturbed run) and max_abs_diff are relative to the first row; '
+          'tflops = analytic FLOPs / min_ms')
+    write_json(args.json, dict(benchmark='dit', call=what, config=cfg.config_path, cfg_options=args.cfg_options,
+                               params=n_params, input_shape=list(x.shape), flops_per_call=flops,
+                               repeats=args.repeats, warmup=args.warmup, env=environment(device),
+                               memory_kind=memory_kind(device), rows=rows))
+    return rows
 
+
+def dit_variants(args, cfg, model, x, t, device):
+    """One run per --dtypes × --fp32-attention × compile × --backends variant, each called once (which compiles
+    the compiled ones); -> (rows, {index: (run, row)} of those that ran). A variant that fails (out of memory,
+    xformers missing) keeps a row with its error; max_abs_diff is against the first variant that ran."""
     fp32_attn = {'config': [bool(cfg.model.get('fp32_attention', False))], 'on': [True], 'off': [False],
                  'both': [True, False]}[args.fp32_attention]
     compiled = [False, True] if args.compile else [False]
@@ -80,28 +109,7 @@ def bench_dit(args):
         row['max_abs_diff'] = float(f'{(out - reference).abs().max().item():.3g}')
         rows.append(row)
         fns[i] = (run, row)
-    times = time_interleaved({i: f for i, (f, _) in fns.items()}, device, args.repeats, args.warmup)
-    for run, row in fns.values():                       # CPU: only exact when freed memory leaves the RSS
-        row['peak_mib'] = peak_memory_mib(run, device) if device.type == 'cuda' or args.exact_cpu_peak else None
-    best0 = None
-    for i, (_, row) in fns.items():
-        median, best = times[i]
-        best0 = best0 or best
-        row.update(median_ms=round(median, 2), min_ms=round(best, 2), ratio=round(best / best0, 3),
-                   tflops=flops / best / 1e9)
-        if peak_tflops:
-            row['peak_fraction'] = row['tflops'] / peak_tflops
-        if row.get('peak_mib') is not None:
-            row['peak_mib'] = round(row['peak_mib'], 1)
-    print_table(rows, ['dtype', 'backend', 'compile', 'fp32_attention', 'median_ms', 'min_ms', 'ratio', 'tflops',
-                       'peak_fraction', 'peak_mib', 'max_abs_diff', 'error'])
-    print('ratio (of min_ms: the least disturbed run) and max_abs_diff are relative to the first row; '
-          'tflops = analytic FLOPs / min_ms')
-    write_json(args.json, dict(benchmark='dit', call=what, config=cfg.config_path, cfg_options=args.cfg_options,
-                               params=n_params, input_shape=list(x.shape), flops_per_call=flops,
-                               repeats=args.repeats, warmup=args.warmup, env=environment(device),
-                               memory_kind=memory_kind(device), rows=rows))
-    return rows
+    return rows, fns
 
 
 def add_dit_parser(subparsers):
@@ -134,8 +142,6 @@ def add_dit_parser(subparsers):
 # ---- gemm-floor ---------------------------------------------------------------------------------------
 def plain_forward(model, x, t):
     """The DiT's maths written plainly (separate ops, softmax attention): the baseline an optimisation must beat."""
-    from einops import rearrange
-    from models.dit import grid_attention, video_pos_embed
     B, _, T, H, W = x.shape
     p = model.patch_size
     grid = (T, H // p, W // p)
@@ -179,10 +185,9 @@ def block_gemms(model, tokens, batch=1):
 
 def bench_gemm_floor(args):
     """CPU: DiT forward vs the bare block GEMMs of the same shapes (floor) and vs a plain implementation."""
-    from models.dit import build_dit, init_random_weights_
     cfg = load_cfg(args)
     device = setup_device(args)
-    model = init_random_weights_(build_dit(cfg.model), cfg.init_seed).to(device).eval()
+    model = init_random_weights_(VideoDiT.from_config(cfg.model), cfg.init_seed).to(device).eval()
     frames = args.frames or cfg.model.lats_per_vid
     lat = args.grid or cfg.model.input_size
     x = torch.randn(1, cfg.model.in_channels, frames, lat, lat, generator=torch.Generator().manual_seed(0)).to(device)

@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from diffusion import create_diffusion
+from models.pipeline import upsample_latent
+
 
 def _crop(generator, video, frames, size):
     """A random (frames, size, size) crop of a (1, C, T, H, W) tensor (whole axes where they are shorter)."""
@@ -60,8 +63,6 @@ def fit_decoder(vae, videos, steps, lr=1e-3, max_frames=8, crop=64, seed=0):
 def fit_dit(pipe, videos, steps, lr=1e-3, seed=0):
     """Fit the DiT with the IDDPM loss on `videos` at its training geometry (tiles of input_size latent pixels,
     lats_per_vid frames), as train_vae.py trains it; -> losses."""
-    from diffusion import create_diffusion
-    from models.pipeline import upsample_latent
     g = torch.Generator().manual_seed(seed)
     dit, diffusion = pipe.dit, create_diffusion()
     with torch.inference_mode():

@@ -1,14 +1,17 @@
 """Analytic FLOPs of the refiner DiT (one forward, one windowed sampler step, a reconstruction) and `flops`."""
 import inspect
 
+from models.attention import attention_windows
+from models.dit import VideoDiT
+from models.tiling import frame_window_starts, tile_starts
 from tools.bench.measure import RELEASED, add_config_args, load_cfg, print_table, write_json
+from tools.video.frames import MULTIPLE
 
 FLOP_PARTS = ('linear', 'attention_full', 'attention_grid', 'embed_final', 'timestep')
 
 
 def _model_args(model_cfg):
     """VideoDiT's keyword arguments: its defaults updated by the config's `model` dict."""
-    from models.dit import VideoDiT
     args = {k: p.default for k, p in inspect.signature(VideoDiT).parameters.items()
             if p.default is not inspect.Parameter.empty}
     args.update(dict(model_cfg))
@@ -19,7 +22,7 @@ def _sum_window_squares(grid, window):
     """Σ over the attention windows of (tokens per window)²: a product over the axes (windows are boxes).
 
     Along an axis of n tokens grid attention uses n // w windows of w tokens and one of n mod w (None: w = n;
-    models/dit.py grid_attention).
+    models/attention.py grid_attention).
     """
     total = 1
     for n, w in zip(grid, window):
@@ -35,7 +38,6 @@ def dit_flops(model_cfg, frames, height, width, batch=1):
     windows of n_w tokens (q·kᵀ and weights·v, 2·n_w²·D each). Patch embedding, final layer and timestep MLP
     are counted; softmax, norms, modulation and other element-wise work (O(N·D), O(n²·heads)) are not.
     """
-    from models.dit import attention_windows
     m = _model_args(model_cfg)
     D, p, C_in = m['hidden_size'], m['patch_size'], m['in_channels']
     C_out = 8 if m['learn_sigma'] else 4
@@ -63,7 +65,6 @@ def dit_flops(model_cfg, frames, height, width, batch=1):
 
 def windowed_flops(model_cfg, frames, height, width):
     """FLOPs of one forward_windowed call (temporal windows × spatial tiles) on a (frames, H, W) latent."""
-    from models.dit import frame_window_starts, tile_starts
     m = _model_args(model_cfg)
     p, S, L = m['patch_size'], m['input_size'], m['lats_per_vid']
     Hp = height + ((-height) % p if height < S else 0)
@@ -84,7 +85,6 @@ def windowed_flops(model_cfg, frames, height, width):
 
 def recon_flops(cfg, frames, height, width, steps):
     """DiT FLOPs of reconstructing `frames` of height×width video: per sampler step and for all steps."""
-    from tools.video.frames import MULTIPLE
     sr = int(cfg.sr_scale)
     h, w = -(-height // MULTIPLE) * sr, -(-width // MULTIPLE) * sr        # the DiT's latent (padded to 32)
     step = windowed_flops(cfg.model, frames, h, w)

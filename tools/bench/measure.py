@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from models.weights import resolve_device
+from tools.config import add_cfg_options, load_config
 from tools.recon.memory import release_freed_memory_to_os  # noqa: F401 (the benchmarks' and recon's one setting)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,10 +142,15 @@ class StageTimer:
 
 
 class StepTimer:
-    """Times each call of a wrapped function without a host-device sync: CUDA events, else perf_counter."""
+    """Seconds of each sampler step without a host-device sync (CUDA events, else perf_counter).
+
+    start() before a sampler run, then step as the sampler's per-step callback (diffusion/samplers.py): step i
+    lasts from the end of step i-1 (the first: from start()) to the end of step i, model call and update.
+    seconds() -> the step times of every run so far, in order (one device sync).
+    """
 
     def __init__(self, device):
-        self.device, self.marks = device, []
+        self.device, self.runs = device, []
 
     def _mark(self):
         if self.device.type == 'cuda':
@@ -152,19 +159,19 @@ class StepTimer:
             return event
         return time.perf_counter()
 
-    def wrap(self, fn):
-        def timed(*args, **kwargs):
-            start = self._mark()
-            out = fn(*args, **kwargs)
-            self.marks.append((start, self._mark()))
-            return out
-        return timed
+    def start(self):
+        self.runs.append([self._mark()])
+
+    def step(self, info=None):
+        """The per-step callback; `info` (the sampler's step dict) is not read."""
+        self.runs[-1].append(self._mark())
 
     def seconds(self):
         sync(self.device)
+        pairs = [(a, b) for marks in self.runs for a, b in zip(marks, marks[1:])]
         if self.device.type == 'cuda':
-            return [a.elapsed_time(b) / 1e3 for a, b in self.marks]
-        return [b - a for a, b in self.marks]
+            return [a.elapsed_time(b) / 1e3 for a, b in pairs]
+        return [b - a for a, b in pairs]
 
 
 def print_table(rows, columns):
@@ -229,7 +236,6 @@ def setup_device(args, exact_cpu_peaks=False):
     exact_cpu_peaks: freed tensors go back to the OS at once, so the RSS follows the live tensors exactly;
     every large allocation then page-faults afresh, which slows CPU compute: use it to measure memory, not time.
     """
-    from models.weights import resolve_device
     device = resolve_device(args.device)
     if getattr(args, 'threads', 0):
         torch.set_num_threads(args.threads)
@@ -244,7 +250,7 @@ def autocast_for(device, dtype_name):
 
 
 def load_cfg(args, random_init=False):
-    from tools.config import load_config
+    """The --config file with --cfg-options applied; random_init=True: random weights (no weight files)."""
     cfg = load_config(args.config, args.cfg_options)
     if random_init:
         cfg.random_init = True
@@ -254,7 +260,6 @@ def load_cfg(args, random_init=False):
 
 def add_config_args(p, default_config=TINY):
     p.add_argument('--config', default=default_config, help='model config')
-    from tools.config import add_cfg_options
     add_cfg_options(p)
 
 

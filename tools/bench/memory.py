@@ -5,63 +5,40 @@ from pathlib import Path
 
 import torch
 
+from models.dit import VideoDiT, init_random_weights_
+from models.weights import dtype_name, resolve_dtype
 from tools.bench.measure import (add_config_args, add_run_args, autocast_for, environment, load_cfg, memory_kind,
                                  peak_memory_mib, print_table, reset_peak, setup_device, sync, synthetic_video,
                                  write_json)
+from tools.bench.memory_fit import bench_plan, bench_stage_constants
 from tools.bench.recon import build_pipeline, run_recon
+from tools.video.write import write_video
 
 
 def bench_memory(args):
     """Peak memory vs clip length and frame/tile size: the DiT's forward_windowed, or the whole reconstruction;
     or the calibration of tools/recon/memory.py (stages) and its check against recon.py (plan)."""
-    from models.dit import build_dit, init_random_weights_
     if args.what == 'stages':
-        from tools.bench.memory_fit import bench_stage_constants
         return bench_stage_constants(args)
     if args.what == 'plan':
-        from tools.bench.memory_fit import bench_plan
         return bench_plan(args)
     cfg = load_cfg(args, random_init=True)
     device = setup_device(args, exact_cpu_peaks=True)
-    from models.weights import dtype_name, resolve_dtype
     dtype = dtype_name(resolve_dtype(args.dtype or cfg.get('dtype', 'auto'), device))   # 'auto' resolved
-    tiles = args.tiles or [cfg.model.input_size]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for tile in tiles:
+        for tile in args.tiles or [cfg.model.input_size]:
             cfg.model.input_size = tile
             if args.what == 'dit':
-                model = init_random_weights_(build_dit(cfg.model), cfg.init_seed).to(device).eval()
+                model = init_random_weights_(VideoDiT.from_config(cfg.model), cfg.init_seed).to(device).eval()
+                measure = lambda frames, size: dit_memory(model, cfg.model.in_channels, frames, size, device, dtype)
             else:
                 pipe = build_pipeline(cfg, device, dtype)
+                measure = lambda frames, size: recon_memory(pipe, tmp, frames, size, args.steps, args.chunk_frames)
             for size in args.sizes:
                 first = None
                 for frames in args.lengths:
-                    row = dict(what=args.what, frames=frames, size=size, tile=tile)
-                    if args.what == 'dit':
-                        lat = size // 8
-                        x = torch.randn(1, cfg.model.in_channels, frames, lat, lat).to(device)
-
-                        def run():
-                            with torch.inference_mode(), autocast_for(device, dtype):
-                                model.forward_windowed(x, 500.0)
-                        run()                                     # warm: one-time allocations are not the call's
-                        sync(device)
-                        start = time.perf_counter()
-                        row['added_mib'] = peak_memory_mib(run, device)
-                        row['seconds'] = time.perf_counter() - start
-                        del x
-                    else:
-                        path = Path(tmp) / f'{frames}x{size}.mp4'
-                        if not path.is_file():
-                            from tools.video.write import write_video
-                            write_video(path, synthetic_video(frames, size, size), fps=24)
-                        kw = dict(frames=frames, steps=args.steps, chunk_frames=args.chunk_frames)
-                        run_recon(pipe, str(path), tmp, **kw)     # warm
-                        reset_peak(device)
-                        _, _, info = run_recon(pipe, str(path), tmp, **kw)
-                        row.update(seconds=info['end_to_end_s'], peak_mib=info['peak_mib'],
-                                   added_mib=None if info['peak_mib'] is None else info['peak_mib'] - info['base_mib'])
+                    row = dict(what=args.what, frames=frames, size=size, tile=tile, **measure(frames, size))
                     if device.type == 'cpu':
                         row['seconds'] = None                     # the RSS-peak resets slow CPU work: not a timing
                     if row['added_mib'] is not None:
@@ -76,6 +53,36 @@ def bench_memory(args):
                                cfg_options=args.cfg_options, env=environment(device),
                                memory_kind=memory_kind(device), rows=rows))
     return rows
+
+
+def dit_memory(model, channels, frames, size, device, dtype):
+    """forward_windowed on a random (1, channels, frames, size/8, size/8) latent, after a warm-up call (one-time
+    allocations are not the call's); -> {'added_mib', 'seconds'} of the measured call."""
+    lat = size // 8
+    x = torch.randn(1, channels, frames, lat, lat).to(device)
+
+    def run():
+        with torch.inference_mode(), autocast_for(device, dtype):
+            model.forward_windowed(x, 500.0)
+    run()
+    sync(device)
+    start = time.perf_counter()
+    added = peak_memory_mib(run, device)
+    return dict(added_mib=added, seconds=time.perf_counter() - start)
+
+
+def recon_memory(pipe, tmp, frames, size, steps, chunk_frames):
+    """The streamed reconstruction of a synthetic frames x size² clip (written once to tmp), after a warm-up run;
+    -> {'seconds', 'peak_mib', 'added_mib'}: the peak over the memory in use before the run."""
+    path = Path(tmp) / f'{frames}x{size}.mp4'
+    if not path.is_file():
+        write_video(path, synthetic_video(frames, size, size), fps=24)
+    kw = dict(frames=frames, steps=steps, chunk_frames=chunk_frames)
+    run_recon(pipe, str(path), tmp, **kw)                 # warm
+    reset_peak(pipe.device)
+    _, _, info = run_recon(pipe, str(path), tmp, **kw)
+    return dict(seconds=info['end_to_end_s'], peak_mib=info['peak_mib'],
+                added_mib=None if info['peak_mib'] is None else info['peak_mib'] - info['base_mib'])
 
 
 def add_memory_parser(subparsers):

@@ -12,12 +12,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from models.weights import dtype_name, resolve_dtype
 from tools.bench.measure import (REPO, environment, load_cfg, peak_memory_mib, print_table, setup_device,
                                  write_json)
 from tools.bench.recon import build_pipeline
 from tools.recon.memory import CALIBRATION, CUDA_CONTEXT, DTYPE_BYTES, dit_tiles
+from tools.recon.render import quick_scores
+from tools.video.write import VideoWriter
 
 MIB = 2 ** 20
 
@@ -39,54 +43,18 @@ def bench_stage_constants(args):
     """Measure each stage at two sizes; print the fitted constants next to the ones tools/recon/memory.py uses."""
     cfg = load_cfg(args, random_init=True)
     device = setup_device(args, exact_cpu_peaks=True)
-    from models.weights import dtype_name, resolve_dtype
     dtype = dtype_name(resolve_dtype(args.dtype or cfg.get('dtype', 'auto'), device))   # 'auto' resolved
-    e = DTYPE_BYTES[dtype]
     pipe = build_pipeline(cfg, device, dtype)
     sizes = args.sizes if len(args.sizes) > 1 else [128, 256]
-    rows, fits = [], {}
+    rows = []
 
     def record(stage, size, unit, got, fixed=0.0):
         rows.append(dict(stage=stage, size=size, unit=unit, added_mib=got / MIB, fixed_mib=fixed / MIB))
         return unit, got - fixed
 
     with torch.inference_mode():
-        pts = []
-        for s in sizes:                                   # compressor: 8 frames (its chunk) of s x s
-            x = torch.rand(1, 3, 8, s, s, device=device) * 2 - 1
-            pts.append(record('compressor', s, 8 * s * s * e, added_bytes(lambda: pipe.encode(x), device)))
-        fits['compressor'] = slope(pts)
-        pts = []
-        for s in sizes:                                   # previewer: one chunk of 8 frames, minus its fp32 output
-            lat = torch.randn(1, 16, 8, s // 32, s // 32, device=device)
-            got = added_bytes(lambda: list(pipe.preview_chunks(lat, chunk_size=8)), device)
-            pts.append(record('previewer', s, 8 * s * s * e, got, fixed=8 * s * s * 3 * 4))
-        fits['previewer'] = slope(pts)
-        k = pipe.vae.decode_chunk
-        pts = []
-        for s in sizes:                                   # SVD decode: one chunk of k frames, minus its fp32 output
-            z = torch.randn(1, 4, k, s // 8, s // 8, device=device)
-            got = added_bytes(lambda: list(pipe.vae_decode_chunks(z)), device)
-            pts.append(record('vae', s, k * s * s * e, got, fixed=k * s * s * 3 * 4))
-        fits['vae'] = slope(pts)
-        L, S, p, D = cfg.model.lats_per_vid, cfg.model.input_size, cfg.model.get('patch_size', 2), cfg.model.hidden_size
-        lat = 3 * S                                       # a latent of several tiles per axis
-        x = torch.randn(1, 20, L, lat, lat, device=device)
-        tiles = dit_tiles(_Shape((lat * 8, lat * 8), L, (S, L)))[0]
-        pts = []
-        for batch in (1, tiles):                          # DiT: one window, 1 tile per call vs all at once
-            eps = pipe._eps_fn(batch)
-            got = added_bytes(lambda: eps(x, torch.full((1,), 500.0, device=device)), device)
-            pts.append(record('dit', batch, batch * L * (S // p) ** 2 * D * e, got))
-        fits['dit'] = slope(pts)
-        pts = []
-        h = sizes[-1] // 8                                # sampler state: T frames of the largest size, 1 step
-        for T in (2 * L, 8 * L):
-            lat16 = torch.randn(1, 16, T, h // 4, h // 4, device=device)
-            got = added_bytes(lambda: pipe.refine(lat16, steps=1, seed=0, tile_batch=1), device)
-            pts.append(record('state', T, T * h * h * 4, got))
-        fits['state'] = slope(pts)
-        from tools.recon.render import quick_scores
+        fits = conv_stage_fits(pipe, sizes, DTYPE_BYTES[dtype], record, device)
+        fits.update(dit_fits(pipe, cfg, sizes, DTYPE_BYTES[dtype], record, device))
         pts = []
         for s in sizes:                                   # in-loop metrics: one frame of s x s
             x = torch.rand(3, 1, s, s, device=device) * 2 - 1
@@ -104,12 +72,56 @@ def bench_stage_constants(args):
     return fits
 
 
+def conv_stage_fits(pipe, sizes, e, record, device):
+    """Compressor, previewer and SVD decode at each size (e: bytes per element of the dtype); -> {stage: bytes
+    per frame · pixel · dtype byte}. record(stage, size, unit, bytes, fixed) keeps a table row -> (unit, bytes)."""
+    fits, pts = {}, []
+    for s in sizes:                                       # compressor: 8 frames (its chunk) of s x s
+        x = torch.rand(1, 3, 8, s, s, device=device) * 2 - 1
+        pts.append(record('compressor', s, 8 * s * s * e, added_bytes(lambda: pipe.encode(x), device)))
+    fits['compressor'] = slope(pts)
+    pts = []
+    for s in sizes:                                       # previewer: one chunk of 8 frames, minus its fp32 output
+        lat = torch.randn(1, 16, 8, s // 32, s // 32, device=device)
+        got = added_bytes(lambda: list(pipe.preview_chunks(lat, chunk_size=8)), device)
+        pts.append(record('previewer', s, 8 * s * s * e, got, fixed=8 * s * s * 3 * 4))
+    fits['previewer'] = slope(pts)
+    k = pipe.vae.decode_chunk
+    pts = []
+    for s in sizes:                                       # SVD decode: one chunk of k frames, minus its fp32 output
+        z = torch.randn(1, 4, k, s // 8, s // 8, device=device)
+        got = added_bytes(lambda: list(pipe.vae_decode_chunks(z)), device)
+        pts.append(record('vae', s, k * s * s * e, got, fixed=k * s * s * 3 * 4))
+    fits['vae'] = slope(pts)
+    return fits
+
+
+def dit_fits(pipe, cfg, sizes, e, record, device):
+    """The DiT's ε function on one window at 1 tile per call and all at once (bytes per token · hidden unit ·
+    dtype byte), and one sampler step over 2 and 8 windows (bytes per latent pixel of the state)."""
+    L, S, p, D = cfg.model.lats_per_vid, cfg.model.input_size, cfg.model.get('patch_size', 2), cfg.model.hidden_size
+    lat = 3 * S                                           # a latent of several tiles per axis
+    x = torch.randn(1, 20, L, lat, lat, device=device)
+    tiles = dit_tiles(_Shape((lat * 8, lat * 8), L, (S, L)))[0]
+    fits, pts = {}, []
+    for batch in (1, tiles):                              # DiT: one window, 1 tile per call vs all at once
+        eps = pipe.eps_fn(batch)
+        got = added_bytes(lambda: eps(x, torch.full((1,), 500.0, device=device)), device)
+        pts.append(record('dit', batch, batch * L * (S // p) ** 2 * D * e, got))
+    fits['dit'] = slope(pts)
+    pts = []
+    h = sizes[-1] // 8                                    # sampler state: T frames of the largest size, 1 step
+    for T in (2 * L, 8 * L):
+        lat16 = torch.randn(1, 16, T, h // 4, h // 4, device=device)
+        got = added_bytes(lambda: pipe.refine(lat16, steps=1, seed=0, tile_batch=1), device)
+        pts.append(record('state', T, T * h * h * 4, got))
+    fits['state'] = slope(pts)
+    return fits
+
+
 def encoder_constants(record, device, height=720, width=1280, frames=64):
     """x264 (preset medium) memory once full, at (look-ahead, threads) (0, 1), (40, 1) and (0, 8): -> {'encoder':
     bytes per pixel, 'encoder_frame': per pixel and look-ahead frame, 'encoder_thread': per pixel and thread}."""
-    import numpy as np
-
-    from tools.video.write import VideoWriter
     rng = np.random.default_rng(0)
     tex = (rng.random((height // 8, width // 8 + frames, 3)) * 255).astype(np.uint8).repeat(8, 0).repeat(8, 1)
     px, plateau = height * width, {}

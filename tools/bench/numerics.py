@@ -3,15 +3,16 @@ import json
 from pathlib import Path
 
 import torch
+from einops import rearrange
+from safetensors import safe_open
 
+from models.dit import VideoDiT, init_random_weights_
 from tools.bench.measure import (GOLDEN_FILE, RELEASED, add_config_args, add_run_args, autocast_for, diff_stats,
                                  environment, load_cfg, print_table, setup_device, write_json)
 
 
 def _golden_case(path):
     """(model kwargs, seed, x (B, C, T, H, W), t (B,), y3d) rebuilt from a golden file as the parity tests do."""
-    from einops import rearrange
-    from safetensors import safe_open
     with safe_open(str(path), 'pt') as f:
         meta = json.loads(f.metadata()['meta'])
         x, t, y = (f.get_tensor(k) for k in ('x', 't', 'y3d'))
@@ -26,7 +27,6 @@ def _golden_case(path):
 
 def bench_numerics(args):
     """bf16/fp16 autocast vs fp32: the golden inputs (vs the original's fp32 output) and an XL random-init forward."""
-    from models.dit import VideoDiT, build_dit, init_random_weights_
     device = setup_device(args)
     cases = []
     golden = Path(args.golden)
@@ -37,7 +37,7 @@ def bench_numerics(args):
     else:
         print(f'{golden}: not found, golden case skipped')
     cfg = load_cfg(args)
-    model = init_random_weights_(build_dit(cfg.model), cfg.init_seed).to(device).eval()
+    model = init_random_weights_(VideoDiT.from_config(cfg.model), cfg.init_seed).to(device).eval()
     frames = args.frames or cfg.model.lats_per_vid
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, cfg.model.in_channels, frames, args.grid, args.grid, generator=g).to(device)

@@ -1,35 +1,41 @@
 """`recon`: the streamed reconstruction end to end through CascadeV, timed per stage and per DiT sampler step."""
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from diffusion.samplers import SAMPLERS
+from models.pipeline import CascadeV
+from models.weights import STAGES, resolve_dtype
 from tools.bench.flops import recon_flops
 from tools.bench.measure import (TARGET, StageTimer, StepTimer, add_config_args, add_run_args, bf16_peak_tflops,
                                  current_memory_mib, environment, fmt, load_cfg, memory_kind, print_table,
                                  setup_device, synthetic_video, write_json)
+from tools.recon.reconstruct import ReconSettings, reconstruct
+from tools.video.read import probe_video
+from tools.video.write import write_video
 
 
 def build_pipeline(cfg, device, dtype, compile=False, compile_mode=None, stages=None, channels_last=None):
     """CascadeV.from_config with torch.compile of the DiT (in `compile_mode`) and the conv-stage memory layout."""
-    from models.pipeline import CascadeV
-    from models.weights import STAGES
     return CascadeV.from_config(cfg, device=device, dtype=dtype, compile=(compile_mode or True) if compile else False,
                                 stages=stages or STAGES, channels_last=channels_last)
 
 
-@contextmanager
-def timed_dit_steps(pipe, step_timer):
-    """Inside: every DiT call of pipe.refine (one per sampler step) is timed by step_timer."""
-    make = pipe._eps_fn
-    pipe._eps_fn = lambda *args, **kw: step_timer.wrap(make(*args, **kw))
-    try:
-        yield
-    finally:
-        del pipe._eps_fn
+class StepTimedPipeline:
+    """The pipeline `pipe` as the library sees it, its refine timed per sampler step by `step_timer` through
+    refine's public per-step callback; every other attribute and method is pipe's own."""
+
+    def __init__(self, pipe, step_timer):
+        self.pipe, self.step_timer = pipe, step_timer
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def refine(self, *args, **kwargs):
+        self.step_timer.start()
+        return self.pipe.refine(*args, callback=self.step_timer.step, **kwargs)
 
 
 STAGE_ORDER = ['read', 'compressor', 'dit', 'previewer', 'vae', 'write', 'metrics']
@@ -37,16 +43,15 @@ STAGE_ORDER = ['read', 'compressor', 'dit', 'previewer', 'vae', 'write', 'metric
 
 def run_recon(pipe, path, out_dir, size=0, frames=None, steps=8, scheduler='EulerA', seed=42, chunk_frames=16,
               overlap=True, metrics=True):
-    """One reconstruction of `path` by the library function recon.py runs (tools/reconstruct.reconstruct), timed
-    through its stage hooks; -> (stages, step seconds, info).
+    """One reconstruction of `path` by the library function recon.py runs (tools/recon/reconstruct.reconstruct),
+    timed through its stage hooks and the sampler's per-step callback; -> (stages, step seconds, info).
 
-    Stages: read, compressor, dit (the whole sampler; its steps in the step seconds), previewer, vae (the SVD
-    decode stream), write, metrics (in-loop PSNR/SSIM; metrics=False skips them as --no-metrics). overlap: as
-    recon.py, the next chunk is read and the last one written in background threads, so 'read' and 'write'
-    count only the time the model work waited for them (False: serial, for a side-by-side ratio).
+    Stages: read, compressor, dit (the whole refine; its sampler steps in the step seconds, the first from the
+    start of refine: the noise draw and conditioning included), previewer, vae (the SVD decode stream), write,
+    metrics (in-loop PSNR/SSIM; metrics=False skips them as --no-metrics). overlap: as recon.py, the next chunk
+    is read and the last one written in background threads, so 'read' and 'write' count only the time the model
+    work waited for them (False: serial, for a side-by-side ratio).
     """
-    from tools.recon.reconstruct import ReconSettings, reconstruct
-    from tools.video.read import probe_video
     device = pipe.device
     timer, steps_timer = StageTimer(device), StepTimer(device)
     available = probe_video(path).num_frames
@@ -54,9 +59,9 @@ def run_recon(pipe, path, out_dir, size=0, frames=None, steps=8, scheduler='Eule
                              scheduler=scheduler, seed=seed)
     base = current_memory_mib(device)
     start = time.perf_counter()
-    with timed_dit_steps(pipe, steps_timer):
-        info = reconstruct(pipe, out_dir, video=path, settings=settings, chunk_frames=chunk_frames, metrics=metrics,
-                           timer=timer, threads=overlap, warn=lambda message: None)
+    info = reconstruct(StepTimedPipeline(pipe, steps_timer), out_dir, video=path, settings=settings,
+                       chunk_frames=chunk_frames, metrics=metrics, timer=timer, threads=overlap,
+                       warn=lambda message: None)
     total = time.perf_counter() - start
     stages = [timer.stages[k] for k in STAGE_ORDER if k in timer.stages]
     peaks = [s['peak_mib'] for s in stages if s['peak_mib'] is not None]
@@ -70,7 +75,6 @@ def _input_video(args, tmp, frames, height, width):
     """--input, or a synthetic clip written to tmp (not timed) so that 'read' decodes a real mp4."""
     if args.input:
         return args.input
-    from tools.video.write import write_video
     path = Path(tmp) / 'synthetic.mp4'
     write_video(path, synthetic_video(frames, height, width), fps=24)
     return str(path)
@@ -79,54 +83,31 @@ def _input_video(args, tmp, frames, height, width):
 def bench_recon(args):
     """End to end per stage through recon.py's loop: read, compressor, DiT per sampler step, previewer, SVD
     decode (vae), write, in-loop metrics."""
-    from models.weights import resolve_dtype
     cfg = load_cfg(args, random_init=args.random_init)
     device = setup_device(args)
-    dtype = args.dtype or cfg.get('dtype', 'auto')
-    steps = args.steps or cfg.sampling.steps
-    scheduler = args.scheduler or cfg.sampling.scheduler
-    height = args.size or cfg.data.sample_size
-    width = args.width or height
-    frames = args.frames or cfg.data.num_frames_per_video
+    run = dict(dtype=args.dtype or cfg.get('dtype', 'auto'), steps=args.steps or cfg.sampling.steps,
+               scheduler=args.scheduler or cfg.sampling.scheduler, height=args.size or cfg.data.sample_size,
+               frames=args.frames or cfg.data.num_frames_per_video)
+    run['width'] = args.width or run['height']
     if args.input and not Path(args.input).is_file():
         raise ValueError(f'--input {args.input}: no such file; pass a video file, or no --input for a synthetic clip')
-    with tempfile.TemporaryDirectory() as tmp:
-        out_dir = Path(args.out_dir) if args.out_dir else Path(tmp)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = _input_video(args, tmp, frames, height, width)
-        t0 = time.perf_counter()
-        channels_last = {'auto': None, 'on': True, 'off': False}[args.channels_last]
-        pipe = build_pipeline(cfg, device, dtype, args.compile, args.compile_mode, channels_last=channels_last)
-        load_s = time.perf_counter() - t0
-        size = height if args.input else 0             # synthetic frames are made at the size asked for
-        kw = dict(size=size, frames=frames, steps=steps, scheduler=scheduler, chunk_frames=args.chunk_frames,
-                  metrics=not args.no_metrics)
-        overlaps = {'on': [True], 'off': [False], 'both': [False, True]}[args.overlap]
-        for _ in range(args.warmup):                   # first-call costs: kernels, allocator, compilation
-            run_recon(pipe, path, out_dir, overlap=overlaps[-1], **kw)
-        runs = {v: [] for v in overlaps}
-        for _ in range(args.repeats):                  # variants take turns, the fastest run of each is kept
-            for v in overlaps:
-                runs[v].append(run_recon(pipe, path, out_dir, overlap=v, **kw))
-        best = {v: min(r, key=lambda run: run[2]['end_to_end_s']) for v, r in runs.items()}
-        stages, step_s, info = best[overlaps[-1]]
+    load_s, runs = timed_runs(args, cfg, device, run)
+    overlaps = list(runs)
+    best = {v: min(r, key=lambda one: one[2]['end_to_end_s']) for v, r in runs.items()}
+    stages, step_s, info = best[overlaps[-1]]
     T, h, w = info['latent']
-    flops = recon_flops(cfg, T, info['model_size'][0], info['model_size'][1], steps)
-    per_step = flops['per_step']['total']
-    mean_step = sum(step_s) / len(step_s)
-    peak_tflops = bf16_peak_tflops(device, args.peak_tflops)
+    flops = recon_flops(cfg, T, info['model_size'][0], info['model_size'][1], run['steps'])
     total = info['end_to_end_s']
     for s in stages:
         s['share'] = s['seconds'] / total
-    dit = dict(step_seconds=step_s, mean_step_s=mean_step, min_step_s=min(step_s), forward_calls_per_step=
-               flops['per_step']['forward_calls'], flops_per_step=per_step, tflops=per_step / mean_step / 1e12,
-               sampler_overhead_s=next(s['seconds'] for s in stages if s['stage'] == 'dit') - sum(step_s),
-               peak_fraction=None if not peak_tflops else per_step / mean_step / 1e12 / peak_tflops)
+    peak_tflops = bf16_peak_tflops(device, args.peak_tflops)
+    dit = dit_summary(flops, stages, step_s, peak_tflops)
     record = dict(benchmark='recon', config=cfg.config_path, cfg_options=args.cfg_options,
                   random_init=bool(cfg.get('random_init', False)), input=args.input or 'synthetic',
-                  frames=info['frames'], height=height, width=width, model_size=info['model_size'],
-                  latent=[T, 4 * h, 4 * w], dit_latent=flops['latent'], steps=steps, scheduler=scheduler,
-                  device=str(device), dtype=str(resolve_dtype(dtype, device)).replace('torch.', ''),
+                  frames=info['frames'], height=run['height'], width=run['width'], model_size=info['model_size'],
+                  latent=[T, 4 * h, 4 * w], dit_latent=flops['latent'], steps=run['steps'],
+                  scheduler=run['scheduler'], device=str(device),
+                  dtype=str(resolve_dtype(run['dtype'], device)).replace('torch.', ''),
                   fp32_attention=bool(cfg.model.get('fp32_attention', False)), compile=bool(args.compile),
                   compile_mode=args.compile_mode, warmup=args.warmup, chunk_frames=args.chunk_frames,
                   env=environment(device), memory_kind=memory_kind(device), load_s=load_s, stages=stages,
@@ -137,21 +118,64 @@ def bench_recon(args):
                                      for v, rs in runs.items()})
     if len(overlaps) == 2:
         record['overlap_ratio'] = best[True][2]['end_to_end_s'] / best[False][2]['end_to_end_s']
-    print(f"recon: {cfg.config_path}{' (random init)' if record['random_init'] else ''}, {record['input']}, "
-          f"{info['frames']}x{height}x{width}, {scheduler} {steps} steps, {device} {record['dtype']}"
-          f"{' compiled' if args.compile else ''}, {torch.get_num_threads()} threads; load {load_s:.2f} s")
-    print_table(stages, ['stage', 'seconds', 'share', 'calls', 'peak_mib'])
-    print(f"DiT: {mean_step:.4g} s per step (min {min(step_s):.4g}), {per_step / 1e12:.4g} TFLOP per step "
+    print_recon(record, args, cfg.config_path, peak_tflops)
+    write_json(args.json, record)
+    return record
+
+
+def timed_runs(args, cfg, device, run):
+    """Build the pipeline (timed: load_s), --warmup untimed runs, then --repeats timed runs of each --overlap
+    variant taking turns; -> (load_s, {overlap: [run_recon results]})."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = Path(args.out_dir) if args.out_dir else Path(tmp)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = _input_video(args, tmp, run['frames'], run['height'], run['width'])
+        t0 = time.perf_counter()
+        channels_last = {'auto': None, 'on': True, 'off': False}[args.channels_last]
+        pipe = build_pipeline(cfg, device, run['dtype'], args.compile, args.compile_mode, channels_last=channels_last)
+        load_s = time.perf_counter() - t0
+        size = run['height'] if args.input else 0      # synthetic frames are made at the size asked for
+        kw = dict(size=size, frames=run['frames'], steps=run['steps'], scheduler=run['scheduler'],
+                  chunk_frames=args.chunk_frames, metrics=not args.no_metrics)
+        overlaps = {'on': [True], 'off': [False], 'both': [False, True]}[args.overlap]
+        for _ in range(args.warmup):                   # first-call costs: kernels, allocator, compilation
+            run_recon(pipe, path, out_dir, overlap=overlaps[-1], **kw)
+        runs = {v: [] for v in overlaps}
+        for _ in range(args.repeats):                  # variants take turns, the fastest run of each is kept
+            for v in overlaps:
+                runs[v].append(run_recon(pipe, path, out_dir, overlap=v, **kw))
+    return load_s, runs
+
+
+def dit_summary(flops, stages, step_s, peak_tflops):
+    """The record's 'dit' entry: step seconds, analytic FLOPs per step, TFLOP/s (of the mean step), the time in
+    the dit stage outside the sampler steps, and the fraction of the hardware peak (None without one)."""
+    per_step = flops['per_step']['total']
+    mean_step = sum(step_s) / len(step_s)
+    return dict(step_seconds=step_s, mean_step_s=mean_step, min_step_s=min(step_s), forward_calls_per_step=
+                flops['per_step']['forward_calls'], flops_per_step=per_step, tflops=per_step / mean_step / 1e12,
+                sampler_overhead_s=next(s['seconds'] for s in stages if s['stage'] == 'dit') - sum(step_s),
+                peak_fraction=None if not peak_tflops else per_step / mean_step / 1e12 / peak_tflops)
+
+
+def print_recon(record, args, config_path, peak_tflops):
+    """The recon table and summary lines of one record (peak_tflops: the hardware peak, or None)."""
+    dit, device = record['dit'], record['device']
+    print(f"recon: {config_path}{' (random init)' if record['random_init'] else ''}, {record['input']}, "
+          f"{record['frames']}x{record['height']}x{record['width']}, {record['scheduler']} {record['steps']} steps, "
+          f"{device} {record['dtype']}{' compiled' if args.compile else ''}, {torch.get_num_threads()} threads; "
+          f"load {record['load_s']:.2f} s")
+    print_table(record['stages'], ['stage', 'seconds', 'share', 'calls', 'peak_mib'])
+    print(f"DiT: {dit['mean_step_s']:.4g} s per step (min {dit['min_step_s']:.4g}), "
+          f"{dit['flops_per_step'] / 1e12:.4g} TFLOP per step "
           f"({dit['forward_calls_per_step']} tile forwards), {dit['tflops']:.4g} TFLOP/s"
           + (f" = {dit['peak_fraction']:.1%} of the {peak_tflops:g} TFLOP/s bf16 peak" if peak_tflops else ''))
     if 'overlap_ratio' in record:
         print(f"overlap of reading/writing with model work: end to end {record['overlap_ratio']:.3f}x the "
               f"serial time (fastest of {args.repeats} runs each)")
-    print(f"end to end {total:.4g} s = {record['frames_per_s']:.4g} frames/s; peak {fmt(info['peak_mib'])} MiB "
-          f"({memory_kind(device)}); target (released model): {TARGET['frames']}x{TARGET['height']}² in "
-          f"≤ {TARGET['seconds']} s on {TARGET['device']}")
-    write_json(args.json, record)
-    return record
+    print(f"end to end {record['end_to_end_s']:.4g} s = {record['frames_per_s']:.4g} frames/s; peak "
+          f"{fmt(record['peak_mib'])} MiB ({record['memory_kind']}); target (released model): "
+          f"{TARGET['frames']}x{TARGET['height']}² in ≤ {TARGET['seconds']} s on {TARGET['device']}")
 
 
 def add_recon_parser(subparsers):

@@ -12,10 +12,15 @@ from pathlib import Path
 
 import torch
 
+from diffusion import create_diffusion
+from models.pipeline import upsample_latent
+from models.tiling import chunk_spans, tile_starts
 from tools.bench.fit import fit_decoder, fit_dit
 from tools.bench.measure import (REPO, add_config_args, add_run_args, environment, fmt, load_cfg, print_table,
                                  setup_device, write_json)
 from tools.bench.recon import build_pipeline
+from tools.video.frames import plan
+from tools.video.read import probe_video, read_video
 
 SHARED_VIDEOS = REPO.parent / 'shared' / 'videos'
 KEYS = ('boundary_err', 'interior_err', 'jump_err', 'jump_interior')
@@ -58,7 +63,6 @@ def seam_errors(y, ref, cuts):
 
 def vae_seams(vae, video, overlaps):
     """Rows of seam errors of the chunked SVD decode of video (1, 3, T, H, W) per overlap, vs the whole-clip decode."""
-    from models.svd_vae import chunk_spans
     z = vae.encode(video)                                            # (1, 4, T, H/8, W/8), scaled
     T, chunk = z.shape[2], vae.decode_chunk
     whole = vae.decode(z, decode_chunk=T, decode_overlap=0)
@@ -73,9 +77,6 @@ def vae_seams(vae, video, overlaps):
 
 def dit_seams(pipe, video, t=500.0, seed=0):
     """Rows of seam errors of the DiT's tiled forward (overwrite, smooth) vs its untiled forward on one window."""
-    from diffusion import create_diffusion
-    from models.dit import tile_starts
-    from models.pipeline import upsample_latent
     dit = pipe.dit
     video = video[:, :, :dit.lats_per_vid]                           # one temporal window: only tiles differ
     cond = upsample_latent(pipe.encode(video), pipe.sr_scale, pipe.scale_factor)     # (1, 16, L, H/8, W/8)
@@ -111,8 +112,6 @@ def _worst(rows, key, setting):
 
 def bench_seams(args):
     """Max error at SVD-decoder chunk boundaries (overlap 0 vs o) and DiT tile seams (overwrite vs smooth)."""
-    from tools.video.frames import plan
-    from tools.video.read import probe_video, read_video
     cfg = load_cfg(args, random_init=True)
     device = setup_device(args)
     pipe = build_pipeline(cfg, device, 'fp32', stages=('compressor', 'vae', 'dit'))

@@ -3,14 +3,14 @@ import copy
 
 import torch
 
+from models.pipeline import to_channels_last
+from models.weights import build_compressor, build_previewer, build_vae, resolve_dtype
 from tools.bench.measure import (add_config_args, add_run_args, diff_stats, environment, load_cfg, print_table,
                                  setup_device, synthetic_video, time_interleaved, write_json)
 
 
 def bench_stages(args):
     """The frozen convolutional stages (compressor, previewer, SVD decoder): fp32 vs bf16, NCHW vs channels-last."""
-    from models.pipeline import to_channels_last
-    from models.weights import build_compressor, build_previewer, build_vae, resolve_dtype
     cfg = load_cfg(args, random_init=True)
     device = setup_device(args)
     video = synthetic_video(args.frames, args.size, args.size)[None].to(device)        # (1, 3, T, H, W)

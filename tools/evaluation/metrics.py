@@ -14,6 +14,8 @@ import threading
 import warnings
 from pathlib import Path
 
+import cv2
+import imageio_ffmpeg
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -196,7 +198,6 @@ def tof(ref, rec):
     """Per-pair tOF: mean over pixels of |F_rec − F_ref|₁ (|Δu| + |Δv|, in pixels), F = DIS optical flow
     (OpenCV, preset MEDIUM) from frame t−1 to frame t of the luma (cv2 RGB2GRAY). -> (T−1,) float64;
     0 for identical clips; grows when the reconstruction's motion differs from the reference's."""
-    import cv2  # noqa: PLC0415 (OpenCV: only this metric needs it)
     _check_pair(ref, rec)
     ref, rec = np.asarray(ref), np.asarray(rec)
     _check_frames(ref)  # the uint8 (T, H, W, 3) check
@@ -230,7 +231,6 @@ class VMAFUnavailable(RuntimeError):
 
 def ffmpeg_exe():
     """The ffmpeg binary that imageio-ffmpeg ships (the one every install has)."""
-    import imageio_ffmpeg  # noqa: PLC0415
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 

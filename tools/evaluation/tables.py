@@ -1,18 +1,20 @@
-"""Evaluation tables, formatting and plots: what tools/eval.py writes and tools/report.py reads.
+"""Evaluation tables: the values, CSV, JSON and Markdown that tools/eval.py writes and tools/report.py reads.
 
 Rows are plain dicts. A per-frame row: {method, video, frame, <metric>: float | None}; a per-video row adds
 frames, height, width, psnr_inf_frames, ref, rec. Metric values are floats (PSNR may be inf) or None when
 the metric was not computed (LPIPS without weights, VMAF without --vmaf, flicker/tOF on frame 0).
+
+Scripts read an evaluation folder back with `read_table(EVAL_DIR / 'per_video.csv')` (or per_frame.csv; cells
+are strings, `parse_value` turns a metric cell into a float or None) and `load_summary(EVAL_DIR /
+'summary.json')` (`metric_value(row, 'psnr')` gives inf back for identical clips).
 """
 import csv
 import io
 import json
 import math
 
-import numpy as np
-
 from tools.evaluation import metrics
-from tools.files import write_text_atomic
+from tools.evaluation.errors import EvalError
 
 METRICS = ('psnr', 'ssim', 'lpips', 'flicker', 'tof', 'vmaf')
 TITLES = {'psnr': 'PSNR (dB) ↑', 'ssim': 'SSIM ↑', 'lpips': 'LPIPS ↓', 'flicker': 'flicker ↓', 'tof': 'tOF ↓',
@@ -33,10 +35,6 @@ PER_VIDEO_NOTE = ("# Per-video values are means over the frames. psnr = mean of 
                   "if every frame is identical. flicker and tof are means over the frames-1 consecutive pairs.")
 VIDEO_COLUMNS = ('method', 'video', 'frames', 'height', 'width', 'psnr', 'psnr_inf_frames', 'ssim', 'lpips',
                  'flicker', 'tof', 'vmaf', 'ref', 'rec')
-
-
-class EvalError(ValueError):
-    """Bad evaluation input (paths, flags, files); the message is one line naming the path, the rule and the fix."""
 
 
 # ---- values and means --------------------------------------------------------------------------------------
@@ -80,7 +78,10 @@ def available_metrics(videos):
 # ---- CSV --------------------------------------------------------------------------------------------------
 
 def read_table(path):
-    """Rows of a per_frame/per_video CSV (comment lines skipped) as dicts of strings."""
+    """Rows of a per_frame.csv / per_video.csv that tools/eval.py wrote -> [{column: str}], in file order.
+
+    The '#' comment line (the metric definitions) is skipped; metric cells are '' (not computed), 'inf' or
+    decimals (parse_value). Raises OSError when the file cannot be opened."""
     with open(path, newline='') as f:
         return list(csv.DictReader(line for line in f if not line.startswith('#')))
 
@@ -164,90 +165,3 @@ def summary_markdown(summary, videos, setup, notes):
         'tOF the mean L1 distance (pixels) between the DIS optical flows of consecutive reference and '
         'reconstructed frames; VMAF is libvmaf (vmaf_v0.6.1) on the same frames.',
         '', *[f'- {n}' for n in notes], '', '## Per video', '', *per_video, ''])
-
-
-# ---- plots (matplotlib Figure objects: no pyplot state, Agg canvas) -------------------------------------
-
-def _grid(n, per_row=3):
-    """(rows, cols) for n panels, at most per_row panels per row."""
-    cols = min(n, per_row)
-    return -(-n // cols), cols
-
-
-def plot_per_frame(path, frames, available, max_legend=12, width=6, height=4):
-    """PNG (path or binary stream): one panel per metric against the frame index, a line per (method, video);
-    at most 3 panels per row."""
-    from matplotlib.figure import Figure
-    keys = [k for k in METRICS if k in available]
-    series = {}
-    for r in frames:
-        series.setdefault((r['method'], r['video']), []).append(r)
-    methods = list(dict.fromkeys(m for m, _ in series))
-    colors = {m: f'C{i % 10}' for i, m in enumerate(methods)}
-    per_line = len(series) <= max_legend
-    one_video = len({name for _, name in series}) == 1
-    n_rows, cols = _grid(len(keys))
-    fig = Figure(figsize=(width * cols, height * n_rows), layout='constrained')
-    for i, k in enumerate(keys):
-        ax = fig.add_subplot(n_rows, cols, i + 1)
-        for j, ((m, name), rows) in enumerate(series.items()):
-            x = [r['frame'] for r in rows if r[k] is not None]
-            y = [r[k] if math.isfinite(r[k]) else np.nan for r in rows if r[k] is not None]
-            color = colors[m] if one_video or not per_line else f'C{j % 10}'
-            ax.plot(x, y, color=color, lw=1.2 if per_line else 0.6, alpha=1 if per_line else 0.5,
-                    label=(m if one_video else f'{m} · {name}') if per_line else None)
-        if k == 'psnr' and any(r['psnr'] is not None and math.isinf(r['psnr']) for r in frames):
-            ax.set_title(TITLES[k] + ' (identical frames: inf, not drawn)', fontsize=9)
-        else:
-            ax.set_title(TITLES[k])
-        ax.set_xlabel('frame')
-        ax.grid(alpha=0.3)
-    if per_line:
-        fig.axes[0].legend(fontsize=7)
-    else:
-        from matplotlib.lines import Line2D
-        fig.axes[0].legend([Line2D([], [], color=colors[m]) for m in methods], methods, fontsize=8)
-    fig.savefig(path, dpi=100, format='png')
-
-
-def plot_bars(path, summary, available):
-    """PNG bar chart of each metric's mean per method."""
-    from matplotlib.figure import Figure
-    keys = [k for k in METRICS if k in available]
-    methods = list(summary)
-    rows, cols = _grid(len(keys))
-    fig = Figure(figsize=(3.2 * cols, 3.6 * rows), layout='constrained')
-    for i, k in enumerate(keys):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        vals = [summary[m][k] for m in methods]
-        shown = [v if v is not None and math.isfinite(v) else 0 for v in vals]
-        bars = ax.bar(methods, shown, color=[f'C{j % 10}' for j in range(len(methods))])
-        ax.bar_label(bars, labels=[fmt(v, DECIMALS[k]) or 'n/a' for v in vals], fontsize=8)
-        ax.set_title(TITLES[k])
-        ax.tick_params(axis='x', labelrotation=20)
-        ax.margins(y=0.15)
-    fig.savefig(path, dpi=100, format='png')
-
-
-# ---- the evaluation folder --------------------------------------------------------------------------------
-
-def write_outputs(out_dir, frames, videos, summary, setup, notes, extra=None):
-    """per_frame.csv, per_video.csv, summary.md, summary.json, per_frame.png (+ bars.png) -> {name: path}.
-
-    out_dir: pathlib.Path. extra: more top-level summary.json keys (protocol, lpips, vmaf)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {'per_frame': out_dir / 'per_frame.csv', 'per_video': out_dir / 'per_video.csv',
-             'summary': out_dir / 'summary.md', 'summary_json': out_dir / 'summary.json',
-             'per_frame_plot': out_dir / 'per_frame.png'}
-    write_text_atomic(files['per_frame'], csv_text(PER_FRAME_NOTE, ['method', 'video', 'frame', *METRICS], [
-        [r['method'], r['video'], r['frame'], *(fmt(r[k]) for k in METRICS)] for r in frames]))
-    write_text_atomic(files['per_video'], csv_text(PER_VIDEO_NOTE, VIDEO_COLUMNS, [
-        [fmt(v[c]) if c in METRICS else v[c] for c in VIDEO_COLUMNS] for v in videos]))
-    write_text_atomic(files['summary'], summary_markdown(summary, videos, setup, notes))
-    write_text_atomic(files['summary_json'], summary_json(summary, videos, setup, notes, extra))
-    available = available_metrics(videos)
-    plot_per_frame(files['per_frame_plot'], frames, available)
-    if len(summary) > 1:
-        files['bars_plot'] = out_dir / 'bars.png'
-        plot_bars(files['bars_plot'], summary, available)
-    return files

@@ -1,6 +1,6 @@
 """Latent files: the compressor latent of one clip plus the metadata needed to render it again without the source.
 
-    save_latent(path, latent, meta)          # (16, T, h, w) fp32 + JSON metadata, via a temp file
+    save_latent(path, latent, meta)          # (16, T, h, w) fp32 + meta (tools.recon.records.LatentMeta) as JSON
     latent, meta = load_latent(path)         # LatentError (one line) for anything not written by save_latent
 
 A latent file may come from someone else: its metadata is data, never trusted as a path. `safe_name` is the
@@ -10,9 +10,11 @@ import json
 import os
 import unicodedata
 
-from tools.files import atomic_write
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-LATENT_FORMAT = 'cascadev-latent-v2'            # v2: the frame plan, SAR and frame times in the metadata
+from tools.files import atomic_write
+from tools.recon.records import LATENT_FORMAT, LatentMeta
 
 
 class LatentError(ValueError):
@@ -32,11 +34,11 @@ def safe_name(name, path):
 
 
 def save_latent(path, latent, meta):
-    """Compressor latent (16, T, h, w) fp32 + JSON metadata (key 'meta') as safetensors, via a temp file."""
-    from safetensors.torch import save_file
+    """Compressor latent (16, T, h, w) fp32 + its LatentMeta as JSON (key 'meta') as safetensors, via a temp file."""
+    text = json.dumps(meta.to_dict())
 
     def write(tmp):
-        save_file({'latent': latent.detach().float().cpu().contiguous()}, str(tmp), metadata={'meta': json.dumps(meta)})
+        save_file({'latent': latent.detach().float().cpu().contiguous()}, str(tmp), metadata={'meta': text})
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)               # safetensors creates 0600; match the other outputs
@@ -44,8 +46,7 @@ def save_latent(path, latent, meta):
 
 
 def read_latent_meta(path):
-    """The metadata of a latent file (its 'name' checked by safe_name); LatentError if it is not one."""
-    from safetensors import safe_open
+    """The LatentMeta of a latent file (its 'name' checked by safe_name); LatentError if it is not one."""
     try:
         with safe_open(str(path), 'pt') as f:
             meta = json.loads((f.metadata() or {}).get('meta', '{}'))
@@ -61,15 +62,18 @@ def read_latent_meta(path):
         raise LatentError(f'{path}: has no CascadeV latent metadata (format {LATENT_FORMAT}); pass a '
                           f'latent.safetensors written by recon.py')
     safe_name(meta.get('name'), path)
-    return meta
+    try:
+        return LatentMeta.from_dict(meta)
+    except (KeyError, TypeError, ValueError) as e:
+        raise LatentError(f'{path}: its metadata has no valid frame plan ({e}); the file was edited or is corrupt '
+                          f'— re-encode the source') from None
 
 
 def load_latent(path):
-    """-> (latent (16, T, h, w) fp32, metadata dict); LatentError if the shape disagrees with the metadata."""
-    from safetensors.torch import load_file
+    """-> (latent (16, T, h, w) fp32, LatentMeta); LatentError if the shape disagrees with the metadata."""
     meta = read_latent_meta(path)
     latent = load_file(str(path))['latent'].float()
-    h, w = meta['plan']['model']
+    h, w = meta.plan.model
     if latent.ndim != 4 or latent.shape[0] != 16 or tuple(latent.shape[2:]) != (h // 32, w // 32):
         raise LatentError(f'{path}: latent of shape {tuple(latent.shape)} does not match its metadata '
                           f'(16, T, {h // 32}, {w // 32}); the file was edited or is corrupt')

@@ -29,6 +29,10 @@ import os
 import re
 from dataclasses import dataclass, replace
 
+import torch
+
+from models.tiling import tile_starts
+
 DTYPE_BYTES = {'fp32': 4, 'bf16': 2, 'fp16': 2}
 CUDA_CONTEXT = 500 * 2 ** 20            # CUDA context + kernels, not counted by max_memory_allocated (estimate)
 
@@ -142,11 +146,11 @@ class Settings:
 
 
 def dit_tiles(w):
-    """-> (tiles per temporal window, tile height, tile width, frames per window) in latent pixels."""
+    """-> (tiles per temporal window (tile_starts per axis), tile height, tile width, frames per window) in latent
+    pixels."""
     S, L = w.dit[0], w.dit[1]
     H, W = w.model[0] // 8, w.model[1] // 8
-    count = lambda n: 1 if n <= S else math.ceil((n - S) / max(1, round(0.75 * S))) + 1
-    return count(H) * count(W), min(S, H), min(S, W), min(L, w.frames)
+    return len(tile_starts(H, S)) * len(tile_starts(W, S)), min(S, H), min(S, W), min(L, w.frames)
 
 
 def chunk_of(w, s):
@@ -348,7 +352,6 @@ def bytes_in_use(device):
     """Memory in use now, the plan's `base`: the process RSS on CPU (Linux /proc), or on CUDA the bytes
     allocated by torch (the context is added by `predict`)."""
     if str(device).startswith('cuda'):
-        import torch
         return torch.cuda.memory_allocated(device)
     try:
         with open('/proc/self/status') as f:
@@ -362,6 +365,5 @@ def default_budget(device):
     what torch already holds (reserved) and the context."""
     if not str(device).startswith('cuda'):
         return None
-    import torch
     free, _ = torch.cuda.mem_get_info(device)
     return free + torch.cuda.memory_reserved(device) + CUDA_CONTEXT

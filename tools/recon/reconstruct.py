@@ -20,16 +20,19 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from models.weights import dtype_name
+from tools.recon.latents import load_latent, safe_name, save_latent
+from tools.recon.records import LatentMeta
+from tools.recon.render import no_timer, read_chunk, render
 from tools.video.frames import map_frames
 from tools.video.frames import plan as make_plan
-from tools.recon.latents import LATENT_FORMAT, load_latent, safe_name, save_latent
-from tools.recon.render import no_timer, read_chunk, render
+from tools.video.read import frame_indices, probe_video
 from tools.video.streaming import read_ahead
 
 
@@ -95,7 +98,6 @@ def output_settings(settings, cfg, dtype):
 def source_plan(path, settings):
     """The frame plan (tools/video/frames.py) the settings give for the video at `path` -> (FramePlan, VideoInfo);
     VideoReadError (one line) when the clip is unreadable or too short for the frame settings."""
-    from tools.video.read import frame_indices, probe_video
     info = probe_video(path)
     n = len(frame_indices(info.num_frames, settings.num_frames, settings.stride, settings.start, path))
     return make_plan(info.height, info.width, size=settings.size, square=settings.square,
@@ -104,7 +106,7 @@ def source_plan(path, settings):
 
 
 def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_timer, threads=True):
-    """Read the clip in chunks and encode each -> (latent (16, T, h, w) fp32 on the CPU, metadata).
+    """Read the clip in chunks and encode each -> (latent (16, T, h, w) fp32 on the CPU, LatentMeta).
 
     The metadata holds the frame plan (tools/video/frames.py), the source's SAR ('N:D') and, for a variable
     frame rate source, each frame's time in seconds from the first one used. VideoReadError (one line) for
@@ -113,14 +115,12 @@ def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_time
     frame_plan, info = source_plan(path, settings)
     n = frame_plan.num_frames
     sar = info.sar if info.sar != 1 else None
-    name = name or Path(path).stem
-    meta = {'format': LATENT_FORMAT, 'name': name, 'source': str(Path(path).resolve()), 'source_fps': info.fps,
-            'fps': info.fps / settings.stride, 'num_frames': n, 'start': settings.start,
-            'frame_stride': settings.stride, 'plan': frame_plan.to_dict(),
-            'sar': None if sar is None else f'{sar.numerator}:{sar.denominator}', 'vfr': info.vfr, 'times': None}
+    meta = LatentMeta(name=name or Path(path).stem, plan=frame_plan, source=str(Path(path).resolve()),
+                      source_fps=info.fps, sar=None if sar is None else f'{sar.numerator}:{sar.denominator}',
+                      vfr=info.vfr)
 
     def read(a, b):                                        # in the reader thread: decode and shape
-        frames, t = read_chunk(path, meta, a, b)
+        frames, t = read_chunk(path, frame_plan, a, b)
         return map_frames(frame_plan.to_model, frames), t
     parts, times = [], []
     spans = [(a, min(a + chunk_frames, n)) for a in range(0, n, chunk_frames)]
@@ -132,8 +132,8 @@ def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_time
             with timer('compressor'):
                 parts.append(pipe.encode(frames[None])[0].cpu())                       # (16, k, h, w)
             times = None if t is None or times is None else times + t
-    if meta['vfr'] and times:
-        meta['times'] = [round(x - times[0], 6) for x in times]   # the output starts at its first frame
+    if meta.vfr and times:
+        meta = replace(meta, times=[round(x - times[0], 6) for x in times])   # the output starts at its first frame
     return torch.cat(parts, dim=1), meta
 
 
@@ -142,12 +142,14 @@ def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings
                 warn=print, meta_extra=None, lookahead=None):
     """All output files of one video (video=PATH: encodes it and saves out_dir/latent.safetensors) or of a
     saved latent (latent_file=PATH: its frame plan, frame times and fps; frame settings are ignored).
-    -> info dict (render's, plus 'latent' and 'timings', seconds per stage). Files go through temp names;
-    a failure leaves no latent behind for a video (the caller decides about the folder).
+    -> info dict (tools.recon.records.RenderInfo.to_dict(), plus 'latent': the latent file, 'meta': its
+    LatentMeta.to_dict() and 'timings': seconds per stage). Files go through temp names; a failure leaves no
+    latent behind for a video (the caller decides about the folder).
 
     name: the folder's video name (default: the file stem, or the latent's checked metadata name).
     timer(stage) -> context manager, around each stage (see the module docstring); None: timed here with
-    perf_counter into info['timings']. meta_extra: more metadata for the latent file (e.g. the config).
+    perf_counter into info['timings']. meta_extra: LatentMeta fields to store in the latent file (config,
+    output_fps).
     lookahead: x264 look-ahead frames of the files (None: tools/recon/memory.py WRITER_LOOKAHEAD; its planner sets it).
     """
     if (video is None) == (latent_file is None):
@@ -165,7 +167,7 @@ def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings
             source = None
         else:
             latent, meta = encode_video(pipe, video, settings, name, chunk_frames, timer, threads)
-            meta.update(meta_extra or {})
+            meta = replace(meta, **(meta_extra or {}))
             save_latent(out_dir / 'latent.safetensors', latent, meta)
             source = video
         info = render(pipe, latent, meta, out_dir, settings, source=source, chunk_frames=chunk_frames,
@@ -175,10 +177,11 @@ def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings
         if video is not None:                             # a failed video leaves no file that looks complete
             (out_dir / 'latent.safetensors').unlink(missing_ok=True)
         raise
+    info = info.to_dict()
     if video is not None:
         info['files'] = ['latent.safetensors'] + info['files']
     info['latent'] = str(Path(latent_file).resolve()) if latent_file is not None else 'latent.safetensors'
-    info['meta'] = meta
+    info['meta'] = meta.to_dict()
     info['timings'] = {k: round(v, 4) for k, v in timings.items()}
     return info
 
@@ -186,7 +189,6 @@ def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings
 def _perf_timer(into, device):
     """A timer hook summing wall seconds per stage into the dict `into`; on CUDA it waits for the device at
     both ends, so a stage's queued kernels count for that stage, not the next one to sync."""
-    from contextlib import contextmanager
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' else (lambda: None)
 
     @contextmanager

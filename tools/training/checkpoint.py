@@ -1,7 +1,7 @@
 """Training checkpoints: atomic `step_N/` folders of safetensors files plus a JSON manifest, no pickle.
 
 Layout of WORK_DIR/checkpoints/step_{N:08d}/:
-    model.safetensors       DiT weights (PixArt names, fp32), loadable by models/dit.load_dit_checkpoint
+    model.safetensors       DiT weights (PixArt names, fp32), loadable by models/weights.load_dit_checkpoint
     ema.safetensors         EMA weights (only when train.ema_decay is set)
     optimizer.safetensors   optimizer state: tensors as entries, the nested structure as JSON metadata
                             (optimizer_{rank}.safetensors, one per rank, when FSDP shards the optimizer)
@@ -18,10 +18,10 @@ import logging
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -79,9 +79,6 @@ def write_tensors(folder, name, tensors, metadata=None):
     path = Path(folder) / name
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
     _fsync(path)
-    pause = float(os.environ.get('CASCADEV_TEST_SLOW_SAVE', 0))  # test hook: widen the window for a kill
-    if pause:
-        time.sleep(pause)
     return path
 
 
@@ -249,7 +246,6 @@ def set_rng_state(states):
 
 def optimizer_file(accelerator):
     """optimizer.safetensors, or one file per rank when FSDP shards the optimizer state."""
-    from accelerate.utils import DistributedType
     sharded = accelerator.distributed_type == DistributedType.FSDP
     return f'optimizer_{accelerator.process_index}.safetensors' if sharded else 'optimizer.safetensors'
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from tools.video.frames import cascadev_train_crop, center_crop, resize_short_side
 from tools.video import read as video_io
-from tools.video.read import VIDEO_EXTS, VideoReadError, list_videos, probe_video
+from tools.video.frames import cascadev_train_crop, center_crop, resize_short_side
+from tools.video.lists import VideoListError, read_video_list
+from tools.video.read import VideoReadError, probe_video
 
 log = logging.getLogger('cascadev.data')
 
@@ -38,58 +39,16 @@ def derive_seed(*ints):
 
 # ---- video lists -----------------------------------------------------------------------------------
 
-def _read_txt(path):
-    base = path.parent
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
-    return [str(base / ln) if not os.path.isabs(ln) else ln for ln in lines if ln and not ln.startswith('#')]
-
-
-def _read_json(path):
-    try:
-        items = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); expected a list of paths "
-                        f"or of {{\"path\": ...}} objects") from None
-    if not isinstance(items, list):
-        raise DataError(f"{path}: the top level is a {type(items).__name__}; expected a list of paths or of "
-                        f"{{\"path\": ...}} objects")
-    paths = []
-    for i, item in enumerate(items):
-        if isinstance(item, dict) and isinstance(item.get('path'), str):
-            item = item['path']
-        if not isinstance(item, str):
-            raise DataError(f"{path}: entry {i} is {item!r}; each entry must be a path string or an object "
-                            f"with a \"path\" string")
-        paths.append(item if os.path.isabs(item) else str(path.parent / item))
-    return paths
-
-
-def read_video_list(entry):
-    """One `data.video_list` entry (.txt list, .json list, folder, or a single video) -> list of paths."""
-    path = Path(entry)
-    if path.is_dir():
-        return [str(p) for p in list_videos(path)]
-    if not path.is_file():
-        raise DataError(f"data.video_list: {entry} does not exist; give .txt/.json list files, folders of "
-                        f"videos or video files")
-    suffix = path.suffix.lower()
-    if suffix == '.txt':
-        return _read_txt(path)
-    if suffix == '.json':
-        return _read_json(path)
-    if suffix in VIDEO_EXTS:
-        return [str(path)]
-    raise DataError(f"data.video_list: {entry} has extension '{suffix}'; use a .txt list (one path per line), "
-                    f"a .json list, a folder or a video file")
-
-
 def collect_videos(video_list):
     """All paths of `data.video_list` (a string or a list of entries), in order, duplicates kept."""
     entries = [video_list] if isinstance(video_list, (str, os.PathLike)) else list(video_list or [])
     if not entries:
         raise DataError("data.video_list is empty; set it to .txt/.json lists or folders of videos "
                         "(e.g. --cfg-options \"data.video_list=['data/train.txt']\")")
-    paths = [p for entry in entries for p in read_video_list(entry)]
+    try:
+        paths = [p for entry in entries for p in read_video_list(entry)]
+    except VideoListError as e:
+        raise DataError(str(e)) from None
     if not paths:
         raise DataError(f"data.video_list {entries}: no videos found; check the lists and folders")
     return paths
@@ -136,7 +95,7 @@ def frames_to_clip(frames, size, transform='crop', flip=False):
     """RGB uint8 frames (T, H, W, 3) -> training clip (3, T, size, size) float32 in [-1, 1].
 
     transform 'crop' (the original's, RECIPE.md §12): no resizing; the centred size x size window at native
-    scale, zero-padded (black, centred) where a side is smaller (tools/frames.cascadev_train_crop).
+    scale, zero-padded (black, centred) where a side is smaller (tools.video.frames.cascadev_train_crop).
     'resize_crop': the short side resized to `size` (antialiased bilinear), then the centre square: for
     videos whose resolution differs much from the model's. `flip` mirrors the whole clip after the crop.
     Values map as (x/255 − 0.5)/0.5.

@@ -1,4 +1,4 @@
-"""The training run's bookkeeping: log files, the progress bar and scalars, and stop signals (train_vae.py)."""
+"""The training run's bookkeeping: log files, the progress bar and scalars, and stop signals (tools.training.loop)."""
 import json
 import logging
 import math
@@ -7,6 +7,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
 
 log = logging.getLogger('cascadev.train')
 
@@ -63,8 +66,6 @@ class RunLog:
     def __init__(self, run, start_step, goal):
         self.run, self.writer, self.progress, self.file = run, None, None, None
         if run.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-            from tqdm.auto import tqdm
             self.writer = SummaryWriter(str(run.work_dir / 'tb'))
             self.progress = tqdm(total=None if goal == math.inf else goal, initial=start_step, desc='train',
                                  dynamic_ncols=True, disable=None)

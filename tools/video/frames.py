@@ -12,6 +12,7 @@ Tensor helpers act on the last two dims, so (C, T, H, W) and (B, C, T, H, W) bot
 """
 from dataclasses import dataclass, fields
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -132,7 +133,6 @@ def cascadev_recon_preprocess(frames, short_edge, multiple=MULTIPLE):
     frames: RGB uint8 (T, H, W, 3). Returns RGB uint8 (T, ch, cw, 3), ch and cw multiples of `multiple`.
     Raises ValueError for other inputs or when a resized side is below `multiple` pixels.
     """
-    import cv2  # noqa: PLC0415 (OpenCV: only this path needs its fixed-point resize)
     _check_uint8_frames(frames, 'cascadev_recon_preprocess')
     try:
         (h, w), (top, left, ch, cw) = cascadev_box(*frames.shape[1:3], short_edge, multiple)
@@ -166,6 +166,9 @@ def cascadev_train_crop(frames, resolution):
         H, W = frames.shape[1:3]
     top, left = (H - R) // 2, (W - R) // 2
     return np.ascontiguousarray(frames[:, top:top + R, left:left + R])
+
+
+TRANSFORMS = ('crop', 'resize_crop')   # data.transform: cascadev_train_crop | resize_short_side, then center_crop
 
 
 # ---- the frame plan: source frames <-> model frames <-> output frames -------------------------------------

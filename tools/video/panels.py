@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 from tools.files import atomic_write
 from tools.video.frames import from_uint8
@@ -13,7 +14,6 @@ from tools.video.write import to_uint8
 
 def _label_overlay(text, frame_h):
     """Label as (rgb (3, h, w) in [-1, 1], alpha (1, h, w)): white text on a dark box, sized to the frame."""
-    from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415
     size = max(11, round(frame_h / 24))
     try:
         font = ImageFont.load_default(size=size)
@@ -68,7 +68,6 @@ def write_grid_png(path, videos, labels=None, num_frames=4):
     """PNG grid: one labelled row per clip, `num_frames` evenly spaced frames as columns. Clips are (C, T, H, W)
     in [-1, 1] or RGB uint8 (T, H, W, 3); rows are scaled to the first clip's height, black to the right of
     shorter rows. Built a frame at a time into the uint8 grid (no float copy of the whole grid)."""
-    from PIL import Image  # noqa: PLC0415
     labels = list(labels) if labels is not None else [''] * len(videos)
     if not videos or len(labels) != len(videos):
         raise ValueError(f"write_grid_png got {len(videos)} videos and {len(labels)} labels; give one label each")

@@ -10,8 +10,10 @@ import re
 from fractions import Fraction
 from typing import NamedTuple
 
+import av
 import numpy as np
 
+from tools.video.frames import from_uint8
 
 VIDEO_EXTS = ('.mp4', '.mov', '.avi', '.mkv', '.webm')
 REENCODE = "re-download or re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)"
@@ -116,11 +118,6 @@ def _short(e):
 # ----------------------------------------------------------------------------------------------------------------
 # Reading (PyAV, the FFmpeg bundled with it: frames as a player shows them)
 
-def _import_av():
-    import av  # noqa: PLC0415
-    return av
-
-
 # counter-clockwise display rotation (degrees) -> (swap rows/columns, flip rows, flip columns)
 _ROTATIONS = {0: (False, False, False), 90: (True, True, False), 180: (False, True, True), 270: (True, False, True)}
 
@@ -132,7 +129,6 @@ def _orientation(frame, stream):
     legacy `rotate` tag (clockwise degrees, as old phones and old FFmpeg wrote it) is used. Flips in the matrix are
     applied as FFmpeg's CLI applies them; a matrix that is not a multiple of 90 degrees uses the nearest multiple.
     """
-    av = _import_av()
     try:
         m = np.frombuffer(bytes(frame.side_data[av.sidedata.sidedata.Type.DISPLAYMATRIX]), '<i4')
     except (KeyError, AttributeError, ValueError):
@@ -185,7 +181,6 @@ def _probe_file(path, size, mtime_ns):
     The frame count is the number of packets a player shows (edit lists honoured: packets the demuxer marks
     discardable are not counted), never the container's claim. Demuxing reads the file but decodes one frame.
     """
-    av = _import_av()
     try:
         with av.open(path) as c:
             if not c.streams.video:
@@ -265,7 +260,6 @@ def _decode(path, indices, pts, store):
     by pts; when the seek lands after it (or on a non-keyframe) decoding restarts from the beginning. Decoding
     stops after the last wanted frame.
     """
-    av = _import_av()
     by_pts = pts is not None
     want = {(pts[i] if by_pts else i): j for j, i in enumerate(indices)}  # pts (or shown index) -> output slot
     for seek in ([True, False] if by_pts and indices[0] > 0 else [False]):
@@ -329,7 +323,6 @@ def read_frames(path, num_frames=None, stride=1, start=0, backend='auto'):
 
 def read_video(path, num_frames=None, stride=1, start=0, backend='auto'):
     """Read frames start, start+stride, ... -> ((C, T, H, W) float32 in [-1, 1], VideoInfo); see read_frames."""
-    from tools.video.frames import from_uint8  # noqa: PLC0415
     frames, info = read_frames(path, num_frames, stride, start, backend)
     return from_uint8(frames), info
 

@@ -1,4 +1,5 @@
 """Streaming helpers for the per-video loop: read ahead of the work, and re-cut a stream of chunks."""
+import torch
 
 
 def read_ahead(read, spans, pool):
@@ -22,7 +23,6 @@ class rechunk:
 
     def take(self, n):
         """The next n items along dim (fewer only when the stream ends)."""
-        import torch
         while self._held() < n:
             try:
                 self.buffer.append(next(self.stream))

@@ -3,6 +3,7 @@ import math
 import os
 from fractions import Fraction
 
+import av
 import numpy as np
 import torch
 
@@ -94,7 +95,6 @@ class VideoWriter:
         return 'libx264', self.pix_fmt, {'crf': str(self.crf), 'preset': self.preset, **la}
 
     def _open(self, h, w, timed):
-        import av  # noqa: PLC0415
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self.size, self.timed = (h, w), timed
         codec, self.enc_fmt, options = self._codec(h, w)
@@ -144,7 +144,6 @@ class VideoWriter:
                              f"frames' {self.size[0]}x{self.size[1]}; resize before writing")
         if (times is not None) != self.timed:
             raise ValueError(f"{self.path}: give times with every write() or with none")
-        import av  # noqa: PLC0415
         time_base = TIME_BASE if self.timed else 1 / self.fps
         for img, pts in zip(arr, self._pts(times, len(arr))):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format='rgb24')

@@ -1,0 +1,289 @@
+"""Evaluate reconstructions against their originals: match → score → describe → write.
+
+    result = evaluate('videos/', 'outputs/recon', out_dir='outputs/recon/eval', device='cpu', vmaf=False)
+
+match pairs each reference with each method's reconstruction of the same name (matching.py); score reads every
+pair through its frame plan (clips.py) and computes per-frame PSNR, SSIM, LPIPS, flicker, tOF and VMAF
+(scoring.py, metrics.py); describe says what was compared and what is missing; write puts per_frame.csv,
+per_video.csv, summary.md, summary.json, per_frame.png (and bars.png for several methods) in out_dir, and
+optionally an HTML report (report.py). The options are the fields of EvalSettings.
+"""
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from tools.evaluation.clips import ReferenceReads, flag_plan, load_frames, match_size, recon_plan
+from tools.evaluation.errors import EvalError
+from tools.evaluation.matching import default_out_dir, list_references, missing_names, resolve_methods
+from tools.evaluation.plots import plot_bars, plot_per_frame
+from tools.evaluation.report import write_report
+from tools.evaluation.scoring import frame_metrics, load_scorers, video_row
+from tools.evaluation.tables import (METRICS, PER_FRAME_NOTE, PER_VIDEO_NOTE, VIDEO_COLUMNS, available_metrics,
+                                     csv_text, fmt, markdown_table, summarize, summary_json, summary_markdown)
+from tools.files import write_text_atomic
+from tools.video.read import VideoReadError, probe_video
+
+__all__ = ['EvalError', 'EvalSettings', 'PROTOCOLS', 'evaluate']
+
+# Named evaluation presets: flag defaults (explicit flags still win) and the source fps the numbers assume.
+PROTOCOLS = {
+    # The Inter4K-200 table (docs/evaluation.md, "Reproducing the Inter4K-200 protocol"): the original's
+    # preprocessing to a 1024 short edge, then the centre square, of 30 fps clips; every frame compared.
+    'cascadev-inter4k': {'size': 1024, 'square': True, 'preprocess': 'cascadev', 'frame_stride': 1,
+                         'num_frames': None, 'fps': 30},
+}
+
+
+@dataclass
+class EvalSettings:
+    """How an evaluation compares and what it writes (tools/eval.py's flags).
+
+    size, square, preprocess, start, stride, num_frames: the frame plan of reconstructions without a done.json
+    beside them (recon.py's --size, --square, --preprocess, --start, --frame-stride, --num-frames; applied to
+    the reference only; num_frames None: all frames). lpips: compute LPIPS when its weights are present.
+    vmaf: also run libvmaf (EvalError when ffmpeg lacks it). device: 'auto' | 'cpu' | 'cuda[:i]'.
+    protocol: a PROTOCOLS name, recorded in the outputs and checked against the clips' fps (its frame
+    settings are the caller's to apply, as tools/eval.py does). report_dir: also write an HTML report there,
+    with the clips copied next to it when copy_videos. progress: a progress bar over the references.
+    """
+    size: int | None = None
+    square: bool = False
+    preprocess: str = 'default'
+    start: int = 0
+    stride: int = 1
+    num_frames: int | None = None
+    lpips: bool = True
+    vmaf: bool = False
+    device: str = 'auto'
+    protocol: str | None = None
+    report_dir: str | Path | None = None
+    copy_videos: bool = False
+    progress: bool = True
+
+    def plan_flags(self):
+        """The frame-plan settings as clips.flag_plan takes them."""
+        return dict(size=self.size, square=self.square, preprocess=self.preprocess, start=self.start,
+                    stride=self.stride, num_frames=self.num_frames)
+
+    def plan_flags_given(self):
+        """Whether any frame-plan setting differs from its default."""
+        return bool(self.size or self.square or self.preprocess != 'default' or self.start or self.stride != 1
+                    or self.num_frames)
+
+
+class Warnings:
+    """log('warning: ' + message), each message (or each key, when one is given) once."""
+
+    def __init__(self, log):
+        self.log, self.seen = log, set()
+
+    def __call__(self, message, key=None):
+        if (key or message) not in self.seen:
+            self.seen.add(key or message)
+            self.log(f'warning: {message}')
+
+
+@dataclass
+class Matched:
+    """The pairs to compare: refs {name: path}, methods {label: {name: path}}, missing {label: [names]}."""
+    refs: dict
+    methods: dict
+    missing: dict
+    out_dir: Path
+
+
+@dataclass
+class Scores:
+    """Per-frame rows, per-video rows, messages of the pairs skipped as unreadable, and how many pairs were
+    compared through the frame plan in recon.py's done.json."""
+    frames: list = field(default_factory=list)
+    videos: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    from_done: int = 0
+
+
+# ---- match ------------------------------------------------------------------------------------------
+
+def match(ref, rec, out_dir=None):
+    """References and methods matched by name, and the output folder; raises EvalError (one line)."""
+    refs = list_references(ref)
+    methods = resolve_methods(rec)
+    out_dir = Path(out_dir) if out_dir else default_out_dir(rec)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EvalError(f"--out {out_dir}: is a file; pass a folder for the evaluation outputs")
+    return Matched(refs, methods, missing_names(refs, methods), out_dir)
+
+
+# ---- score ------------------------------------------------------------------------------------------
+
+def pair_frames(name, reference, rec_path, settings, warn):
+    """(reference frames, reconstruction frames, compared through a done.json plan?) of one pair, uint8
+    (T, H, W, 3) of one (H, W); raises VideoReadError or EvalError when the pair cannot be compared."""
+    recorded = recon_plan(rec_path, name)
+    if recorded is not None and settings.plan_flags_given():
+        warn(f'{rec_path}: compared through the frame plan in its done.json (recon.py\'s flags); '
+             f'--size/--square/--preprocess/--start/--frame-stride/--num-frames apply only to '
+             f'reconstructions without one', key='plan-over-flags')
+    ref_u8 = reference.frames(recorded or flag_plan(reference.path, **settings.plan_flags()))
+    rec_u8 = load_frames(rec_path, num_frames=len(ref_u8))
+    rec_u8 = match_size(rec_u8, ref_u8.shape[1:3], rec_path, lambda s: warn(s, key='resize'))
+    return ref_u8, rec_u8, recorded is not None
+
+
+def check_lengths_and_fps(ref_u8, rec_u8, ref_path, rec_path, settings, warn):
+    """The number of frames both clips have (warning when they differ); warns when --protocol assumes
+    another frame rate than the reference's at the stride."""
+    t = min(len(ref_u8), len(rec_u8))
+    if len(ref_u8) != len(rec_u8):
+        warn(f'{rec_path}: {len(rec_u8)} frames vs {len(ref_u8)} in {ref_path}; the first {t} are compared',
+             key=f'frames:{rec_path}')
+    expect = PROTOCOLS[settings.protocol]['fps'] if settings.protocol else None
+    if expect and abs(probe_video(ref_path).fps / settings.stride - expect) > 0.5:
+        warn(f'{ref_path}: {probe_video(ref_path).fps:g} fps with --frame-stride {settings.stride}, but '
+             f'--protocol {settings.protocol} assumes {expect} fps clips; use a {expect} fps copy or a matching '
+             f'--frame-stride', key=f'fps:{ref_path}')
+    return t
+
+
+def score_pair(scores, method, name, reference, rec_path, settings, scorers, warn):
+    """Score one pair into `scores`, or record it as skipped (warned once per message) when unreadable."""
+    try:
+        ref_u8, rec_u8, recorded = pair_frames(name, reference, rec_path, settings, warn)
+    except (VideoReadError, EvalError) as e:
+        if str(e) not in scores.skipped:
+            scores.skipped.append(str(e))
+            warn(f'skipped: {e}')
+        return
+    scores.from_done += recorded
+    t = check_lengths_and_fps(ref_u8, rec_u8, reference.path, rec_path, settings, warn)
+    per, version = frame_metrics(ref_u8[:t], rec_u8[:t], scorers.lpips_model, scorers.device,
+                                 vmaf=scorers.vmaf is not None)
+    if version:
+        scorers.vmaf['libvmaf'] = version
+    scores.frames += [{'method': method, 'video': name, 'frame': i, **{k: per[k][i] for k in METRICS}}
+                      for i in range(t)]
+    scores.videos.append(video_row(method, name, per, ref_u8.shape[1:3], reference.path, rec_path))
+
+
+def score(matched, settings, scorers, warn):
+    """Every matched pair, reference by reference (each reference read once per frame plan) -> Scores;
+    raises EvalError when no pair could be read."""
+    for m, names in matched.missing.items():
+        if names:
+            warn(f"{m}: no reconstruction for {len(names)} of {len(matched.refs)} videos ({', '.join(names[:5])}"
+                 f"{'...' if len(names) > 5 else ''}); they are left out of its means")
+    scores = Scores()
+    for name, ref_path in tqdm(matched.refs.items(), desc='eval', unit='video', disable=not settings.progress):
+        reference = ReferenceReads(ref_path)
+        for method, found in matched.methods.items():
+            if name in found:
+                score_pair(scores, method, name, reference, found[name], settings, scorers, warn)
+    if not scores.videos:
+        first = scores.skipped[0] if scores.skipped else 'nothing matched'
+        raise EvalError(f"--ref/--rec: no pair could be read ({first})")
+    return scores
+
+
+# ---- describe ---------------------------------------------------------------------------------------
+
+def describe_setup(ref, refs, videos, size, square, num_frames, stride, protocol=None):
+    """One line: which references, at which size, how many frames (and the --protocol preset)."""
+    source = f'{len(ref)} files' if isinstance(ref, (list, tuple)) else str(ref)
+    sizes = ', '.join(sorted({f"{v['height']}x{v['width']}" for v in videos}))
+    flags = [f'--protocol {protocol}'] if protocol else []
+    if size:
+        flags.append(f'--size {size}' + (' --square' if square else ''))
+    if num_frames:
+        flags.append(f'--num-frames {num_frames}')
+    if stride > 1:
+        flags.append(f'--frame-stride {stride}')
+    return f"References: {source} ({len(refs)} videos); compared at {sizes}" + (
+        f" ({' '.join(flags)})." if flags else '.')
+
+
+def describe(ref, matched, scores, settings, scorers):
+    """(setup line, notes, extra summary.json keys): what was compared, what is missing or skipped, how."""
+    s = settings
+    notes = [scorers.lpips_note] if scorers.lpips_note else []
+    notes += [f'{m}: no reconstruction for {", ".join(n)}' for m, n in matched.missing.items() if n]
+    notes += [f'skipped (unreadable): {e}' for e in scores.skipped]
+    if scores.from_done:
+        notes.append(f"{scores.from_done} of {len(scores.videos)} pairs compared through recon.py's frame plan "
+                     f"(done.json)")
+    if s.start or s.preprocess != 'default':
+        notes.append(f'flags: --start {s.start} --preprocess {s.preprocess}')
+    vmaf = scorers.vmaf
+    if vmaf:
+        notes.append(f"VMAF: libvmaf {vmaf.get('libvmaf', '?')}, model {vmaf['model']}, "
+                     f"ffmpeg {vmaf['ffmpeg_version']}")
+    else:
+        notes.append('VMAF not computed (pass --vmaf)')
+    setup = describe_setup(ref, matched.refs, scores.videos, s.size, s.square, s.num_frames, s.stride, s.protocol)
+    extra = {'protocol': s.protocol, 'lpips': scorers.lpips_note,
+             'vmaf': {k: v for k, v in vmaf.items() if k != 'ffmpeg'} if vmaf else None}
+    return setup, notes, extra
+
+
+# ---- write ------------------------------------------------------------------------------------------
+
+def write_outputs(out_dir, frames, videos, summary, setup, notes, extra=None):
+    """per_frame.csv, per_video.csv, summary.md, summary.json, per_frame.png (+ bars.png) -> {name: path}.
+
+    out_dir: pathlib.Path. extra: more top-level summary.json keys (protocol, lpips, vmaf)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {'per_frame': out_dir / 'per_frame.csv', 'per_video': out_dir / 'per_video.csv',
+             'summary': out_dir / 'summary.md', 'summary_json': out_dir / 'summary.json',
+             'per_frame_plot': out_dir / 'per_frame.png'}
+    write_text_atomic(files['per_frame'], csv_text(PER_FRAME_NOTE, ['method', 'video', 'frame', *METRICS], [
+        [r['method'], r['video'], r['frame'], *(fmt(r[k]) for k in METRICS)] for r in frames]))
+    write_text_atomic(files['per_video'], csv_text(PER_VIDEO_NOTE, VIDEO_COLUMNS, [
+        [fmt(v[c]) if c in METRICS else v[c] for c in VIDEO_COLUMNS] for v in videos]))
+    write_text_atomic(files['summary'], summary_markdown(summary, videos, setup, notes))
+    write_text_atomic(files['summary_json'], summary_json(summary, videos, setup, notes, extra))
+    available = available_metrics(videos)
+    plot_per_frame(files['per_frame_plot'], frames, available)
+    if len(summary) > 1:
+        files['bars_plot'] = out_dir / 'bars.png'
+        plot_bars(files['bars_plot'], summary, available)
+    return files
+
+
+def write(out_dir, scores, summary, described, settings, log):
+    """The evaluation folder (write_outputs), the summary table and the files logged, the report when asked
+    for -> {name: path}."""
+    setup, notes, extra = described
+    files = write_outputs(out_dir, scores.frames, scores.videos, summary, setup, notes, extra)
+    log(markdown_table(summary))  # the notes were logged as warnings when they arose
+    log(f'wrote {", ".join(str(p) for p in files.values())}')
+    if settings.report_dir:
+        files['report'] = write_report(settings.report_dir, out_dir, copy_videos=settings.copy_videos)
+        log(f"report: {files['report']}")
+    return files
+
+
+def evaluate(ref, rec, out_dir=None, settings=None, log=print, **options):
+    """Evaluate reconstructions against references and write the outputs to out_dir; -> a result dict.
+
+    ref: a folder / .txt / .json list / video, or a list of paths. rec: one --rec spec, a list of them, or
+    {label: source} (matching.py). out_dir: default the first --rec folder / 'eval'. settings: EvalSettings;
+    options: any of its fields by name, e.g. evaluate(refs, 'outputs', device='cpu', vmaf=True, num_frames=8).
+    Each pair is compared through recon.py's frame plan from the done.json beside the reconstruction, else
+    through the settings' plan; selection and crop apply to the reference only. log: a callable taking one
+    line (warnings start with 'warning: ').
+    Returns {'methods': {label: {videos, frames, psnr, ssim, lpips, flicker, tof, vmaf}},
+    'lpips': None or why it is missing, 'vmaf': None or {model, libvmaf, ffmpeg_version, ffmpeg},
+    'missing': {label: [names]}, 'skipped': [messages of unreadable pairs], 'files': {name: path},
+    'out_dir': Path}. Raises EvalError (one line) for bad input or when no pair could be read; nothing is
+    written then.
+    """
+    settings = replace(settings or EvalSettings(), **options)
+    warn = Warnings(log)
+    matched = match(ref, rec, out_dir)
+    scorers = load_scorers(warn, settings.device, lpips=settings.lpips, vmaf=settings.vmaf)
+    scores = score(matched, settings, scorers, warn)
+    summary = summarize(scores.videos)
+    described = describe(ref, matched, scores, settings, scorers)
+    files = write(matched.out_dir, scores, summary, described, settings, log)
+    return {'methods': summary, 'lpips': scorers.lpips_note, 'vmaf': scorers.vmaf, 'missing': matched.missing,
+            'skipped': scores.skipped, 'files': files, 'out_dir': matched.out_dir}
