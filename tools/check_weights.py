@@ -8,6 +8,10 @@ bad config (one line on stderr).
 """
 import argparse
 import sys
+from pathlib import Path
+
+if __package__ in (None, ''):  # run as `python tools/check_weights.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.weights import STAGES, check_weights, convert_pth_to_safetensors, random_stages
 from tools.config import load_config
