@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from models.attention import grid_attention
+from models.attention import ATTN_BACKENDS, grid_attention
 from models.dit import VideoDiT, init_random_weights_, video_pos_embed
 from tools.bench.flops import dit_flops, windowed_flops
 from tools.bench.measure import (DTYPES, RELEASED, add_config_args, add_run_args, autocast_for, bf16_peak_tflops,
@@ -121,7 +121,7 @@ def add_dit_parser(subparsers):
     p.add_argument('--frames', type=int, default=None, help='frames per clip (default: model.lats_per_vid)')
     p.add_argument('--batch', type=int, default=1, help='clips per call')
     p.add_argument('--windowed', action='store_true', help='time forward_windowed (tiles × windows) instead')
-    p.add_argument('--backends', nargs='+', default=['sdpa', 'math'], choices=['sdpa', 'math', 'xformers'])
+    p.add_argument('--backends', nargs='+', default=['sdpa', 'math'], choices=list(ATTN_BACKENDS))
     p.add_argument('--dtypes', nargs='+', default=['fp32', 'bf16'], choices=list(DTYPES),
                    help='fp32, or autocast to bf16/fp16')
     p.add_argument('--fp32-attention', choices=['config', 'on', 'off', 'both'], default='config',

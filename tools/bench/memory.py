@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from models.dit import VideoDiT, init_random_weights_
-from models.weights import dtype_name, resolve_dtype
+from models.weights import DTYPES, dtype_name, resolve_dtype
 from tools.bench.measure import (add_config_args, add_run_args, autocast_for, environment, load_cfg, memory_kind,
                                  peak_memory_mib, print_table, reset_peak, setup_device, sync, synthetic_video,
                                  write_json)
@@ -97,7 +97,7 @@ def add_memory_parser(subparsers):
                    help='frame sizes in pixels (square); --what plan: recon.py --size (the short side)')
     p.add_argument('--tiles', type=int, nargs='+', default=None,
                    help='DiT tile sizes in latent pixels (model.input_size; default: the config)')
-    p.add_argument('--dtype', choices=['auto', 'fp32', 'bf16', 'fp16'], default=None)
+    p.add_argument('--dtype', choices=['auto', *DTYPES], default=None)
     p.add_argument('--steps', type=int, default=1, help='sampler steps for --what recon (default 1)')
     p.add_argument('--chunk-frames', type=int, default=16)
     p.add_argument('--budgets', nargs='+', default=None, metavar='SIZE',

@@ -7,7 +7,7 @@ import torch
 
 from diffusion.samplers import SAMPLERS
 from models.pipeline import CascadeV
-from models.weights import STAGES, resolve_dtype
+from models.weights import DTYPES, STAGES, resolve_dtype
 from tools.bench.flops import recon_flops
 from tools.bench.measure import (TARGET, StageTimer, StepTimer, add_config_args, add_run_args, bf16_peak_tflops,
                                  current_memory_mib, environment, fmt, load_cfg, memory_kind, print_table,
@@ -190,7 +190,7 @@ def add_recon_parser(subparsers):
     p.add_argument('--width', type=int, default=None)
     p.add_argument('--steps', type=int, default=None, help='sampler steps (default: sampling.steps)')
     p.add_argument('--scheduler', choices=list(SAMPLERS), default=None)
-    p.add_argument('--dtype', choices=['auto', 'fp32', 'bf16', 'fp16'], default=None, help="default: the config's dtype")
+    p.add_argument('--dtype', choices=['auto', *DTYPES], default=None, help="default: the config's dtype")
     p.add_argument('--compile', action='store_true', help='torch.compile the DiT (warm-up runs compile it)')
     p.add_argument('--compile-mode', default=None, help='torch.compile mode (reduce-overhead: CUDA graphs)')
     p.add_argument('--chunk-frames', type=int, default=16, help='frames read/decoded/written at a time')

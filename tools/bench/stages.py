@@ -4,7 +4,7 @@ import copy
 import torch
 
 from models.pipeline import to_channels_last
-from models.weights import build_compressor, build_previewer, build_vae, resolve_dtype
+from models.weights import DTYPES, build_compressor, build_previewer, build_vae, resolve_dtype
 from tools.bench.measure import (add_config_args, add_run_args, diff_stats, environment, load_cfg, print_table,
                                  setup_device, synthetic_video, time_interleaved, write_json)
 
@@ -58,7 +58,7 @@ def add_stages_parser(subparsers):
     add_config_args(p)
     p.add_argument('--frames', type=int, default=4)
     p.add_argument('--size', type=int, default=64, help='frame size in pixels (square)')
-    p.add_argument('--dtypes', nargs='+', default=['fp32', 'bf16'], choices=['fp32', 'bf16', 'fp16'])
+    p.add_argument('--dtypes', nargs='+', default=['fp32', 'bf16'], choices=list(DTYPES))
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--warmup', type=int, default=1)
     add_run_args(p)

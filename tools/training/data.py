@@ -16,14 +16,13 @@ import torch
 from safetensors import safe_open
 
 from tools.video import read as video_io
-from tools.video.frames import cascadev_train_crop, center_crop, resize_short_side
+from tools.video.frames import TRANSFORMS, cascadev_train_crop, center_crop, resize_short_side
 from tools.video.lists import VideoListError, read_video_list
 from tools.video.read import VideoReadError, probe_video
 
 log = logging.getLogger('cascadev.data')
 
 CACHE_FORMAT = 'cascadev-latents-1'
-TRANSFORMS = ('crop', 'resize_crop')   # data.transform: the original's native-scale crop | resize, then crop
 MAX_TRIES = 50  # replacement attempts for one sample before giving up
 
 
