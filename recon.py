@@ -22,11 +22,43 @@ import argparse
 import sys
 
 from diffusion.samplers import SAMPLERS
+from models.autoencoders import AUTOENCODERS
 from models.weights import DTYPES, MissingWeightsError
 from tools.config import ConfigError, add_cfg_options
 from tools.recon.batch import run
 from tools.recon.settings import DEFAULT_CONFIG, RunSettings, UsageError
 from tools.video.frames import PREPROCESS
+
+
+def add_autoencoder_flags(p):
+    """Another video autoencoder in CascadeV's place, under the same frame plan, files and resume."""
+    g = p.add_argument_group('other autoencoders (models/autoencoders.py; docs/autoencoders.md)')
+    g.add_argument('--autoencoder', choices=('cascadev', *AUTOENCODERS), default=RunSettings.autoencoder,
+                   help='cascadev (default) or another video autoencoder: svd (the SVD VAE alone), sd (an image '
+                        'VAE per frame), cogvideox, hunyuanvideo, ltx-video, wan2.1, cosmos, easyanimate')
+    g.add_argument('--autoencoder-weights', default=None, metavar='DIR',
+                   help="its diffusers folder (or a pipeline folder with vae/); svd: default the config's weights.vae")
+
+
+def add_sampling_flags(p):
+    """The sampler of the refinement (the config's sampling.* by default)."""
+    d = RunSettings
+    g = p.add_argument_group('sampling')
+    g.add_argument('--preview-only', action='store_true', help='fast mode: previewer only, no DiT and no SVD decode')
+    g.add_argument('--scheduler', choices=list(SAMPLERS), default=d.scheduler,
+                   help='sampler (default: sampling.scheduler of the config, EulerA)')
+    g.add_argument('--steps', type=int, default=d.steps, help='sampler steps (default: sampling.steps, 8)')
+    g.add_argument('--seed', type=int, default=d.seed,
+                   help="seed (default: sampling.seed, 42); each video's noise comes from (seed, video name)")
+
+
+def add_source_flags(p):
+    """How the sources are read: by default HDR is tone-mapped to SDR and interlaced video deinterlaced."""
+    g = p.add_argument_group('source')
+    g.add_argument('--keep-hdr', action='store_true',
+                   help='read HDR (PQ/HLG) code values as stored instead of tone-mapping them to SDR BT.709')
+    g.add_argument('--keep-fields', action='store_true',
+                   help='encode interlaced frames as stored (woven fields) instead of deinterlacing them (bwdif)')
 
 
 def build_parser():
@@ -63,13 +95,9 @@ def build_parser():
     g.add_argument('--interp', type=int, default=d.interp, metavar='K',
                    help='interpolate the latent K x in time before refinement: K*(T-1)+1 frames at K x the frame '
                         'rate, the source frames at multiples of K (default 1: the source rate)')
-    g = p.add_argument_group('sampling')
-    g.add_argument('--preview-only', action='store_true', help='fast mode: previewer only, no DiT and no SVD decode')
-    g.add_argument('--scheduler', choices=list(SAMPLERS), default=d.scheduler,
-                   help='sampler (default: sampling.scheduler of the config, EulerA)')
-    g.add_argument('--steps', type=int, default=d.steps, help='sampler steps (default: sampling.steps, 8)')
-    g.add_argument('--seed', type=int, default=d.seed,
-                   help="seed (default: sampling.seed, 42); each video's noise comes from (seed, video name)")
+    add_source_flags(p)
+    add_sampling_flags(p)
+    add_autoencoder_flags(p)
     g = p.add_argument_group('hardware and run')
     g.add_argument('--device', default=d.device, help="cpu | cuda | cuda:N | auto (default: the config's device)")
     g.add_argument('--dtype', choices=('auto', *DTYPES), default=d.dtype,

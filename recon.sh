@@ -10,7 +10,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-# INPUT/OUTPUT given here are relative to the caller's directory; the defaults are in the repository.
+# Relative paths (INPUT, OUTPUT and those in further flags) are relative to the directory you run this from,
+# as with any command; the defaults are in the repository. recon.py runs in your directory too.
 abspath() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
 INPUT=$ROOT/example
 OUTPUT=$ROOT/outputs/recon
@@ -21,5 +22,5 @@ fi
 
 bash "$ROOT/install.sh" | { grep -v 'nothing to do' || true; }
 
-cd "$ROOT"
-exec .venv/bin/python recon.py --config configs/s1024.effn-f32.py --input "$INPUT" --output "$OUTPUT" "$@"
+exec "$ROOT/.venv/bin/python" "$ROOT/recon.py" --config "$ROOT/configs/s1024.effn-f32.py" --input "$INPUT" \
+    --output "$OUTPUT" "$@"

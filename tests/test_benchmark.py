@@ -117,6 +117,59 @@ def test_missing_weights_and_bad_input_are_one_line_exit_2(tmp_path, capsys):
     assert e.value.code == 2 and err == "benchmark.py recon: device 'tpu9' is unknown; use auto, cpu, cuda or cuda:N"
 
 
+@pytest.mark.parametrize('argv, expected', [
+    (['flops', '--frames', '0'], '--frames 0: must be >= 1'),
+    (['--config', TINY, '--frames', '0'], '--frames 0: must be >= 1'),       # the default subcommand (recon)
+    (['recon', '--warmup', '-1'], '--warmup -1: must be >= 0'),
+    (['dit', '--grid', '8', '0'], '--grid 0: must be >= 1'),
+    (['memory', '--lengths', '8', '-4'], '--lengths -4: must be >= 1'),
+    (['flops', '--tflops', '0'], '--tflops 0.0: must be > 0'),
+    (['eval', '--repeats', '0'], '--repeats 0: must be >= 1'),
+    (['seams', '--overlap', '-1'], '--overlap -1: must be >= 0'),
+    (['flops', '--json', '/proc/x/flops.json'], '--json /proc/x/flops.json: cannot be written'),
+    (['eval', '--json', '/proc/x.json'], '--json /proc/x.json: cannot be written'),
+    (['recon', '--out-dir', '/proc/x'], '--out-dir /proc/x: cannot be written'),
+])
+def test_out_of_range_flags_and_unwritable_outputs_are_one_line_exit_2(argv, expected, capsys):
+    """Checked before any work: `flops --frames 0` never runs its default 4 frames, nothing is written."""
+    if '/proc/' in ' '.join(argv) and not Path('/proc/self').exists():
+        pytest.skip('needs Linux /proc (a folder nobody can create files in)')
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_json_naming_a_folder_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(['flops', '--json', str(tmp_path)])
+    assert e.value.code == 2 and 'is a folder' in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- eval: scoring per metric against recon's time per frame -------------------------------------------------
+def test_eval_subcommand_record(tmp_path, capsys):
+    """`benchmark.py eval` on the tiny config: recon and every core metric timed on the same frames."""
+    out = tmp_path / 'eval.json'
+    r = benchmark.main(['eval', '--config', TINY, '--frames', '3', '--size', '64', '--device', 'cpu',
+                        '--warmup', '0', '--repeats', '1', '--json', str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r))
+    assert r['benchmark'] == 'eval' and (r['frames'], r['height'], r['width']) == (3, 64, 64)
+    assert r['core'] == ['psnr', 'ssim', 'flicker', 'tof'] and list(r['metrics']) == r['core']
+    rec = r['recon']
+    assert rec['frames'] == 3 and rec['seconds'] > 0 and rec['per_frame_s'] == pytest.approx(rec['seconds'] / 3)
+    assert rec['user_s'] > 0 and rec['sys_s'] >= 0
+    for key, m in r['metrics'].items():
+        assert set(m) == {'seconds', 'per_frame_s', 'user_s', 'sys_s'}, key
+        assert m['seconds'] > 0 and m['per_frame_s'] == pytest.approx(m['seconds'] / 3) and m['sys_s'] >= 0
+    assert r['eval_per_frame_s'] == pytest.approx(sum(m['per_frame_s'] for m in r['metrics'].values()))
+    assert r['ratio'] == pytest.approx(r['eval_per_frame_s'] / rec['per_frame_s'])
+    assert r['eval_user_s'] > 0 and r['sys_fraction'] == pytest.approx(r['eval_sys_s'] / r['eval_user_s'])
+    assert r['goal'] == {'ratio_max': 0.25, 'sys_fraction_max': 0.1}
+    printed = capsys.readouterr().out
+    assert 'psnr + ssim + flicker + tof:' in printed and "x recon's" in printed
+
+
 # ---- analytic FLOPs -------------------------------------------------------------------------------------
 def test_flops_of_the_released_model():
     """8x1024² -> 32,768 tokens: ≈29 TFLOP linear, ≈59 full 3D attention, ≈12 grid attention, ≈100 in all."""

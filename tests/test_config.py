@@ -54,7 +54,9 @@ def test_tiny_inherits_from_released(tiny_cfg, s1024_path):
     assert tiny_cfg.model.patch_size == big.model.patch_size and tiny_cfg.model.in_channels == 20
     assert tiny_cfg.sampling.scheduler == big.sampling.scheduler and tiny_cfg.sampling.seed == big.sampling.seed
     assert tiny_cfg.weights.to_dict() == big.weights.to_dict()
-    assert tiny_cfg.optimizer.lr == big.optimizer.lr
+    assert tiny_cfg.optimizer.type == big.optimizer.type and tiny_cfg.optimizer.betas == big.optimizer.betas
+    # tiny's own training settings: a demo that learns in 60 steps (README "Without weights")
+    assert (tiny_cfg.optimizer.lr, tiny_cfg.lr_schedule.warmup_steps, tiny_cfg.train.max_steps) == (5e-4, 20, 60)
     # partially overridden dicts keep the other keys
     assert tiny_cfg.data.sample_size == 64 and tiny_cfg.data.random_flip is True
     assert tiny_cfg.vae.decode_chunk == 4 and tiny_cfg.vae.encode_chunk == big.vae.encode_chunk
@@ -87,7 +89,7 @@ def test_override_as_dict_and_empty_dict(tiny_path):
     cfg = load_config(tiny_path, {'train.max_steps': 7, 'sampling.steps': 3})
     assert cfg.train.max_steps == 7 and cfg.sampling.steps == 3 and cfg.train.batch_size == 1
     cfg = load_config(tiny_path, {'train': {'log_every': 5}})  # a nested dict merges into the section
-    assert cfg.train.log_every == 5 and cfg.train.max_steps == 10
+    assert cfg.train.log_every == 5 and cfg.train.max_steps == 60                 # the rest of tiny's train kept
     # `vae.config={}` means "read config.json from weights.vae": it must empty the dict, not merge into it
     assert load_config(tiny_path, ['vae.config={}']).vae.config.to_dict() == {}
 
@@ -333,6 +335,16 @@ def test_bad_key_in_a_config_file(tmp_path, tiny_path, text, message):
     (['optimizer.auto_lr.base_batch_size=0'], "optimizer.auto_lr.base_batch_size = 0; use a value >= 1"),
     (['optimizer.auto_lr={}'],
      "required key 'optimizer.auto_lr.rule' is missing; add it (configs/_base_/ sets 'sqrt')"),
+    (['optimizer.auto_lr=None', 'optimizer.auto_lr.rule=linear'],
+     "--cfg-options optimizer.auto_lr=None and optimizer.auto_lr.rule='linear' contradict each other "
+     "(optimizer.auto_lr is then not a dict); give only one of them"),
+    (['model.attn_strides=[[1,3],None,None,None]'],
+     "model.attn_strides[0]=[1, 3] must be [ts, xs] with ts dividing lats_per_vid=4 and xs dividing the token grid "
+     "4 (or -1: one window per frame / token); change the stride"),
+    (['model.attn_strides=[[3,1],None,None,None]'], "model.attn_strides[0]=[3, 1] must be [ts, xs] with ts dividing "
+     "lats_per_vid=4 and xs dividing the token grid 4 (or -1: one window per frame / token); change the stride"),
+    (['model.patch_size=3'], "model.input_size = 8 is not a multiple of model.patch_size = 3; change one of them"),
+    (['model.num_heads=0'], "model.num_heads = 0; use a value >= 1"),
 ])
 def test_bad_override_one_line(tiny_path, overrides, message):
     with pytest.raises(ConfigError) as e:
@@ -356,3 +368,17 @@ def test_known_keys_absent_from_the_file_may_be_set(tiny_path, tmp_path):
     cfg.dump(str(saved))
     again = load_config(str(saved))
     assert again.config_path == str(saved) and again.model.attn_backend == 'math'
+
+
+def test_keys_below_a_none_in_the_file_build_that_dict(tmp_path, tiny_path):
+    path = tmp_path / 'fixed_lr.py'
+    path.write_text(f"_base_ = [{tiny_path!r}]\noptimizer = dict(auto_lr=None)\n")
+    assert load_config(str(path)).optimizer.auto_lr is None
+    cfg = load_config(str(path), ['optimizer.auto_lr.rule=linear', 'optimizer.auto_lr.base_batch_size=8'])
+    assert cfg.optimizer.auto_lr.to_dict() == {'rule': 'linear', 'base_batch_size': 8}
+    assert load_config(str(path), {'optimizer.auto_lr': {'rule': 'sqrt', 'base_batch_size': 2}}
+                       ).optimizer.auto_lr.base_batch_size == 2
+    with pytest.raises(ConfigError) as e:                            # half a dict: the missing key is named
+        load_config(str(path), ['optimizer.auto_lr.rule=linear'])
+    assert _one_line(e) == (f"{path}: required key 'optimizer.auto_lr.base_batch_size' is missing; add it "
+                            f"(configs/_base_/ sets 256)")

@@ -169,9 +169,9 @@ def test_smaller_reconstruction_is_resized_with_one_warning(clips, tmp_path):
 
 
 def test_default_out_dir_is_inside_first_rec(clips):
-    assert default_out_dir(str(clips / 'recon')) == clips / 'recon' / 'eval'
-    assert default_out_dir([f'p={clips}/recon/*/preview.mp4']) == clips / 'recon' / 'eval'
-    assert default_out_dir({'x': clips / 'flat'}) == clips / 'flat' / 'eval'
+    assert default_out_dir(str(clips / 'recon')) == clips / 'recon' / '.eval'
+    assert default_out_dir([f'p={clips}/recon/*/preview.mp4']) == clips / 'recon' / '.eval'
+    assert default_out_dir({'x': clips / 'flat'}) == clips / 'flat' / '.eval'
 
 
 @pytest.mark.parametrize('args, expected', [

@@ -173,9 +173,9 @@ def test_report_reads_strict_summary(clips, tmp_path):
 def test_recon_eval_passes_vmaf_through(monkeypatch, tmp_path):
     """recon.py --eval [--vmaf]: the batch's evaluation gets vmaf from the flags."""
     seen = {}
-    monkeypatch.setattr(batch, 'evaluate', lambda *a, **k: seen.update(k) or {'skipped': []})
+    monkeypatch.setattr(batch, 'evaluate', lambda *a, **k: seen.update(k) or {'skipped': [], 'dropped': []})
     for flags, vmaf in ((['--eval', '--vmaf'], True), (['--eval'], False)):
         args = recon.build_parser().parse_args(['--input', 'x.mp4', '--output', str(tmp_path), *flags])
         settings = RunSettings.from_flags(args)
         assert batch.run_eval({'x': 'x.mp4'}.values(), tmp_path, 'auto', settings.vmaf) == 0
-        assert seen['vmaf'] is vmaf and seen['out_dir'] == tmp_path / 'eval'
+        assert seen['vmaf'] is vmaf and seen['out_dir'] == tmp_path / '.eval'

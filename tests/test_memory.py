@@ -168,13 +168,13 @@ def test_plan_error_is_one_line_with_the_fixes_that_fit():
         assert '\n' not in str(e.value)
         return str(e.value)
     msg = error('1.1GB')                                                  # 720x1280 source and outputs, 256x448 model
-    assert msg.startswith('--max-memory 1.10 GB: even the smallest plan (chunk ') and 'needs 1.' in msg
-    need = float(msg.split('needs ')[1].split(' GB')[0])
+    assert msg.startswith('--max-memory 1.10 GB: 1.04 GB after the 5% headroom, but even the smallest plan (chunk ')
+    need = float(msg.split('needs ')[1].split(' GB')[0])                  # compared with the budget net of headroom
     ask = float(msg.split('raise --max-memory to ')[1].split(' GB')[0])
-    assert ask >= need / (1 - HEADROOM) + 0.1 - 0.01 and msg.endswith('(5% headroom)')   # nothing else fits
+    assert need > 1.04 and ask >= need / (1 - HEADROOM) + 0.1 - 0.01 and msg.endswith(f'to {ask:.2f} GB')
     plan_memory(workload(), budget=parse_size(f'{ask}GB'), base=10 ** 9 + 6 * 10 ** 7)   # fits 60 MB more before
-    assert error('1.3GB').endswith("(5% headroom), or --upscale (outputs at the model's size)")
-    assert error('1.15GB', output=(256, 448)).endswith('(5% headroom), or lower --size')
+    assert error('1.3GB').endswith("GB, or --upscale (outputs at the model's size)")
+    assert error('1.15GB', output=(256, 448)).endswith('GB, or lower --size')
     assert error('1.15GB', output=(256, 448), original=False).endswith(', or encode the video again at a lower --size')
     assert error('2MiB').startswith('--max-memory 2.1 MB: ')
 
@@ -241,7 +241,8 @@ def test_recon_too_small_budget_fails_each_video_and_the_batch_goes_on(repo_root
     assert code == 1
     for clip in clips:                                                    # both tried, one line each
         line = next(ln for ln in out.splitlines() if ln.startswith(f'failed: {clip}: '))
-        assert '--max-memory 0.10 GB: even the smallest plan (chunk ' in line and 'raise --max-memory' in line
+        assert '--max-memory 0.10 GB: 95.0 MB after the 5% headroom, but even the smallest plan (chunk ' in line
+        assert 'raise --max-memory' in line
         assert not (tmp_path / 'o' / clip.stem).exists()                 # nothing half-written is left
     assert err.startswith('2/2 failed:')
 

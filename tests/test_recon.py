@@ -173,7 +173,7 @@ def test_preview_only_square_resume_and_overwrite(clips, tiny, tmp_path):
     info = probe_video(folder / 'preview.mp4')
     assert (info.num_frames, info.height, info.width) == (2, 144, 144)          # the centre square, source px
     assert info.fps == pytest.approx(29.97 / 2, abs=1e-2)                      # stride 2 plays in real time
-    assert (tmp_path / 'eval' / 'summary.md').is_file()                        # --eval ran tools/eval.py
+    assert (tmp_path / '.eval' / 'summary.md').is_file()                       # --eval ran tools/eval.py
     stamp = {f: os.stat(folder / f).st_mtime_ns for f in os.listdir(folder)}
     code, stdout, _ = run(argv)                                                # rerun: complete -> skipped
     assert code == 0 and 'skipped' in stdout
@@ -365,7 +365,7 @@ def test_eval_of_a_perfect_reconstruction_is_inf(row, odd_clip, tiny, tmp_path, 
     recon.py's eval and tools/eval.py on the folder compare them through the plan in done.json -> PSNR inf."""
     code, _, err = run([*tiny, '--input', odd_clip, '--output', tmp_path, '--preview-only', '--eval', *EVAL_ROWS[row]])
     assert code == 0 and 'eval: error' not in err and 'skipped' not in err, err
-    assert (tmp_path / 'eval' / 'summary.json').is_file()
+    assert (tmp_path / '.eval' / 'summary.json').is_file()
     folder = tmp_path / 'odd'
     done = json.loads((folder / 'done.json').read_text())
     p = FramePlan.from_dict(done['plan'])
@@ -377,7 +377,7 @@ def test_eval_of_a_perfect_reconstruction_is_inf(row, odd_clip, tiny, tmp_path, 
     assert batch.run_eval([str(odd_clip)], tmp_path, device='cpu', vmaf=False) == 0
     assert ev.main(['--ref', str(odd_clip), '--rec', str(tmp_path), '--out', str(tmp_path / 'standalone'),
                     '--no-lpips', '--quiet']) == 0
-    for out in (tmp_path / 'eval', tmp_path / 'standalone'):
+    for out in (tmp_path / '.eval', tmp_path / 'standalone'):
         video = read_table(out / 'per_video.csv')[0]
         assert video['method'] == 'preview' and video['psnr'] == 'inf', (row, video)
         assert (int(video['frames']), int(video['height']), int(video['width'])) == (p.num_frames, *p.output)
@@ -453,8 +453,8 @@ def test_sar_times_and_lossless_reach_the_writer(clips, tiny, tmp_path, monkeypa
     monkeypatch.setattr(vio, 'probe_video', fake_probe)
     monkeypatch.setattr(tools.recon.reconstruct, 'probe_video', fake_probe)
 
-    def read_with_times(path, num_frames=None, stride=1, start=0):
-        frames, info = read(path, num_frames=num_frames, stride=stride, start=start)
+    def read_with_times(path, num_frames=None, stride=1, start=0, **options):
+        frames, info = read(path, num_frames=num_frames, stride=stride, start=start, **options)
         times = tuple(source_time(start + k * stride) for k in range(len(frames)))
         return frames, info._replace(sar=Fraction(4, 3), vfr=True, times=times)
     monkeypatch.setattr(vio, 'read_frames', read_with_times)

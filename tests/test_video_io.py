@@ -245,9 +245,9 @@ def test_writer_is_atomic(tmp_path, carphone16):
     final.write_bytes(b'previous result')
     with pytest.raises(RuntimeError, match='interrupted'):
         with VideoWriter(final, fps=25) as w:
-            for _ in range(5):  # 80 frames: past the encoder's look-ahead, so PATH.tmp holds data
+            for _ in range(5):  # 80 frames: past the encoder's look-ahead, so the temp file holds data
                 w.write(video)
-            assert os.path.getsize(f'{final}.tmp') > 0 and final.read_bytes() == b'previous result'
+            assert os.path.getsize(w.tmp) > 0 and final.read_bytes() == b'previous result'
             raise RuntimeError('interrupted')
     assert final.read_bytes() == b'previous result'
     assert sorted(os.listdir(tmp_path)) == ['result.mp4']

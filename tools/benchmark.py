@@ -3,6 +3,8 @@
     recon       recon.py's loop (tools/recon/reconstruct.py) per stage (read, compressor, dit per sampler step, previewer,
                 vae, write, metrics):
                 seconds, peak memory, frames/s, DiT TFLOP/s (the default: `benchmark.py --config C ...`)
+    eval        tools/eval.py's scoring per metric (PSNR, SSIM, flicker, tOF; LPIPS, VMAF) against recon's time per
+                frame on the same frames, with user/system CPU time
     dit         one DiT forward: attention backends × precisions × torch.compile on/off × fp32_attention
     flops       analytic FLOP count of one DiT forward / sampler step / reconstruction for a config and size
     memory      peak memory vs clip length (8, 16, 32 frames) and frame size / tile size

@@ -31,12 +31,17 @@ def parse_args(argv):
 
 
 def check(config):
-    """Print the weight files the config reads (and its random_init stages); MissingWeightsError otherwise."""
+    """Print the weight files the config reads and the stages it gives seeded random weights (random_init);
+    MissingWeightsError (naming every missing file) otherwise."""
     cfg = load_config(config)
     paths = check_weights(cfg)
-    random = ', '.join(s for s in STAGES if s in random_stages(cfg))
-    print('all weights present' + ''.join(f"\n  {k}: {v}" for k, v in paths.items())
-          + (f"\n  random_init: {random}" if random else ''))
+    random = [s for s in STAGES if s in random_stages(cfg)]
+    lines = [f"{config}: all weights present" if paths else f"{config}: needs no weight files"]
+    lines += [f"  {k}: {v}" for k, v in paths.items()]
+    if random:
+        lines.append(f"  random_init: {', '.join(random)} get seeded random weights (no file needed; their outputs "
+                     f"are meaningless, for tests and demos only)")
+    print('\n'.join(lines))
 
 
 def main(argv=None):

@@ -55,18 +55,18 @@ POSITIVE, NATURAL, FRACTION = Range(1), Range(0), Range(0, 1)
 K = Key
 KEYS = (
     # the refiner DiT: models.dit.VideoDiT's keyword arguments
-    K('model.input_size', 'int', 128, None, 'latent pixels of one spatial tile (= data.sample_size / 8)', True),
-    K('model.patch_size', 'int', 2, None, 'DiT patch size in latent pixels', True),
+    K('model.input_size', 'int', 128, POSITIVE, 'latent pixels of one spatial tile (= data.sample_size / 8)', True),
+    K('model.patch_size', 'int', 2, POSITIVE, 'DiT patch size in latent pixels', True),
     K('model.in_channels', 'int', 20, None, '4 noisy SVD-latent channels + 16 compressor channels', True),
-    K('model.hidden_size', 'int', 1152, None, 'transformer width', True),
-    K('model.depth', 'int', 28, None, 'transformer blocks', True),
-    K('model.num_heads', 'int', 16, None, 'attention heads', True),
+    K('model.hidden_size', 'int', 1152, POSITIVE, 'transformer width', True),
+    K('model.depth', 'int', 28, POSITIVE, 'transformer blocks', True),
+    K('model.num_heads', 'int', 16, POSITIVE, 'attention heads', True),
     K('model.mlp_ratio', 'float', 4.0, None, 'MLP width / hidden_size', True),
     K('model.learn_sigma', 'bool', True, None, '8 output channels: eps and the variance interpolation value', True),
     K('model.pe_interpolation', 'float', 1.0, None, 'positional-embedding scale (the release: 2.0)', True),
     K('model.attn_strides', 'list|None', None, None, 'per layer: None = full 3D attention, [ts, xs] = grid '
       'attention (-1: one window per frame / token); None: full 3D everywhere', True),
-    K('model.lats_per_vid', 'int', 8, None, 'frames per temporal window', True),
+    K('model.lats_per_vid', 'int', 8, POSITIVE, 'frames per temporal window', True),
     K('model.fp32_attention', 'bool', False, None, 'attention in fp32 under autocast (as the release)'),
     K('model.grad_checkpointing', 'bool', False, None, 'recompute block activations in backward (saves memory)'),
     K('model.attn_backend', 'str', 'sdpa', ATTN_BACKENDS, 'attention kernel'),
@@ -269,10 +269,64 @@ def _check(cfg, path, overrides=()):
                                   f"{entry.default!r})")
         elif _value_error(entry.key, value):
             raise ConfigError(f"{path}: {_value_error(entry.key, value)}")
+    _check_attn_strides(cfg.model, path)
+
+
+def _check_attn_strides(model, path):
+    """model.attn_strides against the model it configures: one entry per layer, each stride dividing
+    model.lats_per_vid and the token grid model.input_size / model.patch_size (models.dit.check_attn_strides)."""
+    if model.input_size % model.patch_size:
+        raise ConfigError(f"{path}: model.input_size = {model.input_size} is not a multiple of model.patch_size = "
+                          f"{model.patch_size}; change one of them")
     try:
-        check_attn_strides(cfg.model.attn_strides, cfg.model.depth, key='model.attn_strides', where=f"{path}: ")
+        check_attn_strides(model.attn_strides, model.depth, model.lats_per_vid, model.input_size // model.patch_size,
+                           key='model.attn_strides', where=f"{path}: ")
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _first_line(e):
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _non_dict_parent(values, key, itself=False):
+    """The first dotted parent of `key` (with `itself`, or `key`) that the config holds as a non-dict
+    (optimizer.auto_lr = None), or None."""
+    node, parts = values, key.split('.')
+    for i, part in enumerate(parts if itself else parts[:-1]):
+        if part not in node:
+            return None
+        node = node[part]
+        if not isinstance(node, dict):
+            return '.'.join(parts[:i + 1])
+    return None
+
+
+def _merge_items(values, parsed, path):
+    """Overrides as merge_from_dict takes them. {} (also typed `key={}`) empties a key, so vae.config={} is no
+    no-op; keys below one the config holds as None or another non-dict build a new dict there
+    (optimizer.auto_lr.rule=linear over optimizer.auto_lr = None). ConfigError when one override sets a key
+    below another override's non-dict value (optimizer.auto_lr=None with optimizer.auto_lr.rule=linear)."""
+    for key, value in parsed.items():
+        below = next((o for o in parsed if o.startswith(key + '.')), None)
+        if below is not None and not isinstance(value, dict):
+            raise ConfigError(f"{path}: --cfg-options {key}={value!r} and {below}={parsed[below]!r} contradict "
+                              f"each other ({key} is then not a dict); give only one of them")
+    items = {}
+    for key, value in parsed.items():
+        value = {'_delete_': True} if isinstance(value, (dict, str)) and value in ({}, '{}') else value
+        if isinstance(value, dict) and _non_dict_parent(values, key, itself=True) == key:
+            value = {'_delete_': True, **value}                # a dict in place of None
+        parent = _non_dict_parent(values, key)
+        if parent is None:
+            items[key] = value
+            continue
+        node = items.setdefault(parent, {'_delete_': True})
+        *middle, last = key[len(parent) + 1:].split('.')
+        for part in middle:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return items
 
 
 def load_config(path, overrides=None):
@@ -292,8 +346,11 @@ def load_config(path, overrides=None):
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{path}: cannot be parsed ({msg}); fix the file") from e
     parsed = dict(overrides) if isinstance(overrides, dict) else parse_cfg_options(overrides)
-    if parsed:  # dicts merge (mmengine); {} (also typed as `key={}`) empties the key, so vae.config={} is no no-op
-        cfg.merge_from_dict({k: {'_delete_': True} if v in ({}, '{}') else v for k, v in parsed.items()})
+    if parsed:
+        try:
+            cfg.merge_from_dict(_merge_items(cfg.to_dict(), parsed, path))
+        except (TypeError, KeyError, AttributeError) as e:   # what mmengine raises for a merge it cannot do
+            raise ConfigError(f"{path}: --cfg-options cannot be applied ({_first_line(e)}); check the keys") from None
     _check(cfg, path, parsed)
     cfg.config_path = path
     return cfg

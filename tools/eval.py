@@ -14,7 +14,13 @@ one in the done.json beside a recon.py output, else the one the flags describe (
 --num-frames, --size, --square, --preprocess, as recon.py takes them). Frame selection and cropping apply to
 the reference only; a reconstruction is resized only when its size differs from the reference's (with a
 warning). Writes per_frame.csv, per_video.csv, summary.md, summary.json, per_frame.png (and bars.png for
-several methods) to --out; --report DIR adds an HTML page (tools/report.py).
+several methods) to --out (default: FIRST_REC/.eval, a name no video can have); --report DIR adds an HTML page
+(tools/report.py). A metric that cannot apply to a clip (too small, or one frame for flicker/tOF) is n/a for
+it, with a note; the means say over how many videos they run.
+
+Exit codes: 0 every pair scored; 1 some pair unreadable or its scoring failed (the others are written, the
+summary names them) or none could be scored; 2 bad input (flags, paths, --device, unwritable --out/--report),
+one line, before any work, nothing written.
 """
 import argparse
 import sys
@@ -23,7 +29,7 @@ from pathlib import Path
 if __package__ in (None, ''):  # run as `python tools/eval.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.evaluation.evaluate import PROTOCOLS, EvalError, EvalSettings, evaluate
+from tools.evaluation.evaluate import PROTOCOLS, EvalError, EvalFailed, EvalSettings, evaluate
 from tools.video.frames import PREPROCESS
 
 
@@ -34,7 +40,7 @@ def parse_args(argv=None):
     p.add_argument('--rec', action='append', required=True, metavar='[LABEL=]SOURCE',
                    help='reconstructions (repeatable): recon.py output folder, folder of NAME.mp4, or '
                         'a pattern like preview=outputs/*/preview.mp4')
-    p.add_argument('--out', default=None, help='output folder (default: first --rec folder/eval)')
+    p.add_argument('--out', default=None, help='output folder (default: first --rec folder/.eval)')
     g = p.add_argument_group('frame plan of reconstructions without a done.json (recon.py\'s flags, same meaning; '
                              'applied to the reference only)')
     g.add_argument('--start', type=int, default=0, help='first reference frame (default 0)')
@@ -88,16 +94,21 @@ def log(line):
 
 
 def main(argv=None):
-    """-> 0; 2 for bad input (one line); 1 when some video could not be read (the others are scored)."""
+    """-> 0; 2 for bad input (one line, nothing written); 1 when some pair could not be read or scored (the
+    others are written) or none could."""
     args = parse_args(argv)
     try:
         result = evaluate(args.ref, args.rec, args.out, settings_from_args(args), log=log)
+    except EvalFailed as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
     except EvalError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    if result['skipped']:
-        print(f"error: {len(result['skipped'])} video(s) could not be read; see {result['files']['summary']}",
-              file=sys.stderr)
+    lost = len(result['skipped']) + len(result['dropped'])
+    if lost:
+        print(f"error: {lost} pair(s) could not be read or scored ({len(result['skipped'])} unreadable, "
+              f"{len(result['dropped'])} failed); the others are in {result['files']['summary']}", file=sys.stderr)
         return 1
     return 0
 

@@ -14,7 +14,7 @@ from pathlib import Path
 if __package__ in (None, ''):  # run as `python tools/report.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.evaluation.errors import EvalError
+from tools.evaluation.errors import EvalError, check_folder
 from tools.evaluation.report import write_report
 
 
@@ -27,6 +27,7 @@ def main(argv=None):
     p.add_argument('--copy-videos', action='store_true', help='copy the clips next to the report (portable)')
     args = p.parse_args(argv)
     try:
+        check_folder('--out', args.out)
         print(write_report(args.out, args.eval_dir, args.title, args.copy_videos))
     except EvalError as e:
         print(f'error: {e}', file=sys.stderr)

@@ -1,6 +1,6 @@
 """Evaluate reconstructions against their originals: match → score → describe → write.
 
-    result = evaluate('videos/', 'outputs/recon', out_dir='outputs/recon/eval', device='cpu', vmaf=False)
+    result = evaluate('videos/', 'outputs/recon', out_dir='outputs/recon/.eval', device='cpu', vmaf=False)
 
 match pairs each reference with each method's reconstruction of the same name (matching.py); score reads every
 pair through its frame plan (clips.py) and computes per-frame PSNR, SSIM, LPIPS, flicker, tOF and VMAF
@@ -14,17 +14,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tools.evaluation.clips import ReferenceReads, flag_plan, load_frames, match_size, recon_plan
-from tools.evaluation.errors import EvalError
+from tools.evaluation.errors import EvalError, EvalFailed, check_folder
 from tools.evaluation.matching import default_out_dir, list_references, missing_names, resolve_methods
 from tools.evaluation.plots import plot_bars, plot_per_frame
 from tools.evaluation.report import write_report
-from tools.evaluation.scoring import frame_metrics, load_scorers, video_row
+from tools.evaluation.scoring import frame_metrics, load_scorers, not_applicable, video_row
 from tools.evaluation.tables import (METRICS, PER_FRAME_NOTE, PER_VIDEO_NOTE, VIDEO_COLUMNS, available_metrics,
                                      csv_text, fmt, markdown_table, summarize, summary_json, summary_markdown)
 from tools.files import write_text_atomic
 from tools.video.read import VideoReadError, probe_video
 
-__all__ = ['EvalError', 'EvalSettings', 'PROTOCOLS', 'evaluate']
+__all__ = ['EvalError', 'EvalFailed', 'EvalSettings', 'PROTOCOLS', 'evaluate']
 
 # Named evaluation presets: flag defaults (explicit flags still win) and the source fps the numbers assume.
 PROTOCOLS = {
@@ -95,23 +95,34 @@ class Matched:
 
 @dataclass
 class Scores:
-    """Per-frame rows, per-video rows, messages of the pairs skipped as unreadable, and how many pairs were
-    compared through the frame plan in recon.py's done.json."""
+    """Per-frame rows, per-video rows, messages of the pairs skipped as unreadable and of those dropped because
+    their scoring failed, notes on the pairs scored (lengths that differ, metrics that do not apply), and how
+    many pairs were compared through the frame plan in recon.py's done.json."""
     frames: list = field(default_factory=list)
     videos: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
+    dropped: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
     from_done: int = 0
+
+    def note(self, warn, message):
+        """warn(message) and keep it for the summary's notes, once."""
+        if message not in self.notes:
+            self.notes.append(message)
+            warn(message)
 
 
 # ---- match ------------------------------------------------------------------------------------------
 
-def match(ref, rec, out_dir=None):
-    """References and methods matched by name, and the output folder; raises EvalError (one line)."""
+def match(ref, rec, out_dir=None, report_dir=None):
+    """References and methods matched by name, and the output folder, checked writable with the report folder;
+    raises EvalError (one line)."""
     refs = list_references(ref)
     methods = resolve_methods(rec)
     out_dir = Path(out_dir) if out_dir else default_out_dir(rec)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EvalError(f"--out {out_dir}: is a file; pass a folder for the evaluation outputs")
+    check_folder('--out', out_dir)
+    if report_dir:
+        check_folder('--report', report_dir)
     return Matched(refs, methods, missing_names(refs, methods), out_dir)
 
 
@@ -131,13 +142,14 @@ def pair_frames(name, reference, rec_path, settings, warn):
     return ref_u8, rec_u8, recorded is not None
 
 
-def check_lengths_and_fps(ref_u8, rec_u8, ref_path, rec_path, settings, warn):
-    """The number of frames both clips have (warning when they differ); warns when --protocol assumes
-    another frame rate than the reference's at the stride."""
+def check_lengths_and_fps(ref_u8, rec_u8, ref_path, rec_path, settings, warn, note):
+    """The number of frames compared: the reference's, or the reconstruction's when it is shorter. A length
+    that differs either way is noted (note(message)); warns when --protocol assumes another frame rate than
+    the reference's at the stride."""
     t = min(len(ref_u8), len(rec_u8))
-    if len(ref_u8) != len(rec_u8):
-        warn(f'{rec_path}: {len(rec_u8)} frames vs {len(ref_u8)} in {ref_path}; the first {t} are compared',
-             key=f'frames:{rec_path}')
+    stored = max(len(rec_u8), probe_video(rec_path).num_frames)      # rec_u8 is read up to the reference's length
+    if stored != len(ref_u8):
+        note(f'{rec_path}: {stored} frames vs {len(ref_u8)} in {ref_path}; the first {t} are compared')
     expect = PROTOCOLS[settings.protocol]['fps'] if settings.protocol else None
     if expect and abs(probe_video(ref_path).fps / settings.stride - expect) > 0.5:
         warn(f'{ref_path}: {probe_video(ref_path).fps:g} fps with --frame-stride {settings.stride}, but '
@@ -146,8 +158,18 @@ def check_lengths_and_fps(ref_u8, rec_u8, ref_path, rec_path, settings, warn):
     return t
 
 
+def note_not_applicable(scores, ref_path, shape, scorers, warn):
+    """Note each metric this evaluation computes that cannot apply to the clip, shape (T, H, W)."""
+    computed = {'lpips': scorers.lpips_model is not None, 'vmaf': scorers.vmaf is not None}
+    for key in METRICS:
+        why = computed.get(key, True) and not_applicable(key, *shape)
+        if why:
+            scores.note(warn, f'{ref_path}: {key} n/a: {why}')
+
+
 def score_pair(scores, method, name, reference, rec_path, settings, scorers, warn):
-    """Score one pair into `scores`, or record it as skipped (warned once per message) when unreadable."""
+    """Score one pair into `scores`, or record it as skipped (unreadable) or dropped (its scoring raised),
+    warned once per message; metrics that do not apply to the clip are n/a and noted."""
     try:
         ref_u8, rec_u8, recorded = pair_frames(name, reference, rec_path, settings, warn)
     except (VideoReadError, EvalError) as e:
@@ -155,10 +177,18 @@ def score_pair(scores, method, name, reference, rec_path, settings, scorers, war
             scores.skipped.append(str(e))
             warn(f'skipped: {e}')
         return
+    t = check_lengths_and_fps(ref_u8, rec_u8, reference.path, rec_path, settings, warn,
+                              lambda message: scores.note(warn, message))
+    note_not_applicable(scores, reference.path, (t, *ref_u8.shape[1:3]), scorers, warn)
+    try:
+        per, version = frame_metrics(ref_u8[:t], rec_u8[:t], scorers.lpips_model, scorers.device,
+                                     vmaf=scorers.vmaf is not None)
+    except Exception as e:  # noqa: BLE001 -- one clip's failure must not lose the others' scores
+        first = (str(e).strip().splitlines() or [''])[0]
+        scores.dropped.append(f'{rec_path}: scoring failed ({type(e).__name__}: {first})')
+        warn(f'dropped: {scores.dropped[-1]}')
+        return
     scores.from_done += recorded
-    t = check_lengths_and_fps(ref_u8, rec_u8, reference.path, rec_path, settings, warn)
-    per, version = frame_metrics(ref_u8[:t], rec_u8[:t], scorers.lpips_model, scorers.device,
-                                 vmaf=scorers.vmaf is not None)
     if version:
         scorers.vmaf['libvmaf'] = version
     scores.frames += [{'method': method, 'video': name, 'frame': i, **{k: per[k][i] for k in METRICS}}
@@ -168,7 +198,7 @@ def score_pair(scores, method, name, reference, rec_path, settings, scorers, war
 
 def score(matched, settings, scorers, warn):
     """Every matched pair, reference by reference (each reference read once per frame plan) -> Scores;
-    raises EvalError when no pair could be read."""
+    raises EvalFailed when no pair could be scored."""
     for m, names in matched.missing.items():
         if names:
             warn(f"{m}: no reconstruction for {len(names)} of {len(matched.refs)} videos ({', '.join(names[:5])}"
@@ -180,8 +210,9 @@ def score(matched, settings, scorers, warn):
             if name in found:
                 score_pair(scores, method, name, reference, found[name], settings, scorers, warn)
     if not scores.videos:
-        first = scores.skipped[0] if scores.skipped else 'nothing matched'
-        raise EvalError(f"--ref/--rec: no pair could be read ({first})")
+        lost = scores.skipped + scores.dropped
+        raise EvalFailed(f"--ref/--rec: no pair could be scored ({len(lost)} unreadable or failed; first: "
+                         f"{lost[0] if lost else 'nothing matched'})")
     return scores
 
 
@@ -208,6 +239,8 @@ def describe(ref, matched, scores, settings, scorers):
     notes = [scorers.lpips_note] if scorers.lpips_note else []
     notes += [f'{m}: no reconstruction for {", ".join(n)}' for m, n in matched.missing.items() if n]
     notes += [f'skipped (unreadable): {e}' for e in scores.skipped]
+    notes += [f'dropped: {e}' for e in scores.dropped]
+    notes += scores.notes
     if scores.from_done:
         notes.append(f"{scores.from_done} of {len(scores.videos)} pairs compared through recon.py's frame plan "
                      f"(done.json)")
@@ -266,24 +299,27 @@ def evaluate(ref, rec, out_dir=None, settings=None, log=print, **options):
     """Evaluate reconstructions against references and write the outputs to out_dir; -> a result dict.
 
     ref: a folder / .txt / .json list / video, or a list of paths. rec: one --rec spec, a list of them, or
-    {label: source} (matching.py). out_dir: default the first --rec folder / 'eval'. settings: EvalSettings;
+    {label: source} (matching.py). out_dir: default the first --rec folder / '.eval'. settings: EvalSettings;
     options: any of its fields by name, e.g. evaluate(refs, 'outputs', device='cpu', vmaf=True, num_frames=8).
     Each pair is compared through recon.py's frame plan from the done.json beside the reconstruction, else
     through the settings' plan; selection and crop apply to the reference only. log: a callable taking one
     line (warnings start with 'warning: ').
-    Returns {'methods': {label: {videos, frames, psnr, ssim, lpips, flicker, tof, vmaf}},
-    'lpips': None or why it is missing, 'vmaf': None or {model, libvmaf, ffmpeg_version, ffmpeg},
-    'missing': {label: [names]}, 'skipped': [messages of unreadable pairs], 'files': {name: path},
-    'out_dir': Path}. Raises EvalError (one line) for bad input or when no pair could be read; nothing is
-    written then.
+    Returns {'methods': {label: {videos, frames, psnr, ssim, lpips, flicker, tof, vmaf, counts}} (counts:
+    {metric: videos its mean is over}), 'lpips': None or why it is missing, 'vmaf': None or {model, libvmaf,
+    ffmpeg_version, ffmpeg}, 'missing': {label: [names]}, 'skipped': [messages of unreadable pairs],
+    'dropped': [messages of pairs whose scoring failed], 'notes': [lengths that differ, metrics n/a for a
+    clip], 'files': {name: path}, 'out_dir': Path}; the scored pairs are written whatever was skipped or
+    dropped. Raises EvalError (one line) for bad input, checked before any scoring (the output and report
+    folders too), and EvalFailed when no pair could be scored; nothing is written then.
     """
     settings = replace(settings or EvalSettings(), **options)
     warn = Warnings(log)
-    matched = match(ref, rec, out_dir)
+    matched = match(ref, rec, out_dir, settings.report_dir)
     scorers = load_scorers(warn, settings.device, lpips=settings.lpips, vmaf=settings.vmaf)
     scores = score(matched, settings, scorers, warn)
     summary = summarize(scores.videos)
     described = describe(ref, matched, scores, settings, scorers)
     files = write(matched.out_dir, scores, summary, described, settings, log)
     return {'methods': summary, 'lpips': scorers.lpips_note, 'vmaf': scorers.vmaf, 'missing': matched.missing,
-            'skipped': scores.skipped, 'files': files, 'out_dir': matched.out_dir}
+            'skipped': scores.skipped, 'dropped': scores.dropped, 'notes': scores.notes, 'files': files,
+            'out_dir': matched.out_dir}

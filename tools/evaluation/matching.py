@@ -19,6 +19,9 @@ from tools.video.lists import VideoListError, read_video_list
 from tools.video.read import VIDEO_EXTS, VideoReadError, list_videos
 
 RECON_FILES = {'preview': 'preview.mp4', 'refined': 'rec.mp4'}  # recon.py layout: OUTPUT/<name>/<file>
+# The evaluation's folder inside an output folder: a name no video can have (video names are file stems, and
+# folders and videos whose names start with '.' are never listed as inputs), so it never meets OUTPUT/<name>/.
+EVAL_DIR = '.eval'
 
 
 def list_references(ref):
@@ -123,14 +126,14 @@ def resolve_methods(rec):
 
 
 def default_out_dir(rec):
-    """The first --rec source's folder / 'eval' (for a pattern: the folder before the '*')."""
+    """The first --rec source's folder / EVAL_DIR ('.eval'; for a pattern: the folder before the '*')."""
     spec = _rec_items(rec)[0][1]
     if '*' in spec:
         head = spec.split('*')[0]
         folder = head if head.endswith(('/', os.sep)) else os.path.dirname(head)
     else:
         folder = spec if os.path.isdir(spec) else os.path.dirname(spec)
-    return Path(folder or '.') / 'eval'
+    return Path(folder or '.') / EVAL_DIR
 
 
 def missing_names(refs, methods):

@@ -24,13 +24,13 @@ ALEXNET_FILE = 'alexnet-owt-7be5be79.pth'  # torchvision's ImageNet AlexNet, the
 ALEXNET_URL = f'https://download.pytorch.org/models/{ALEXNET_FILE}'
 
 
-def to_levels(frames, device='cpu'):
-    """uint8 frames (T, H, W, 3) -> float64 tensor (T, 3, H, W) of uint8 levels 0..255 (exact integers)."""
+def to_levels(frames, device='cpu', dtype=torch.float64):
+    """uint8 frames (T, H, W, 3) -> tensor (T, 3, H, W) of uint8 levels 0..255 in `dtype` (exact integers)."""
     frames = torch.as_tensor(np.asarray(frames))
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f'metrics expect uint8 frames (T, H, W, 3), got {tuple(frames.shape)} {frames.dtype} '
                          '(convert clips with tools.video.write.to_uint8)')
-    return frames.to(device).permute(0, 3, 1, 2).double()
+    return frames.to(device).permute(0, 3, 1, 2).to(dtype)
 
 
 def to_unit(frames, device='cpu'):
@@ -49,18 +49,27 @@ def _chunks(n, size):
 
 
 def _error(ref, rec, device):
-    """rec − ref in uint8 levels (exact integers in float64), (T, 3, H, W)."""
-    return to_levels(rec, device) - to_levels(ref, device)
+    """rec − ref in uint8 levels, int16 (T, 3, H, W): exact, -255..255."""
+    return to_levels(rec, device, torch.int16) - to_levels(ref, device, torch.int16)
+
+
+def _frame_budget(ref, budget):
+    """Frames of `ref` (T, H, W, 3) whose int16 error stack fits in `budget` bytes (at least 1)."""
+    return max(1, budget // (2 * 3 * int(np.prod(np.shape(ref)[1:3]))))
 
 
 def psnr(ref, rec, chunk=None, device='cpu'):
     """Per-frame PSNR in dB, 10·log10(1 / MSE) on [0, 1]; inf where the frames are identical. -> (T,) float64.
-    Frames go `chunk` at a time (default: a 32 MiB float64 stack; one 1080p frame)."""
+    The squared errors are summed exactly (int64) and divided in float64. Frames go `chunk` at a time
+    (default: an 8 MiB int16 error stack, about a 1080p frame)."""
     _check_pair(ref, rec)
-    chunk = chunk or max(1, (1 << 22) // (3 * int(np.prod(np.shape(ref)[1:3]))))
+    chunk = chunk or _frame_budget(ref, 1 << 23)
+    n = 3 * int(np.prod(np.shape(ref)[1:3]))
     out = []
     for s in _chunks(len(ref), chunk):
-        mse = _error(ref[s], rec[s], device).pow(2).mean(dim=(1, 2, 3)) / 255 ** 2  # (t,) on the [0, 1] scale
+        e = _error(ref[s], rec[s], device).to(torch.int32)
+        sse = (e * e).sum(dim=(1, 2, 3), dtype=torch.int64).double()          # (t,) exact sums of squares
+        mse = sse / n / 255 ** 2                                               # on the [0, 1] scale
         out.append(10 * torch.log10(1 / mse))  # 1/0 -> inf
     return torch.cat(out).cpu()
 
@@ -73,20 +82,42 @@ def gaussian_window(size=11, sigma=1.5, dtype=torch.float64):
 
 
 def _blur(x, w):
-    """Separable 'valid' filter with taps w: (N, H, W) -> (N, H-k+1, W-k+1)."""
+    """Separable 'valid' filter with taps w (odd length k): (N, H, W) -> (N, H-k+1, W-k+1), x's dtype.
+
+    On the CPU OpenCV's separable filter, a plane at a time (cv2.sepFilter2D; the border it pads is cropped
+    away, a view); elsewhere two 1-D convolutions (F.conv2d). Both sum the same products, so they agree to
+    rounding (~1e-16 in float64). On the CPU the convolution unfolds its input k times, which made SSIM
+    spend most of its time mapping fresh memory.
+    """
+    k = len(w)
+    if x.device.type == 'cpu' and x.dtype in (torch.float32, torch.float64):
+        n, h, wd = x.shape
+        taps, depth = w.to(x.dtype).numpy(), cv2.CV_64F if x.dtype == torch.float64 else cv2.CV_32F
+        planes, full = x.contiguous().numpy(), np.empty((n, h, wd), x.numpy().dtype)
+        for i in range(n):
+            cv2.sepFilter2D(planes[i], depth, taps, taps, dst=full[i], borderType=cv2.BORDER_REPLICATE)
+        r = k // 2
+        return torch.from_numpy(full)[:, r:h - r, r:wd - r]
     x = F.conv2d(x[:, None], w.view(1, 1, -1, 1))
     return F.conv2d(x, w.view(1, 1, 1, -1))[:, 0]
 
 
-def ssim_planes(x, y, window, k1=0.01, k2=0.03):
+def ssim_planes(x, y, window, k1=0.01, k2=0.03, budget=1 << 23):
     """Mean SSIM (Wang et al. 2004, eq. 13) of each plane pair: x, y (N, H, W) on [0, 1] in any float dtype,
     `window` the 1-D Gaussian taps (gaussian_window) in that dtype; population covariances, mean over the
-    positions where the window fits. -> (N,)"""
+    positions where the window fits. Planes go a `budget` of bytes at a time (at least one). -> (N,)"""
     c1, c2 = k1 ** 2, k2 ** 2  # (K·L)² with L = 1
-    mx, my, mxx, myy, mxy = _blur(torch.cat([x, y, x * x, y * y, x * y]), window).chunk(5)
-    vx, vy, vxy = mxx - mx * mx, myy - my * my, mxy - mx * my
-    smap = (2 * mx * my + c1) * (2 * vxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
-    return smap.mean(dim=(1, 2))
+    n, h, w = x.shape
+    out = []
+    for s in _chunks(n, max(1, budget // (h * w * x.element_size()))):
+        a, b = x[s], y[s]
+        mx, my, mxx, myy, mxy = (_blur(m, window) for m in (a, b, a * a, b * b, a * b))
+        mx2, my2, mxmy = mx * mx, my * my, mx * my
+        vx, vy, vxy = mxx.sub_(mx2), myy.sub_(my2), mxy.sub_(mxmy)      # in place: no new maps
+        num = mxmy.mul_(2).add_(c1).mul_(vxy.mul_(2).add_(c2))         # (2·μx·μy + C1)(2·σxy + C2)
+        den = mx2.add_(my2).add_(c1).mul_(vx.add_(vy).add_(c2))        # (μx² + μy² + C1)(σx² + σy² + C2)
+        out.append(num.div_(den).mean(dim=(1, 2)))
+    return torch.cat(out)
 
 
 def ssim(ref, rec, win_size=11, sigma=1.5, k1=0.01, k2=0.03, chunk=None, device='cpu'):
@@ -101,24 +132,26 @@ def ssim(ref, rec, win_size=11, sigma=1.5, k1=0.01, k2=0.03, chunk=None, device=
     chunk = chunk or max(1, (1 << 21) // (5 * h * w))  # frames per step: a 16 MiB float64 stack per channel
     out = []
     for s in _chunks(len(ref), chunk):
-        per_channel = []
-        for c in range(3):                          # one channel at a time: a third of the float64 maps
-            x, y = to_unit(ref[s], device)[:, c], to_unit(rec[s], device)[:, c]   # (t, H, W)
-            per_channel.append(ssim_planes(x, y, win, k1, k2))
-        out.append(torch.stack(per_channel, dim=1).mean(dim=1))  # (t,) mean over pixels, then channels
+        x, y = to_unit(ref[s], device), to_unit(rec[s], device)                  # (t, 3, H, W)
+        planes = ssim_planes(x.reshape(-1, h, w), y.reshape(-1, h, w), win, k1, k2)   # (t·3,) per channel
+        out.append(planes.view(-1, 3).mean(dim=1))  # (t,) mean over pixels, then channels
     return torch.cat(out).cpu()
 
 
-def flicker(ref, rec, chunk=16, device='cpu'):
-    """Temporal error: mean |Δrec − Δref| on [0, 1], Δ = frame t minus frame t−1. -> (T−1,), 0 if identical
-    and 0 for an error that is the same in every frame (only changes of the error over time count)."""
+def flicker(ref, rec, chunk=None, device='cpu'):
+    """Temporal error: mean |Δrec − Δref| on [0, 1], Δ = frame t minus frame t−1. -> (T−1,) float64, 0 if
+    identical and 0 for an error that is the same in every frame (only changes of the error over time count).
+    The absolute differences are summed exactly (int64) and divided in float64. Frames go `chunk` at a time
+    (default: an 8 MiB int16 error stack)."""
     _check_pair(ref, rec)
+    chunk = chunk or _frame_budget(ref, 1 << 23)
+    n = 3 * int(np.prod(np.shape(ref)[1:3]))
     out, prev = [], None
     for s in _chunks(len(ref), chunk):
-        d = _error(ref[s], rec[s], device)  # (t, 3, H, W); Δrec − Δref = Δ(rec − ref)
+        d = _error(ref[s], rec[s], device)  # (t, 3, H, W) int16; Δrec − Δref = Δ(rec − ref), -510..510
         if prev is not None:
             d = torch.cat([prev, d])
-        out.append((d[1:] - d[:-1]).abs().mean(dim=(1, 2, 3)) / 255)
+        out.append((d[1:] - d[:-1]).abs().sum(dim=(1, 2, 3), dtype=torch.int64).double() / n / 255)
         prev = d[-1:]
     return torch.cat(out).cpu()
 

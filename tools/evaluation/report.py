@@ -15,10 +15,10 @@ import shutil
 from pathlib import Path
 from urllib.parse import quote
 
-from tools.evaluation.errors import EvalError
+from tools.evaluation.errors import EvalError, check_folder
 from tools.evaluation.plots import plot_per_frame
 from tools.evaluation.tables import (DECIMALS, HIGHER_IS_BETTER, METRICS, TITLES, available_metrics, fmt,
-                                     load_summary, metric_value, parse_value, read_table)
+                                     load_summary, metric_value, parse_value, partial_note, read_table)
 from tools.files import write_text_atomic
 from tools.video.read import VideoReadError, probe_video
 
@@ -31,7 +31,8 @@ CONTROLS = ('<div class="controls"><button class="play">play</button><button cla
             'value="0"><span class="time">0.00 s</span><select class="rate"><option value="1">1x</option>'
             '<option value="0.5">0.5x</option><option value="0.25">0.25x</option></select></div>')
 TABLE_NOTE = ('<p class="note">Method values are means over videos of per-video means over frames; per-video '
-              'PSNR is the mean of per-frame PSNRs of frames that differ. Bold: best per column.</p>')
+              'PSNR is the mean of per-frame PSNRs of frames that differ; "(1 of 2)": over the videos the metric '
+              'applies to. Bold: best per column.</p>')
 
 
 def _png_data_uri(source):
@@ -40,8 +41,9 @@ def _png_data_uri(source):
     return 'data:image/png;base64,' + base64.b64encode(data).decode('ascii')
 
 
-def _table(rows, first_col, keys, table_id=None):
-    """HTML table: rows = [(label, {metric: float|None}, extra cells)], best value per metric in bold."""
+def _table(rows, first_col, keys, table_id=None, suffix=None):
+    """HTML table: rows = [(label, {metric: float|None}, extra cells)], best value per metric in bold;
+    suffix(label, key): text after a cell's value (e.g. ' (1 of 2)'), or None."""
     best = {}
     for k in (k for k in keys if k in METRICS):
         vals = [r[1].get(k) for r in rows if r[1].get(k) is not None and not math.isnan(r[1][k])]
@@ -56,6 +58,7 @@ def _table(rows, first_col, keys, table_id=None):
             v = vals.get(k)
             cls = ' class="best"' if k in best and v == best[k] else ''
             text = v if isinstance(v, (int, str)) else (fmt(v, DECIMALS.get(k, 4)) or 'n/a')
+            text = f'{text}{suffix(label, k) if suffix else ""}'
             cells.append(f'<td{cls}>{html.escape(str(text))}</td>')
         body.append('<tr>' + ''.join(cells) + '</tr>')
     return f'<table{ident}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
@@ -81,9 +84,11 @@ def _fps(path):
 
 def _summary_section(info, keys, eval_dir):
     """The summary under the title: the setup line, the per-method table, the notes and the evaluation's plots."""
+    methods = info['methods']
     parts = [f'<p class="note">{html.escape(info["setup"])}</p>', '<h2>Summary</h2>',
              _table([(m, {'videos': s['videos'], 'frames': s['frames'], **{k: metric_value(s, k) for k in keys}})
-                     for m, s in info['methods'].items()], 'method', ['videos', 'frames', *keys], 'summary')]
+                     for m, s in methods.items()], 'method', ['videos', 'frames', *keys], 'summary',
+                    suffix=lambda m, k: partial_note(methods[m], k))]
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in info['notes']]
     parts.append(TABLE_NOTE)
     for png, alt in (('bars.png', 'mean per method'), ('per_frame.png', 'metrics per frame')):
@@ -131,13 +136,12 @@ def write_report(report_dir, eval_dir, title='CascadeV reconstruction report', c
     copy_videos: copy the clips to REPORT_DIR/videos/NAME/ (a portable folder) instead of linking them.
     cache_mb: a video row whose players' decoded RGBA frames fit in this many MiB is played from memory
     (exact sync, seamless loop); 0 plays every row with the native players. Raises EvalError (one line) when
-    eval_dir lacks an output or report_dir is a file; nothing is written then."""
+    eval_dir lacks an output or report_dir is a file or cannot be written; nothing is written then."""
     eval_dir, report_dir = Path(eval_dir), Path(report_dir)
     for name in EVAL_FILES:
         if not (eval_dir / name).is_file():
             raise EvalError(f"{eval_dir / name}: missing; run tools/eval.py with --out {eval_dir} first")
-    if report_dir.exists() and not report_dir.is_dir():
-        raise EvalError(f"--report {report_dir}: is a file; pass a folder for the report")
+    check_folder('--report', report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     info = load_summary(eval_dir / 'summary.json')
     videos = read_table(eval_dir / 'per_video.csv')

@@ -1,7 +1,9 @@
 """Scores of one reference/reconstruction pair: per-frame metrics (metrics.py) and the per-video row.
 
 The metric models are set up once per evaluation (Scorers): the device, LPIPS when its weights are present,
-VMAF when asked for and the ffmpeg has libvmaf.
+VMAF when asked for and the ffmpeg has libvmaf. A metric that cannot apply to a clip (LIMITS: frames too small
+for it, or a single frame for a temporal metric) is not run on it: its values are None (n/a) and
+not_applicable says why.
 """
 import math
 from dataclasses import dataclass
@@ -9,38 +11,63 @@ from pathlib import Path
 
 import torch
 
+from models.weights import resolve_device
 from tools.evaluation import metrics
 from tools.evaluation.errors import EvalError
-from tools.evaluation.tables import mean
+from tools.evaluation.tables import METRICS, TITLES, mean
+
+# The smallest clip each metric applies to: (pixels on each side, frames), and what sets that size.
+LIMITS = {
+    'psnr': (1, 1, None),
+    'ssim': (11, 1, 'its 11x11 Gaussian window'),
+    'lpips': (31, 1, "AlexNet's 11x11 stride-4 convolution and two 3x3 stride-2 max-pools"),
+    'flicker': (1, 2, None),
+    'tof': (16, 2, "OpenCV's DIS optical flow, which fails or crashes on smaller frames"),
+    'vmaf': (17, 1, 'libvmaf, which crashes on smaller frames'),
+}
 
 
-def pick_device(device):
-    """'auto' or None -> 'cuda' when available, else 'cpu'; any other torch device string as given."""
-    if device in (None, 'auto'):
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    return device
+def metric_name(key):
+    """'ssim' -> 'SSIM' (the table title without its arrow)."""
+    return TITLES[key].split(' ')[0]
+
+
+def not_applicable(key, frames, height, width):
+    """Why metric `key` cannot score a clip of `frames` frames of height x width pixels (one phrase), or None."""
+    side, count, why = LIMITS[key]
+    if min(height, width) < side:
+        return (f'{metric_name(key)} needs frames of at least {side}x{side} pixels ({why}), this clip is '
+                f'{height}x{width}')
+    if frames < count:
+        return f'{metric_name(key)} needs at least {count} frames (it compares consecutive ones), this clip has {frames}'
+    return None
 
 
 @dataclass
 class Scorers:
-    """What every pair is scored with. lpips_model None: the LPIPS column stays empty, lpips_note says why
-    (None when LPIPS ran). vmaf: None, or {model, ffmpeg_version, ffmpeg, libvmaf (once a clip is scored)}."""
-    device: str
+    """What every pair is scored with. device: a torch.device. lpips_model None: the LPIPS column stays empty,
+    lpips_note says why (None when LPIPS ran). vmaf: None, or {model, ffmpeg_version, ffmpeg, libvmaf (once a
+    clip is scored)}."""
+    device: torch.device
     lpips_model: object = None
     lpips_note: str | None = None
     vmaf: dict | None = None
 
 
 def load_scorers(warn, device='auto', lpips=True, vmaf=False):
-    """Scorers for an evaluation: VMAF checked first (EvalError '--vmaf: ...' when ffmpeg lacks libvmaf), then
-    LPIPS loaded on the device; a missing LPIPS is warned about (warn(message)) and noted, not an error."""
+    """Scorers for an evaluation: the device checked first (EvalError '--device: ...' for one this machine lacks),
+    then VMAF (EvalError '--vmaf: ...' when ffmpeg lacks libvmaf), then LPIPS loaded on the device; a missing
+    LPIPS is warned about (warn(message)) and noted, not an error."""
+    try:
+        device = resolve_device(device)
+    except ValueError as e:
+        raise EvalError(f'--device: {e}') from None
     vmaf_info = None
     if vmaf:
         try:
             vmaf_info = metrics.vmaf_check()
         except metrics.VMAFUnavailable as e:
             raise EvalError(f'--vmaf: {e}') from None
-    device = pick_device(device)
     lpips_model, lpips_note = None, None if lpips else 'LPIPS disabled (--no-lpips)'
     if lpips:
         try:
@@ -51,23 +78,37 @@ def load_scorers(warn, device='auto', lpips=True, vmaf=False):
     return Scorers(device, lpips_model, lpips_note, vmaf_info)
 
 
+def metric_values(key, ref, rec, lpips_model=None, device='cpu'):
+    """One metric of two uint8 clips (T, H, W, 3) of one shape -> (T values, libvmaf version or None).
+
+    psnr (dB, inf for identical frames), ssim, lpips (needs lpips_model), flicker, tof, vmaf as in metrics.py;
+    flicker[0] and tof[0] are None (no previous frame). Raises what the metric raises on a clip it cannot
+    score (see not_applicable)."""
+    if key == 'vmaf':
+        scores, version = metrics.vmaf(ref, rec)
+        return scores.tolist(), version
+    if key == 'lpips':
+        return metrics.lpips_distance(lpips_model, ref, rec, device=device).tolist(), None
+    if key == 'tof':
+        return [None] + metrics.tof(ref, rec).tolist(), None
+    values = getattr(metrics, key)(ref, rec, device=device).tolist()
+    return ([None] + values if key == 'flicker' else values), None
+
+
 def frame_metrics(ref, rec, lpips_model=None, device='cpu', vmaf=False):
     """Two uint8 clips (T, H, W, 3) of one shape -> ({metric: [T values]}, libvmaf version or None).
 
-    psnr (dB, inf for identical frames), ssim, lpips, flicker, tof, vmaf as in metrics.py; flicker[0] and
-    tof[0] are None (no previous frame); LPIPS without a model and VMAF without `vmaf` are None."""
-    t = len(ref)
-    per = {'psnr': metrics.psnr(ref, rec, device=device).tolist(),
-           'ssim': metrics.ssim(ref, rec, device=device).tolist(),
-           'lpips': (metrics.lpips_distance(lpips_model, ref, rec, device=device).tolist()
-                     if lpips_model is not None else [None] * t),
-           'flicker': [None] + metrics.flicker(ref, rec, device=device).tolist(),
-           'tof': [None] + metrics.tof(ref, rec).tolist(),
-           'vmaf': [None] * t}
-    version = None
-    if vmaf:
-        scores, version = metrics.vmaf(ref, rec)
-        per['vmaf'] = scores.tolist()
+    Every metric of METRICS through metric_values; LPIPS without a model, VMAF without `vmaf` and a metric that
+    does not apply to the clip (not_applicable) are None in every frame."""
+    t, h, w = ref.shape[:3]
+    wanted = {'lpips': lpips_model is not None, 'vmaf': vmaf}
+    per, version = {}, None
+    for key in METRICS:
+        if not wanted.get(key, True) or not_applicable(key, t, h, w):
+            per[key] = [None] * t
+            continue
+        per[key], found = metric_values(key, ref, rec, lpips_model, device)
+        version = version or found
     return per, version
 
 

@@ -60,14 +60,23 @@ def mean(values):
 
 
 def summarize(videos):
-    """Per-video rows -> {method: {videos, frames, <metric>...}}: means over videos (PSNR: metrics.mean_psnr)."""
+    """Per-video rows -> {method: {videos, frames, <metric>..., counts}}: means over the videos that have the
+    metric (PSNR: metrics.mean_psnr); counts: {metric: how many videos that is}."""
     out = {}
     for v in videos:
         out.setdefault(v['method'], []).append(v)
     return {m: {'videos': len(rows), 'frames': sum(r['frames'] for r in rows),
-                'psnr': metrics.mean_psnr([r['psnr'] for r in rows]),
-                **{k: mean([r[k] for r in rows]) for k in METRICS if k != 'psnr'}}
+                'psnr': metrics.mean_psnr([r['psnr'] for r in rows if r['psnr'] is not None]),
+                **{k: mean([r[k] for r in rows]) for k in METRICS if k != 'psnr'},
+                'counts': {k: sum(r[k] is not None and not math.isnan(r[k]) for r in rows) for k in METRICS}}
             for m, rows in out.items()}
+
+
+def partial_note(row, key):
+    """' (1 of 2)' when a summary row's mean of `key` is over fewer of its videos than it has (some are n/a),
+    '' when over all of them or none."""
+    n = row.get('counts', {}).get(key)
+    return f" ({n} of {row['videos']})" if n is not None and 0 < n < row['videos'] else ''
 
 
 def available_metrics(videos):
@@ -145,7 +154,7 @@ def markdown_table(summary):
     lines = ['| method | videos | frames | ' + ' | '.join(TITLES[k] for k in METRICS) + ' |',
              '|---|---:|---:|' + '---:|' * len(METRICS)]
     for m, s in summary.items():
-        vals = [fmt(s[k], DECIMALS[k]) or 'n/a' for k in METRICS]
+        vals = [(fmt(s[k], DECIMALS[k]) or 'n/a') + partial_note(s, k) for k in METRICS]
         lines.append(f"| {m} | {s['videos']} | {s['frames']} | " + ' | '.join(vals) + ' |')
     return '\n'.join(lines)
 
@@ -163,5 +172,6 @@ def summary_markdown(summary, videos, setup, notes):
         'the per-frame PSNRs (dB) of frames that differ (identical frames have PSNR inf). Metrics are computed '
         'on uint8 frames on the [0, 1] scale; flicker is the mean |Δrec − Δref| of consecutive-frame differences; '
         'tOF the mean L1 distance (pixels) between the DIS optical flows of consecutive reference and '
-        'reconstructed frames; VMAF is libvmaf (vmaf_v0.6.1) on the same frames.',
+        'reconstructed frames; VMAF is libvmaf (vmaf_v0.6.1) on the same frames. "(1 of 2)": the mean is over '
+        'the videos the metric applies to (the notes say why it is n/a for the others).',
         '', *[f'- {n}' for n in notes], '', '## Per video', '', *per_video, ''])

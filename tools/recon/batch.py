@@ -5,8 +5,10 @@
     result = run(RunSettings(output='out', input=('videos/',)))      # prints as recon.py does; result.code
 
 Inputs: video files and folders (collect_videos) or saved latents (collect_latents), named by the file stem
-or the latent's stored name; the output folder must lie outside every input folder. Each video writes
-OUTPUT/NAME/; done.json (tools.recon.records.DoneRecord) is written last, so a folder with one is complete.
+or the latent's stored name; the output folder must lie outside every input folder and be writable
+(tools/recon/folders.py). Each video writes OUTPUT/NAME/ holding its claim (tools/recon/lock.py), so one
+process at a time writes a folder; a video whose folder another process holds is skipped with one line and
+counts as not done (exit 1: a rerun resumes it). done.json is written last, so a folder with one is complete.
 
 Resume: a complete video is skipped when its done.json `settings` equal this run's, else redone with one line
 naming the settings that differ (settings_change); --overwrite redoes it. A video redone has its old files
@@ -29,13 +31,18 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from models.autoencoders import AUTOENCODERS, autoencoder_from_config, autoencoder_record, weights_folder
 from models.pipeline import CascadeV
-from models.weights import check_weights, dtype_name, resolve_device, resolve_dtype
+from models.weights import WeightsFormatError, check_weights, dtype_name, resolve_device, resolve_dtype
 from tools.evaluation.evaluate import EvalError, evaluate
+from tools.evaluation.matching import EVAL_DIR
 from tools.files import write_text_atomic
+from tools.recon.folders import check_output_dir, clear_outputs, is_complete, remove_if_empty, settings_change
 from tools.recon.latents import LatentError, read_latent_meta
-from tools.recon.memory import Workload, bytes_in_use, default_budget, gb, plan_memory, release_freed_memory_to_os
-from tools.recon.records import DONE, OUTPUT_FILES, DoneRecord, RenderInfo, read_done
+from tools.recon.lock import FolderBusy, claim
+from tools.recon.memory import (Workload, bytes_in_use, default_budget, gb, machine_memory, plan_memory,
+                                release_freed_memory_to_os)
+from tools.recon.records import DONE, DoneRecord, RenderInfo
 from tools.recon.reconstruct import output_settings, reconstruct, source_plan
 from tools.recon.settings import LATENT_FIXED, UsageError
 from tools.video.read import VideoReadError, list_videos
@@ -44,7 +51,7 @@ from tools.video.read import VideoReadError, list_videos
 PLAIN_ERRORS = ('VideoReadError', 'ValueError', 'NonFiniteError', 'LatentError', 'PlanError')
 
 
-# ---- inputs, outputs, sharding -------------------------------------------------------------------------------
+# ---- inputs, sharding ----------------------------------------------------------------------------------------
 
 def shard(items, rank, world):
     """The items process `rank` of `world` handles: every world-th one of the sorted list (no overlap, none lost)."""
@@ -97,56 +104,6 @@ def collect_latents(items):
     return found
 
 
-def check_output_dir(output, inputs):
-    """Refuse an output folder equal to or inside a folder given as --input (a rerun would list its outputs
-    among the inputs' neighbours); a file input's folder may hold the outputs (OUTPUT/NAME/ per video)."""
-    out = Path(output).resolve()
-    for item in inputs:
-        folder = Path(item).resolve()
-        if folder.is_dir() and (out == folder or folder in out.parents):
-            raise UsageError(f'--output {output}: is inside the input folder {item}; input folders are never '
-                             f'written to, so pick an output folder outside it (e.g. outputs/recon)')
-    if out.exists() and not out.is_dir():
-        raise UsageError(f'--output {output}: is a file; pass a folder')
-
-
-def clear_outputs(out_dir, keep=None):
-    """Remove an earlier run's files (done.json first, so the folder never looks complete), except `keep`."""
-    keep = Path(keep).resolve() if keep else None
-    for f in (DONE,) + OUTPUT_FILES:
-        path = Path(out_dir) / f
-        if path.is_file() and path.resolve() != keep:
-            path.unlink()
-
-
-def remove_if_empty(folder):
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
-
-
-# ---- resume ----------------------------------------------------------------------------------------------
-
-def is_complete(out_dir):
-    """A video is complete when its done.json exists and lists files that all exist (settings_change says
-    whether they are this run's)."""
-    done = read_done(out_dir)
-    files = done.render.files if done is not None else None
-    return isinstance(files, list) and all((Path(out_dir) / f).is_file() for f in files)
-
-
-def settings_change(out_dir, expected):
-    """How the complete run in out_dir differs from `expected` (done.json 'settings'): '' if it does not,
-    else 'KEY OLD -> NEW, ...' (one line)."""
-    done = read_done(out_dir)
-    old = done.settings if done is not None and isinstance(done.settings, dict) else {}
-    if not old:
-        return 'its settings are not recorded (an older recon.py)'
-    diff = [f'{k} {old.get(k, "unrecorded")} -> {v}' for k, v in expected.items() if old.get(k, object()) != v]
-    return ', '.join(diff)
-
-
 # ---- the batch ready to run --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -184,16 +141,11 @@ def distributed_state(device=None):
 
 
 def prepare(settings):
-    """RunSettings -> Job: the config, the inputs, the output folder checked, device, dtype and weights.
-    Nothing is written. UsageError / ConfigError / MissingWeightsError (one line) for what cannot run."""
+    """RunSettings -> Job: the config, device, dtype and weights, then the inputs and the output folder (that
+    it can be created and written: tools.files.folder_problem). Nothing is written and nothing printed before
+    every check has passed, so a run that cannot start prints only its error. UsageError / ConfigError /
+    MissingWeightsError (one line) for what cannot run."""
     cfg = settings.load_config()
-    ignored = settings.ignored_by_latent()
-    if ignored:
-        print(f"note: {' '.join(ignored)} ignored with --decode-from: the latent's frames and geometry were fixed "
-              f"when it was encoded", file=sys.stderr)
-    items = collect_latents(settings.decode_from) if settings.decoding else collect_videos(settings.input)
-    if not settings.decoding:
-        check_output_dir(settings.output, settings.input)
     device = settings.requested_device(cfg)
     rank, world, dist_device = distributed_state(device)
     if dist_device is not None and device in ('auto', 'cuda'):
@@ -202,13 +154,44 @@ def prepare(settings):
         device = resolve_device(device)
     except ValueError as e:
         raise UsageError(f'--device: {e}') from None
-    dtype = resolve_dtype(settings.dtype or cfg.get('dtype', 'auto'), device)
+    try:
+        dtype = resolve_dtype(settings.dtype or cfg.get('dtype', 'auto'), device)
+    except ValueError as e:
+        raise UsageError(f'--dtype: {e}') from None
     check_weights(cfg, settings.stages())
+    check_autoencoder(settings)
+    items = collect_latents(settings.decode_from) if settings.decoding else collect_videos(settings.input)
+    check_output_dir(settings.output, () if settings.decoding else settings.input)
     recon = settings.recon_settings(cfg)
     record = {**output_settings(recon, cfg, dtype), 'max_memory': settings.max_memory}   # bytes; the plan: done.json
     if settings.decoding:                    # the latent's own plan shapes the frames: record that, not flags
         record.update({field: 'latent' for _, _, field in LATENT_FIXED})
+    ignored = settings.ignored_by_latent()
+    if ignored:
+        print(f"note: {' '.join(ignored)} ignored with --decode-from: the latent's frames and geometry were fixed "
+              f"when it was encoded", file=sys.stderr)
     return Job(settings, cfg, recon, items, device, dtype, record, rank, world)
+
+
+def check_autoencoder(settings):
+    """--autoencoder-weights holds the diffusers class --autoencoder needs: MissingWeightsError (one line naming
+    the folder and where it comes from), UsageError for another class."""
+    if settings.other_autoencoder and settings.autoencoder_weights is not None:
+        try:
+            weights_folder(settings.autoencoder_weights, AUTOENCODERS[settings.autoencoder])
+        except WeightsFormatError as e:
+            raise UsageError(f'--autoencoder-weights {e}') from None
+
+
+def build_pipe(job):
+    """The run's model: CascadeV with the stages it needs, or the other autoencoder (models/autoencoders.py)."""
+    s = job.settings
+    if s.other_autoencoder:
+        ae = autoencoder_from_config(s.autoencoder, s.autoencoder_weights, job.cfg, job.device, job.dtype)
+        for note in ae.notes if job.rank == 0 else ():
+            print(f'--autoencoder {s.autoencoder} ({ae.compression}): {note}')
+        return ae
+    return CascadeV.from_config(job.cfg, device=job.device, dtype=job.dtype, compile=s.compile, stages=s.stages())
 
 
 def select(job, names):
@@ -232,8 +215,14 @@ def select(job, names):
 def fit_memory(pipe, name, src, job):
     """Chunk frames, DiT tiles per call, SVD decode chunk/tiles and encoder look-ahead for one video under
     --max-memory (CUDA: the free device memory by default), printed (tools/recon/memory.py); the SVD tile size is
-    set on pipe.vae. -> tools.recon.memory.MemoryPlan. PlanError (one line) when nothing fits."""
+    set on pipe.vae. -> tools.recon.memory.MemoryPlan. PlanError (one line) when nothing fits the budget, or
+    when even the smallest plan exceeds the machine's memory (tools.recon.machine.machine_memory), whatever the
+    budget. None for another autoencoder: its memory is not modelled (one line says so)."""
     s, recon = job.settings, job.recon
+    if s.other_autoencoder:
+        print(f'{name}: no memory plan for --autoencoder {s.autoencoder} (it encodes and decodes the whole clip at '
+              f'once, with its own tiling); --max-memory does not apply', flush=True)
+        return None
     if s.decoding:
         frame_plan = read_latent_meta(src).plan
     else:
@@ -243,7 +232,8 @@ def fit_memory(pipe, name, src, job):
     w = Workload.from_plan(frame_plan, recon.interp * (n - 1) + 1, job.cfg, refine=not recon.preview_only,
                            metrics=not s.no_metrics, original=not s.decoding, device=pipe.device.type,
                            dtype=dtype_name(pipe.dtype))
-    memory_plan = plan_memory(w, budget, base=bytes_in_use(pipe.device), chunk_frames=s.chunk_frames)
+    memory_plan = plan_memory(w, budget, base=bytes_in_use(pipe.device), chunk_frames=s.chunk_frames,
+                              limit=machine_memory(pipe.device))
     if pipe.vae is not None:
         pipe.vae.tile_size = memory_plan.settings.vae_tile
     print(f'{name}: {memory_plan.line()} ({f"budget {gb(budget)}" if budget else "no --max-memory"})', flush=True)
@@ -255,12 +245,13 @@ def process(pipe, name, job, progress=False):
     t0 = time.time()
     src, out_dir, decoding = job.items[name], job.output / name, job.settings.decoding
     memory_plan = fit_memory(pipe, name, src, job)
-    mem = memory_plan.settings
+    mem = memory_plan.settings if memory_plan is not None else None
     clear_outputs(out_dir, keep=src if decoding else None)      # nothing of another run is taken for ours
     source = dict(latent_file=src) if decoding else dict(video=src)
     record = job.expected(name)
-    info = reconstruct(pipe, out_dir, name=name, settings=job.recon, chunk_frames=mem.chunk_frames,
-                       vae_chunk=mem.vae_chunk, tile_batch=mem.dit_tile_batch, lookahead=mem.lookahead,
+    plan_kw = (dict(chunk_frames=mem.chunk_frames, vae_chunk=mem.vae_chunk, tile_batch=mem.dit_tile_batch,
+                    lookahead=mem.lookahead) if mem else dict(chunk_frames=job.settings.chunk_frames))
+    info = reconstruct(pipe, out_dir, name=name, settings=job.recon, **plan_kw,
                        metrics=not job.settings.no_metrics, progress=progress, warn=tqdm.write,
                        meta_extra={'config': record['config'], 'output_fps': job.settings.fps}, **source)
     meta, timings, latent = info.pop('meta'), info.pop('timings'), info.pop('latent')
@@ -269,7 +260,10 @@ def process(pipe, name, job, progress=False):
     done = DoneRecord(name=name, source=meta['source'], render=RenderInfo.from_dict(info), latent=latent,
                       upscale=job.recon.upscale, interp=job.recon.interp, plan=meta['plan'], config=record['config'],
                       device=str(pipe.device), dtype=record['dtype'], settings=record,
-                      memory_plan=memory_plan.to_dict(), stage_seconds=timings, seconds=round(time.time() - t0, 2))
+                      memory_plan=memory_plan and memory_plan.to_dict(), stage_seconds=timings,
+                      seconds=round(time.time() - t0, 2),
+                      autoencoder=(autoencoder_record(pipe, job.recon.autoencoder_weights)
+                                   if job.settings.other_autoencoder else None))
     write_text_atomic(out_dir / DONE, json.dumps(done.to_dict(), indent=1) + '\n')
     return done
 
@@ -298,64 +292,86 @@ def failure_line(src, e):
 @dataclass(frozen=True)
 class BatchResult:
     """total: videos in the batch (all processes); mine: this process's share; done: the names reconstructed
-    by this process now; failures: 'PATH: reason' lines (of every process once gathered); interrupted: Ctrl-C
-    stopped the batch; code: the exit code (0 all done, 1 some failed or --eval found a problem, 130 Ctrl-C)."""
+    by this process now; failures: 'PATH: reason' lines (of every process once gathered); busy: the lines of
+    videos skipped because another process was writing their folder (not done: a rerun resumes them);
+    interrupted: Ctrl-C stopped the batch; code: the exit code (0 all done, 1 some failed or were busy or
+    --eval found a problem, 130 Ctrl-C)."""
     total: int
     mine: int
     done: tuple
     failures: tuple
     interrupted: bool
     code: int
+    busy: tuple = ()
+
+
+def up_to_date(job, name):
+    """Whether OUTPUT/name holds a complete run with this run's settings (and --overwrite is not given)."""
+    folder = job.output / name
+    return not job.settings.overwrite and is_complete(folder) and not settings_change(folder, job.expected(name))
+
+
+def one_video(pipe, name, job, progress=False):
+    """One video, its folder claimed for this process (tools/recon/lock.py) -> (outcome, line): 'done' and
+    its summary line, 'skipped' (another process completed it meanwhile), 'busy' (another process is writing
+    it) or 'failed' and 'PATH: reason'. A folder left empty is removed; Ctrl-C propagates."""
+    folder = job.output / name
+    try:
+        with claim(folder):
+            if up_to_date(job, name):
+                return 'skipped', f'{name}: completed by another process in {folder} meanwhile, skipped'
+            return 'done', summary_line(process(pipe, name, job, progress))
+    except FolderBusy as e:
+        return 'busy', f'{name}: {e}; skipped — rerun to resume it'
+    except Exception as e:                # a bad file, or one no plan fits --max-memory, must not stop the batch
+        return 'failed', failure_line(job.items[name], e)
+    finally:
+        remove_if_empty(folder)               # after the claim is released (its lock file removed)
 
 
 def run_videos(job, names):
-    """Build the pipeline once and reconstruct `names`, one line each (summary or 'failed: ...').
-    -> (names done, failure lines, interrupted)."""
-    done, failures = [], []
+    """Build the pipeline once and reconstruct `names`, one line each (summary, 'failed: ...' or the line of a
+    video another process is writing). -> ({outcome: [names done | lines]} (one_video's outcomes),
+    interrupted)."""
+    outcomes = {'done': [], 'skipped': [], 'failed': [], 'busy': []}
     main_process = job.rank == 0
     progress = main_process and sys.stderr.isatty()
     try:
         with torch.no_grad():
-            pipe = CascadeV.from_config(job.cfg, device=job.device, dtype=job.dtype, compile=job.settings.compile,
-                                        stages=job.settings.stages())
+            pipe = build_pipe(job)
             if pipe.device.type == 'cpu':
                 release_freed_memory_to_os()      # the RSS follows the live buffers, flat in clip length
             bar = tqdm(names, desc='videos', unit='video', disable=not main_process or None)
             for name in bar:
-                try:
-                    bar.write(summary_line(process(pipe, name, job, progress)))
-                    done.append(name)
-                except KeyboardInterrupt:
-                    remove_if_empty(job.output / name)
-                    remove_if_empty(job.output)
-                    raise
-                except Exception as e:        # a bad file, or one no plan fits --max-memory, must not stop the batch
-                    failures.append(failure_line(job.items[name], e))
-                    bar.write(f'failed: {failures[-1]}')
-                    remove_if_empty(job.output / name)
+                outcome, line = one_video(pipe, name, job, progress)
+                outcomes[outcome].append(name if outcome in ('done', 'skipped') else line)
+                bar.write(f'failed: {line}' if outcome == 'failed' else line)
     except KeyboardInterrupt:
-        return tuple(done), tuple(failures), True
-    return tuple(done), tuple(failures), False
+        remove_if_empty(job.output)
+        return outcomes, True
+    return outcomes, False
 
 
-def gather_failures(failures, world):
-    """Every process's failure lines, on every process (accelerate's gather_object), in rank order."""
+def gather_lines(lines, world):
+    """Every process's lines, on every process (accelerate's gather_object), in rank order."""
     if world == 1:
-        return tuple(failures)
-    gathered = gather_object(list(failures))
+        return tuple(lines)
+    gathered = gather_object(list(lines))
     PartialState().wait_for_everyone()
     return tuple(gathered)
 
 
 def run_eval(videos, output, device='auto', vmaf=False):
     """tools.evaluation on the outputs in `output` against `videos`, each through the frame plan in its
-    done.json; results in output/eval. -> 0, or 1 when it fails (one line) or skips a video."""
+    done.json; results in output/.eval (tools.evaluation.matching.EVAL_DIR: no video's folder can have that
+    name). -> 0, or 1 when it fails (one line) or skips or drops a video."""
+    release_freed_memory_to_os(32 << 20)   # the metrics' per-frame maps reuse the heap instead of fresh mmaps
     try:
-        result = evaluate(sorted(videos), str(output), out_dir=Path(output) / 'eval', device=device, vmaf=vmaf)
+        result = evaluate(sorted(videos), str(output), out_dir=Path(output) / EVAL_DIR, device=device, vmaf=vmaf)
     except EvalError as e:
         print(f'eval: error: {e}', file=sys.stderr)
         return 1
-    return 1 if result['skipped'] else 0
+    return 1 if result['skipped'] or result['dropped'] else 0
 
 
 def run(settings):
@@ -364,22 +380,27 @@ def run(settings):
     job = prepare(settings)
     mine = shard(job.items, job.rank, job.world)
     todo = select(job, mine)
-    done, failures, interrupted = run_videos(job, todo) if todo else ((), (), False)
+    out, interrupted = run_videos(job, todo) if todo else ({'done': [], 'skipped': [], 'failed': [], 'busy': []},
+                                                           False)
+    done = tuple(out['done'])
     if interrupted:
-        print(f'\ninterrupted: {len(mine) - len(todo) + len(done)}/{len(mine)} videos complete in {job.output}; '
-              f'rerun the same command to resume (complete videos are skipped, the interrupted one is redone)',
-              file=sys.stderr)
-        return BatchResult(len(job.items), len(mine), done, failures, True, 130)
-    failures = gather_failures(failures, job.world)        # every rank learns the batch's failures
-    code = 1 if failures else 0
+        complete = len(mine) - len(todo) + len(done) + len(out['skipped'])
+        print(f'\ninterrupted: {complete}/{len(mine)} videos complete in {job.output}; rerun the same command to '
+              f'resume (complete videos are skipped, the interrupted one is redone)', file=sys.stderr)
+        return BatchResult(len(job.items), len(mine), done, tuple(out['failed']), True, 130, tuple(out['busy']))
+    failures = gather_lines(out['failed'], job.world)          # every rank learns the batch's failures
+    busy = gather_lines(out['busy'], job.world)
+    code = 1 if failures or busy else 0
     remove_if_empty(job.output)                              # a batch that wrote nothing leaves no folder
     if job.rank == 0:
         total = len(job.items)
         if failures:
             print(f'{len(failures)}/{total} failed:\n  ' + '\n  '.join(failures), file=sys.stderr)
-        else:
+        if busy:
+            print(f'{len(busy)}/{total} not done, being written by another process (rerun to resume them):\n  '
+                  + '\n  '.join(busy), file=sys.stderr)
+        if not failures and not busy:
             print(f'{total}/{total} done in {job.output}')
         if settings.eval and not settings.decoding:
             code = max(code, run_eval(job.items.values(), job.output, settings.device or 'auto', settings.vmaf))
-    return BatchResult(len(job.items), len(mine), done, failures, False, code)
-
+    return BatchResult(len(job.items), len(mine), done, failures, False, code, busy)

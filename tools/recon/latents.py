@@ -46,10 +46,14 @@ def save_latent(path, latent, meta):
 
 
 def read_latent_meta(path):
-    """The LatentMeta of a latent file (its 'name' checked by safe_name); LatentError if it is not one."""
+    """The LatentMeta of a latent file (its 'name' checked by safe_name); LatentError if it is not one: no
+    CascadeV metadata, no valid frame plan, or no tensor 'latent' of shape (16, T, h, w) matching the plan
+    (h, w = the plan's model size / 32). Reads the header only."""
     try:
         with safe_open(str(path), 'pt') as f:
             meta = json.loads((f.metadata() or {}).get('meta', '{}'))
+            keys = sorted(f.keys())
+            shape = tuple(f.get_slice('latent').get_shape()) if 'latent' in keys else None
     except Exception as e:
         raise LatentError(f'{path}: not a readable safetensors file ({e}); pass a latent.safetensors written by '
                           f'recon.py') from None
@@ -63,18 +67,28 @@ def read_latent_meta(path):
                           f'latent.safetensors written by recon.py')
     safe_name(meta.get('name'), path)
     try:
-        return LatentMeta.from_dict(meta)
+        meta = LatentMeta.from_dict(meta)
     except (KeyError, TypeError, ValueError) as e:
         raise LatentError(f'{path}: its metadata has no valid frame plan ({e}); the file was edited or is corrupt '
                           f'— re-encode the source') from None
+    if shape is None:
+        found = ', '.join(repr(k) for k in keys[:8]) + (', ...' if len(keys) > 8 else '') or 'none'
+        raise LatentError(f"{path}: holds no tensor 'latent' (tensors found: {found}); recon.py stores the "
+                          f"latent under the key 'latent' — re-encode the source, or save it under that key")
+    _check_shape(path, shape, meta)
+    return meta
+
+
+def _check_shape(path, shape, meta):
+    h, w = meta.plan.model
+    if len(shape) != 4 or shape[0] != 16 or tuple(shape[2:]) != (h // 32, w // 32):
+        raise LatentError(f'{path}: latent of shape {tuple(shape)} does not match its metadata '
+                          f'(16, T, {h // 32}, {w // 32}); the file was edited or is corrupt')
 
 
 def load_latent(path):
-    """-> (latent (16, T, h, w) fp32, LatentMeta); LatentError if the shape disagrees with the metadata."""
+    """-> (latent (16, T, h, w) fp32, LatentMeta); LatentError (read_latent_meta) for a file that is not one."""
     meta = read_latent_meta(path)
     latent = load_file(str(path))['latent'].float()
-    h, w = meta.plan.model
-    if latent.ndim != 4 or latent.shape[0] != 16 or tuple(latent.shape[2:]) != (h // 32, w // 32):
-        raise LatentError(f'{path}: latent of shape {tuple(latent.shape)} does not match its metadata '
-                          f'(16, T, {h // 32}, {w // 32}); the file was edited or is corrupt')
+    _check_shape(path, latent.shape, meta)
     return latent, meta

@@ -22,19 +22,19 @@ Every term is tensor bytes counted from the shapes (frame size, chunk and tile s
 measured by `python tools/benchmark.py memory --what stages` (tools/bench/memory.py fits and prints
 CALIBRATION). On CPU all terms count (the process RSS); on CUDA only the device-side ones do (stage
 activations, sampler state, metrics) plus the CUDA context, and the peak is torch.cuda.max_memory_allocated
-plus the context. Sizes are in bytes; GB means 10⁹ bytes.
+plus the context. Sizes are in bytes; GB means 10⁹ bytes. What the machine has and uses (parse_size,
+bytes_in_use, default_budget, machine_memory) is tools/recon/machine.py, importable from here too.
 """
 import math
 import os
-import re
 from dataclasses import dataclass, replace
 
-import torch
-
 from models.tiling import tile_starts
+from tools.recon.machine import (CUDA_CONTEXT, bytes_in_use, default_budget, machine_memory,  # noqa: F401 (its API)
+                                 parse_size, release_freed_memory_to_os)
+from tools.video.frames import plan as make_plan
 
 DTYPE_BYTES = {'fp32': 4, 'bf16': 2, 'fp16': 2}
-CUDA_CONTEXT = 500 * 2 ** 20            # CUDA context + kernels, not counted by max_memory_allocated (estimate)
 
 # Bytes per (frame · model pixel · dtype byte) of the compressor, previewer and SVD decoder activations
 # and per (token · hidden unit · dtype byte) for the DiT; `state`: bytes per SVD latent pixel per frame of the
@@ -63,30 +63,6 @@ class PlanError(MemoryError):
     """No chunk/tile setting fits the budget; the message is one line naming the budget and the fix."""
 
 
-def parse_size(text):
-    """'24GB', '2.5GB', '800MB', '1.5GiB', '3000000000' -> bytes (int); ValueError (naming the accepted forms)
-    for anything else, and for sizes under 1 MB (a number without its unit, such as '2.5')."""
-    m = re.fullmatch(r'\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*', str(text).lower())
-    units = {'': 1, 'b': 1, 'kb': 1e3, 'mb': 1e6, 'gb': 1e9, 'tb': 1e12,
-             'kib': 2 ** 10, 'mib': 2 ** 20, 'gib': 2 ** 30, 'tib': 2 ** 40, 'k': 1e3, 'm': 1e6, 'g': 1e9, 't': 1e12}
-    if not m or (m.group(2) or '') not in units or float(m.group(1)) * units[m.group(2) or ''] < 1e6:
-        raise ValueError(f"{text!r}: use a size of at least 1 MB with its unit, e.g. 24GB, 2.5GB, 800MB, 16GiB")
-    return int(float(m.group(1)) * units[m.group(2) or ''])
-
-
-def release_freed_memory_to_os(threshold=128 * 1024):
-    """glibc: serve allocations of at least `threshold` bytes by mmap and trim freed heap above it, so freed
-    tensors leave the RSS at once: the RSS then follows the live buffers that `predict` counts, instead of
-    keeping freed chunks in per-thread heaps (the default threshold rises to 32 MiB as large blocks are freed).
-    Every large allocation then maps fresh pages, which costs CPU time. -> False where it cannot be set."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL('libc.so.6')
-        return bool(libc.mallopt(-3, threshold) and libc.mallopt(-1, threshold))   # M_MMAP_ / M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        return False
-
-
 def gb(n):
     """Bytes as '2.31 GB' (GB = 10⁹ B); under 0.1 GB as '2.1 MB'."""
     return f'{n / 1e9:.2f} GB' if n >= 10 ** 8 else f'{n / 1e6:.1f} MB'
@@ -113,6 +89,7 @@ class Workload:
     vae_tile: int = 0
     vae_overlap: int = 0                 # frames shared by consecutive SVD decode chunks (chunks stay longer)
     attention_quadratic: bool = False    # the 'math' attention backend materialises (heads, n, n) scores
+    plan: object = None                  # the tools/video/frames.py FramePlan (None: sizes given directly)
 
     @classmethod
     def from_plan(cls, frame_plan, frames, cfg, refine=True, metrics=True, original=True, device='cpu',
@@ -120,6 +97,7 @@ class Workload:
         """From a tools/video/frames.py FramePlan and a loaded config (model.*, vae.decode_chunk / tile_size)."""
         m = cfg.model
         return cls(source=tuple(frame_plan.source), model=tuple(frame_plan.model), output=tuple(frame_plan.output),
+                   plan=frame_plan,
                    frames=int(frames), refine=refine, metrics=metrics and original, original=original,
                    device=str(device).split(':')[0],
                    dtype=dtype, dit=(m.input_size, m.lats_per_vid, m.get('patch_size', 2), m.hidden_size,
@@ -308,26 +286,42 @@ class MemoryPlan:
                 'lookahead': s.encoder_lookahead}
 
 
-def plan_memory(w, budget=None, base=0, chunk_frames=16, cal=CALIBRATION):
+def plan_memory(w, budget=None, base=0, chunk_frames=16, cal=CALIBRATION, limit=None):
     """The least intrusive Settings whose predicted peak fits `budget` bytes less HEADROOM (None: the defaults,
-    unchecked); within a group, the largest chunk, then the largest DiT tile batch. PlanError (one line) when
-    none fits."""
+    unchecked); within a group, the largest chunk, then the largest DiT tile batch. PlanError (one line):
+    `limit` (bytes: the machine's memory, machine_memory) less HEADROOM is below the smallest plan's peak
+    (the frame size is refused whatever the budget, and the largest --size that fits is named), or no plan
+    fits the budget (a larger budget and the largest --size that fits it are named)."""
     default = Settings(chunk_frames, None, w.vae_chunk, w.vae_tile, None)
+    net = lambda b: b * (1 - HEADROOM)
+    if limit is not None and predict(w, default, base, cal).peak > net(limit):
+        need = _smallest(w, base, chunk_frames, cal).prediction.peak
+        if need > net(limit):
+            fix = _size_fix(w, net(min(limit, budget or limit)), base, chunk_frames, cal)   # fits both
+            fix += f' (to fit --max-memory {gb(budget)})' if fix and budget and budget < limit else ''
+            raise PlanError(f'{_size_flag(w)}: {_frames(w.frames)} at {w.model[0]}x{w.model[1]} from '
+                            f'{w.source[0]}x{w.source[1]} need {gb(need)} even in the smallest plan ({gb(base)} of it '
+                            f"before the work), more than this machine's {gb(limit)} of memory less the "
+                            f'{HEADROOM:.0%} headroom ({gb(net(limit))}){"; " + fix if fix else ""}')
     if budget is None:
         return MemoryPlan(default, predict(w, default, base, cal), None, w)
     for group in candidates(w, chunk_frames):
         for s in group:
             p = predict(w, s, base, cal)
-            if p.peak <= budget * (1 - HEADROOM):
+            if p.peak <= net(budget):
                 return MemoryPlan(s, p, budget, w)
     smallest = _smallest(w, base, chunk_frames, cal)
-    need = smallest.prediction.peak
-    ask = math.ceil((need / (1 - HEADROOM) + BASE_VARIATION * base) / 1e7) * 1e7     # rounded up to 0.01 GB
+    ask = math.ceil((smallest.prediction.peak / (1 - HEADROOM) + BASE_VARIATION * base) / 1e7) * 1e7   # 0.01 GB up
     fixes = ''.join(f', or {fix}' for fix in _other_fixes(w, budget, base, chunk_frames, cal))
-    raise PlanError(f'--max-memory {gb(budget)}: even the smallest plan ({smallest.line().split(": ", 1)[1]}) '
-                    f'needs {gb(need)} ({gb(base)} before the work) for {_frames(w.frames)} at '
-                    f'{w.model[0]}x{w.model[1]} from {w.source[0]}x{w.source[1]}; raise --max-memory to {gb(ask)} '
-                    f'({HEADROOM:.0%} headroom){fixes}')
+    raise PlanError(f'--max-memory {gb(budget)}: {gb(net(budget))} after the {HEADROOM:.0%} headroom, but '
+                    f'{_needs(smallest, base)}; raise --max-memory to {gb(ask)}{fixes}')
+
+
+def _needs(plan, base):
+    w = plan.workload
+    return (f'even the smallest plan ({plan.line().split(": ", 1)[1]}) needs {gb(plan.prediction.peak)} '
+            f'({gb(base)} of it before the work) for {_frames(w.frames)} at {w.model[0]}x{w.model[1]} from '
+            f'{w.source[0]}x{w.source[1]}')
 
 
 def _smallest(w, base, chunk_frames, cal):
@@ -335,35 +329,60 @@ def _smallest(w, base, chunk_frames, cal):
                key=lambda p: p.prediction.peak)
 
 
+def _size_flag(w):
+    """How the frame size was asked for: '--size N' (0: native), or the latent's size when decoding one."""
+    size = f'--size {w.plan.size}' if w.plan is not None else 'its --size'
+    size += ' (the native size)' if w.plan is not None and w.plan.size == 0 else ''
+    return size if w.original else f'its latent (encoded at {size})'
+
+
+def at_size(w, size):
+    """Workload w with its frames planned at --size `size` (short side, pixels), or None where that size is
+    impossible for its frame settings; needs w.plan (tools/video/frames.py FramePlan)."""
+    p = w.plan
+    try:
+        fp = make_plan(*p.source, size=size, square=p.square, preprocess=p.preprocess, start=p.start,
+                       stride=p.stride, num_frames=p.num_frames, upscale=p.upscale)
+    except ValueError:
+        return None
+    return replace(w, plan=fp, model=tuple(fp.model), output=tuple(fp.output))
+
+
+def largest_size(w, fits, base=0, chunk_frames=16, cal=CALIBRATION):
+    """The largest --size, a multiple of 32 below w's, whose smallest plan's peak is at most `fits` bytes, or
+    None (none does, or w has no frame plan)."""
+    if w.plan is None:
+        return None
+    def ok(k):
+        v = at_size(w, 32 * k)
+        return v is not None and _smallest(v, base, chunk_frames, cal).prediction.peak <= fits
+    lo, hi = 0, (min(w.plan.resized) - 1) // 32                    # sizes 32*lo (0: none) .. 32*hi
+    while lo < hi:                                                # the peak grows with the size
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+    return 32 * lo or None
+
+
+def _size_fix(w, fits, base, chunk_frames, cal):
+    """'use --size S or lower' (a saved latent: encoding again at it) for the largest lower size that fits,
+    or ''."""
+    size = largest_size(w, fits, base, chunk_frames, cal)
+    if size is None:
+        return ''
+    return f'use --size {size} or lower' if w.original else f'encode the video again at --size {size} or lower'
+
+
 def _other_fixes(w, budget, base, chunk_frames, cal):
-    """The frame settings that would fit `budget`: half the model's size (a lower --size; for a saved latent, an
-    encoding at a lower --size) or, when outputs are larger than the model frames, --upscale."""
+    """The frame settings that would fit `budget`: the largest lower --size (for a saved latent, an encoding at
+    it; without a frame plan: half the model's size) or, when outputs are larger than the model frames,
+    --upscale."""
     fits = lambda v: _smallest(v, base, chunk_frames, cal).prediction.peak <= budget * (1 - HEADROOM)
     half = tuple(max(32, x // 64 * 32) for x in w.model)
     fixes = []
-    if w.model != half and fits(replace(w, model=half, output=half if w.output == w.model else w.output)):
+    if w.plan is not None:
+        fixes += [f for f in [_size_fix(w, budget * (1 - HEADROOM), base, chunk_frames, cal)] if f]
+    elif w.model != half and fits(replace(w, model=half, output=half if w.output == w.model else w.output)):
         fixes.append('lower --size' if w.original else 'encode the video again at a lower --size')
     if w.original and w.output[0] * w.output[1] > w.model[0] * w.model[1] and fits(replace(w, output=w.model)):
         fixes.append("--upscale (outputs at the model's size)")
     return fixes
-
-
-def bytes_in_use(device):
-    """Memory in use now, the plan's `base`: the process RSS on CPU (Linux /proc), or on CUDA the bytes
-    allocated by torch (the context is added by `predict`)."""
-    if str(device).startswith('cuda'):
-        return torch.cuda.memory_allocated(device)
-    try:
-        with open('/proc/self/status') as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmRSS:'))
-    except (OSError, StopIteration):
-        return 0
-
-
-def default_budget(device):
-    """--max-memory when not given: none on CPU; on CUDA what this process can have, the free device memory plus
-    what torch already holds (reserved) and the context."""
-    if not str(device).startswith('cuda'):
-        return None
-    free, _ = torch.cuda.mem_get_info(device)
-    return free + torch.cuda.memory_reserved(device) + CUDA_CONTEXT

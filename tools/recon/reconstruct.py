@@ -29,7 +29,8 @@ import torch
 from models.weights import dtype_name
 from tools.recon.latents import load_latent, safe_name, save_latent
 from tools.recon.records import LatentMeta
-from tools.recon.render import no_timer, read_chunk, render
+from tools.recon.render import is_autoencoder, no_timer, read_chunk, render
+from tools.video.convert import notes as source_notes
 from tools.video.frames import map_frames
 from tools.video.frames import plan as make_plan
 from tools.video.read import frame_indices, probe_video
@@ -45,7 +46,10 @@ class ReconSettings:
     source's); square: centre square first; preprocess: 'default' or 'cascadev' (tools/video/frames.py);
     upscale: outputs at the model's resolution instead of the source's; interp: K ≥ 1, the latent
     interpolated K× in time (K·(T−1)+1 frames at K× the rate); scheduler/steps/seed: the sampler;
-    preview_only: previewer only; fps: a constant output rate (None: the source's times); lossless: files.
+    preview_only: previewer only; fps: a constant output rate (None: the source's times); lossless: files;
+    keep_hdr / keep_fields: read HDR code values / woven fields as stored instead of tone-mapping to SDR BT.709
+    / deinterlacing (tools/video/convert.py); autoencoder: 'cascadev' or another video autoencoder
+    (models/autoencoders.py AUTOENCODERS) with its diffusers folder autoencoder_weights (absolute path).
     """
     num_frames: int = None
     start: int = 0
@@ -61,6 +65,10 @@ class ReconSettings:
     interp: int = 1
     fps: float = None
     lossless: bool = False
+    keep_hdr: bool = False
+    keep_fields: bool = False
+    autoencoder: str = 'cascadev'
+    autoencoder_weights: str = None
 
     def __post_init__(self):
         if not (isinstance(self.interp, int) and self.interp >= 1):
@@ -83,13 +91,20 @@ def weights_stamp(path):
     return f'{st.st_size}:{st.st_mtime_ns}'
 
 
+# recorded in done.json's settings only when not their default: a done.json written before these settings
+# existed still matches
+RECORDED_WHEN_SET = {'keep_hdr': False, 'keep_fields': False, 'autoencoder': 'cascadev', 'autoencoder_weights': None}
+
+
 def output_settings(settings, cfg, dtype):
     """Everything that shapes the files, as done.json records it (a rerun compares it): the settings, the
     stage dtype ('fp32' | 'fp16' | 'bf16', resolved), the config's file name and digest (config_digest), the
     DiT weights' path and stamp, tile blend and the config's SVD decode chunk and overlap (recon.py adds its
-    --max-memory, whose plan may shorten or tile the SVD decode, and records that plan beside)."""
+    --max-memory, whose plan may shorten or tile the SVD decode, and records that plan beside). The reader's
+    keep_hdr / keep_fields and another autoencoder appear only when set (RECORDED_WHEN_SET)."""
     vae = cfg.get('vae', {})
-    return {**asdict(settings), 'dtype': dtype_name(dtype), 'config': Path(cfg.config_path).name,
+    values = {k: v for k, v in asdict(settings).items() if k not in RECORDED_WHEN_SET or v != RECORDED_WHEN_SET[k]}
+    return {**values, 'dtype': dtype_name(dtype), 'config': Path(cfg.config_path).name,
             'config_sha256': config_digest(cfg), 'dit_weights': str(cfg.weights.dit),
             'dit_weights_stamp': weights_stamp(cfg.weights.dit), 'tile_blend': cfg.sampling.get('tile_blend', 'smooth'),
             'decode_chunk': vae.get('decode_chunk', 4), 'decode_overlap': vae.get('decode_overlap', 0)}
@@ -97,41 +112,54 @@ def output_settings(settings, cfg, dtype):
 
 def source_plan(path, settings):
     """The frame plan (tools/video/frames.py) the settings give for the video at `path` -> (FramePlan, VideoInfo);
-    VideoReadError (one line) when the clip is unreadable or too short for the frame settings."""
+    VideoReadError (one line) when the clip is unreadable or too short for the frame settings. info.notes say
+    what reading does to the frames (tone mapping, deinterlacing, alpha dropped, a rate assumed)."""
     info = probe_video(path)
+    info = info._replace(notes=source_notes(info, settings.keep_hdr, settings.keep_fields))
     n = len(frame_indices(info.num_frames, settings.num_frames, settings.stride, settings.start, path))
     return make_plan(info.height, info.width, size=settings.size, square=settings.square,
                      preprocess=settings.preprocess, start=settings.start, stride=settings.stride,
                      num_frames=n, upscale=settings.upscale), info
 
 
-def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_timer, threads=True):
-    """Read the clip in chunks and encode each -> (latent (16, T, h, w) fp32 on the CPU, LatentMeta).
+def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_timer, threads=True, warn=print):
+    """Read the clip in chunks and encode each -> (latent (16, T, h, w) fp32 on the CPU, LatentMeta); another
+    video autoencoder as `pipe` (models/autoencoders.py) encodes the whole clip at once -> its (C, T', h, w).
 
-    The metadata holds the frame plan (tools/video/frames.py), the source's SAR ('N:D') and, for a variable
-    frame rate source, each frame's time in seconds from the first one used. VideoReadError (one line) for
-    a file that cannot be read or is too short for the settings.
+    The metadata holds the frame plan (tools/video/frames.py), the source's SAR ('N:D'), what reading did to
+    the frames (source_notes: tone mapping, deinterlacing, alpha dropped, a rate assumed; warn() gets them as
+    one line 'NAME: ...') and, for a variable frame rate source, each frame's time in seconds from the first
+    one used. VideoReadError (one line) for a file that cannot be read or is too short for the settings.
     """
     frame_plan, info = source_plan(path, settings)
     n = frame_plan.num_frames
     sar = info.sar if info.sar != 1 else None
     meta = LatentMeta(name=name or Path(path).stem, plan=frame_plan, source=str(Path(path).resolve()),
                       source_fps=info.fps, sar=None if sar is None else f'{sar.numerator}:{sar.denominator}',
-                      vfr=info.vfr)
+                      vfr=info.vfr, source_notes=list(info.notes) or None)
+    if info.notes:
+        warn(f"{meta.name}: {'; '.join(info.notes)}")
 
     def read(a, b):                                        # in the reader thread: decode and shape
-        frames, t = read_chunk(path, frame_plan, a, b)
+        frames, t = read_chunk(path, frame_plan, a, b, settings.keep_hdr, settings.keep_fields)
         return map_frames(frame_plan.to_model, frames), t
     parts, times = [], []
+    whole_clip = is_autoencoder(pipe) and pipe.time_factor > 1
     spans = [(a, min(a + chunk_frames, n)) for a in range(0, n, chunk_frames)]
     with ThreadPoolExecutor(max_workers=1) as reader:       # the next chunk decodes while this one encodes
         chunks = read_ahead(read, spans, reader) if threads else (read(a, b) for a, b in spans)
         for _ in spans:
             with timer('read'):
                 frames, t = next(chunks)                                                 # (C, k, *model)
-            with timer('compressor'):
-                parts.append(pipe.encode(frames[None])[0].cpu())                       # (16, k, h, w)
+            if whole_clip:                                 # a causal video autoencoder encodes the clip at once
+                parts.append(frames)
+            else:
+                with timer('compressor'):
+                    parts.append(pipe.encode(frames[None])[0].cpu())                   # (16, k, h, w)
             times = None if t is None or times is None else times + t
+    if whole_clip:
+        with timer('encoder'):
+            parts = [pipe.encode(torch.cat(parts, dim=1)[None])[0].cpu()]             # (C, T', h, w)
     if meta.vfr and times:
         meta = replace(meta, times=[round(x - times[0], 6) for x in times])   # the output starts at its first frame
     return torch.cat(parts, dim=1), meta
@@ -166,7 +194,7 @@ def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings
                 safe_name(name, latent_file)
             source = None
         else:
-            latent, meta = encode_video(pipe, video, settings, name, chunk_frames, timer, threads)
+            latent, meta = encode_video(pipe, video, settings, name, chunk_frames, timer, threads, warn)
             meta = replace(meta, **(meta_extra or {}))
             save_latent(out_dir / 'latent.safetensors', latent, meta)
             source = video

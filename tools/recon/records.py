@@ -28,7 +28,9 @@ class LatentMeta:
     the FramePlan it was encoded with (frames num_frames, start, stride of the source); source: the source's
     absolute path (data, never opened as a path by a decode); source_fps; sar: 'N:D' or None (square
     pixels); vfr: a variable frame rate source, whose frame `times` (seconds from the first frame used) are
-    kept; config: the config's file name; output_fps: the encoding run's --fps (None: the source's times).
+    kept; config: the config's file name; output_fps: the encoding run's --fps (None: the source's times);
+    source_notes: what reading did to the source's frames (tools.video.read.VideoInfo.notes: HDR tone-mapped,
+    deinterlaced, alpha dropped, a frame rate assumed; None: nothing).
     """
     name: str
     plan: FramePlan
@@ -39,6 +41,7 @@ class LatentMeta:
     times: list = None
     config: str = None
     output_fps: float = None
+    source_notes: list = None
 
     @property
     def num_frames(self):
@@ -62,7 +65,8 @@ class LatentMeta:
         return {'format': LATENT_FORMAT, 'name': self.name, 'source': self.source, 'source_fps': self.source_fps,
                 'fps': self.fps, 'num_frames': self.num_frames, 'start': self.start,
                 'frame_stride': self.frame_stride, 'plan': self.plan.to_dict(), 'sar': self.sar, 'vfr': self.vfr,
-                'times': self.times, 'config': self.config, 'output_fps': self.output_fps}
+                'times': self.times, 'config': self.config, 'output_fps': self.output_fps,
+                'source_notes': self.source_notes}
 
     @classmethod
     def from_dict(cls, d):
@@ -70,7 +74,7 @@ class LatentMeta:
         are not read. KeyError / ValueError / TypeError for a dict without a valid plan."""
         return cls(name=d['name'], plan=FramePlan.from_dict(d['plan']), source=d.get('source'),
                    source_fps=d.get('source_fps'), sar=d.get('sar'), vfr=d.get('vfr', False), times=d.get('times'),
-                   config=d.get('config'), output_fps=d.get('output_fps'))
+                   config=d.get('config'), output_fps=d.get('output_fps'), source_notes=d.get('source_notes'))
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,8 @@ class RenderInfo:
     ('N:D' or None), frame_times ('source': each frame at its source time, else 'constant'), lossless, files
     (names in out_dir), frames_sha256 ({file: sha256 hex of the uint8 RGB frames handed to the encoder}),
     metrics ({'preview' | 'refined': {'psnr': dB, 'ssim': 0..1 or None}}, {} when not scored) and, when
-    refined, the sampler: scheduler, steps, seed and the video's noise_seed (models.pipeline.noise_seed)."""
+    refined, the sampler: scheduler, steps, seed and the video's noise_seed (models.pipeline.noise_seed);
+    source_notes: what reading did to the source (LatentMeta.source_notes), only when it did something."""
     frames: int = None
     height: int = None
     width: int = None
@@ -94,13 +99,16 @@ class RenderInfo:
     steps: int = None
     seed: int = None
     noise_seed: int = None
+    source_notes: list = None
 
     def to_dict(self):
-        """Its keys in order; the sampler's four only when refined."""
+        """Its keys in order; the sampler's four only when refined, source_notes only when there are some."""
         d = asdict(self)
         if self.scheduler is None:
             for k in ('scheduler', 'steps', 'seed', 'noise_seed'):
                 del d[k]
+        if not self.source_notes:
+            del d['source_notes']
         return d
 
     @classmethod
@@ -118,7 +126,9 @@ class DoneRecord:
     absolute path decoded from), upscale, interp, plan (the FramePlan dict: frame selection and geometry;
     tools/eval.py compares through it), config (file name), device, dtype ('fp32' | 'fp16' | 'bf16'),
     settings (everything that shapes the files: a rerun compares it), memory_plan
-    (tools.recon.memory.MemoryPlan.to_dict), stage_seconds ({stage: s}), seconds (the video's wall time).
+    (tools.recon.memory.MemoryPlan.to_dict), stage_seconds ({stage: s}), seconds (the video's wall time);
+    autoencoder: only for another autoencoder than CascadeV (recon.py --autoencoder): {'name', 'class' (the
+    diffusers class), 'weights' (its folder), 'compression' ('T×H×W, C ch'), 'notes'}.
     """
     name: str = None
     source: str = None
@@ -134,10 +144,13 @@ class DoneRecord:
     memory_plan: dict = None
     stage_seconds: dict = None
     seconds: float = None
+    autoencoder: dict = None
 
     def to_dict(self):
         d = {'format': DONE_FORMAT, 'name': self.name, 'source': self.source, **self.render.to_dict()}
         d.update((f.name, getattr(self, f.name)) for f in fields(self)[3:])
+        if self.autoencoder is None:
+            del d['autoencoder']
         return d
 
     @classmethod

@@ -29,8 +29,9 @@ from tools.video.read import read_frames
 from tools.video.streaming import read_ahead, rechunk
 from tools.video.write import VideoWriter, to_uint8
 
-FILE_OF = {'preview': 'preview.mp4', 'refined': 'rec.mp4'}
-LABELS = {'original': 'original', 'preview': 'preview (no diffusion)', 'refined': 'refined ({scheduler}, {steps} steps)'}
+FILE_OF = {'preview': 'preview.mp4', 'refined': 'rec.mp4', 'reconstruction': 'rec.mp4'}
+LABELS = {'original': 'original', 'preview': 'preview (no diffusion)', 'refined': 'refined ({scheduler}, {steps} steps)',
+          'reconstruction': '{autoencoder}'}
 
 
 def no_timer(stage):
@@ -38,12 +39,14 @@ def no_timer(stage):
     return nullcontext()
 
 
-def read_chunk(path, plan, a, b):
+def read_chunk(path, plan, a, b, keep_hdr=False, keep_fields=False):
     """Latent frames a..b-1 of the clip the FramePlan `plan` selects, read from `path` -> (RGB uint8
     (b-a, H, W, 3), their source times in seconds or None). tools/video/frames.map_frames shapes them a frame
-    at a time."""
+    at a time. keep_hdr / keep_fields: tools.video.read.read_frames' (HDR tone-mapped, interlaced video
+    deinterlaced unless set)."""
     stride = plan.stride
-    frames, info = read_frames(path, num_frames=b - a, stride=stride, start=plan.start + a * stride)
+    frames, info = read_frames(path, num_frames=b - a, stride=stride, start=plan.start + a * stride,
+                               keep_hdr=keep_hdr, keep_fields=keep_fields)
     return frames, (list(info.times) if info.times is not None else None)
 
 
@@ -91,12 +94,12 @@ class _Source:
     (the reference as uint8 (k, H, W, 3), frames repeated under interp) and for the metrics (float32 at the
     model's geometry, padding removed, one per source frame)."""
 
-    def __init__(self, path, plan, interp, metrics):
-        self.path, self.plan, self.k, self.metrics = path, plan, interp, metrics
+    def __init__(self, path, plan, interp, metrics, keep=(False, False)):
+        self.path, self.plan, self.k, self.metrics, self.keep = path, plan, interp, metrics, keep
 
     def __call__(self, a, b):
         lo, hi = a // self.k, (b - 1) // self.k + 1
-        frames, _ = read_chunk(self.path, self.plan, lo, hi)             # (hi - lo, H, W, 3) uint8
+        frames, _ = read_chunk(self.path, self.plan, lo, hi, *self.keep)  # (hi - lo, H, W, 3) uint8
         plan = self.plan
         original = map_frames(plan.reference, frames, uint8=True)
         model = None
@@ -128,10 +131,10 @@ class _Files:
         self.panels, self.labels = panels, labels
 
     def write(self, u8, times):
-        self.writers['preview.mp4'].write(u8['preview'], times=times)
-        if 'rec.mp4' in self.writers:
-            self.writers['rec.mp4'].write(u8['refined'], times=times)
-        for i in range(u8['preview'].shape[0]):                  # a frame at a time: three panels wide
+        for k, f in FILE_OF.items():
+            if k in u8 and f in self.writers:
+                self.writers[f].write(u8[k], times=times)
+        for i in range(u8[self.panels[-1]].shape[0]):            # a frame at a time: the panels side by side
             self.writers['cmp.mp4'].write(side_by_side([from_uint8(u8[k][i:i + 1]) for k in self.panels],
                                                        self.labels), times=times[i:i + 1] if times else None)
 
@@ -180,7 +183,11 @@ class _Scores:
 
 
 def _model_frames(pipe, lat, decoded, a, b, timer):
-    """The model's output frames [a, b): {'preview': (3, k, *model), 'refined': the decode stream's next k}."""
+    """The model's output frames [a, b): {'preview': (3, k, *model), 'refined': the decode stream's next k};
+    for another autoencoder {'reconstruction': its decode stream's next k}."""
+    if is_autoencoder(pipe):
+        with timer('decoder'):
+            return {'reconstruction': decoded.take(b - a)[0]}
     with timer('previewer'):
         out = {'preview': pipe.preview(lat[None, :, a:b])[0]}
     if decoded is not None:
@@ -198,6 +205,22 @@ def _refined(pipe, lat, name, settings, tile_batch, vae_chunk, progress, timer):
     return rechunk(pipe.vae_decode_chunks(z, chunk_size=vae_chunk), dim=2)
 
 
+def is_autoencoder(pipe):
+    """True for another video autoencoder (models.autoencoders: encode, decode; no preview, no sampler)."""
+    return hasattr(pipe, 'spec')
+
+
+def _outputs(pipe, latent, meta, settings, tile_batch, vae_chunk, progress, timer):
+    """-> (latent frames for the previewer, output frames T, decode stream or None, output panels)."""
+    if is_autoencoder(pipe):
+        T = meta.plan.num_frames
+        return latent, T, rechunk(pipe.decode_chunks(latent[None], T, vae_chunk), dim=2), ['reconstruction']
+    lat = interpolate_latent(latent, settings.interp)                  # (16, T', h, w), T' = K·(T−1)+1
+    refine = not settings.preview_only
+    decoded = _refined(pipe, lat, meta.name, settings, tile_batch, vae_chunk, progress, timer) if refine else None
+    return lat, lat.shape[1], decoded, ['preview'] + (['refined'] if refine else [])
+
+
 def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, vae_chunk=None, tile_batch=None,
            metrics=True, progress=False, timer=no_timer, threads=True, warn=print, lookahead=None):
     """Preview and (unless settings.preview_only) refine + decode one latent (16, T, h, w) described by the
@@ -210,19 +233,20 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
     (None: all); lookahead: x264 look-ahead frames of the files (None: tools.recon.memory.WRITER_LOOKAHEAD,
     10; x264's own 40 hold 216 MB per 720p file). timer(stage) wraps each stage: previewer, dit, vae, read,
     write (frames back to the output geometry, uint8, digests, and waiting for the writer thread), metrics.
+    With another video autoencoder as `pipe` (models/autoencoders.py, recon.py --autoencoder) the latent is
+    its own (C, T', h, w): its decode stream (stage 'decoder') gives rec.mp4, beside the original in cmp.mp4;
+    no preview, no sampler.
     """
     plan, K = meta.plan, settings.interp
-    lat = interpolate_latent(latent, K)                                   # (16, T', h, w), T' = K·(T−1)+1
-    T = lat.shape[1]
     fps, times = output_timing(meta, settings.fps or meta.output_fps, K, warn)   # the encoding run's --fps
-    refine = not settings.preview_only
-    decoded = _refined(pipe, lat, meta.name, settings, tile_batch, vae_chunk, progress, timer) if refine else None
-    panels = (['original'] if source else []) + ['preview'] + (['refined'] if refine else [])
-    labels = [LABELS[k].format(scheduler=settings.scheduler, steps=settings.steps) for k in panels]
-    files = ['preview.mp4'] + (['rec.mp4'] if refine else []) + ['cmp.mp4', 'cmp.png']
+    lat, T, decoded, outputs = _outputs(pipe, latent, meta, settings, tile_batch, vae_chunk, progress, timer)
+    panels = (['original'] if source else []) + outputs
+    name = f'{pipe.spec.name} ({pipe.compression})' if is_autoencoder(pipe) else None
+    labels = [LABELS[k].format(scheduler=settings.scheduler, steps=settings.steps, autoencoder=name) for k in panels]
+    files = [FILE_OF[k] for k in outputs] + ['cmp.mp4', 'cmp.png']
     score = metrics and source is not None
     scores = _Scores(panels[1:] if score else [], K, plan.pad, pipe.device)       # not the original
-    digests = {k: hashlib.sha256() for k in ('preview', 'refined') if k in panels}
+    digests = {k: hashlib.sha256() for k in outputs}
     stills = _Stills(panels, T)
     spans = [(a, min(a + chunk_frames, T)) for a in range(0, T, chunk_frames)]
     with ExitStack() as stack:
@@ -230,7 +254,7 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
         # Write-behind and read-ahead threads (exited first, so the writers close after their last frame):
         # video encoding and decoding overlap the next chunk's model work; one chunk waits at most.
         writer, reader = (stack.enter_context(ThreadPoolExecutor(max_workers=1)) for _ in range(2))
-        read = _Source(source, plan, K, score)
+        read = _Source(source, plan, K, score, (settings.keep_hdr, settings.keep_fields))
         sources = (read_ahead(read, spans, reader) if threads else (read(a, b) for a, b in spans)) if source else None
         pending = None
         for a, b in spans:
@@ -259,14 +283,15 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
                 pending.result()                                                  # its errors surface here
             stack.close()                                                         # threads, then the encoders' flush
             stills.write(out_dir / 'cmp.png', labels)
-    return _info(plan.output, T, fps, times, meta, settings, files, digests, scores.means())
+    sampled = 'refined' in outputs
+    return _info(plan.output, T, fps, times, meta, settings, files, digests, scores.means(), sampled)
 
 
-def _info(size, T, fps, times, meta, settings, files, digests, metrics):
-    sampler = {} if settings.preview_only else dict(
+def _info(size, T, fps, times, meta, settings, files, digests, metrics, sampled):
+    sampler = {} if not sampled else dict(
         scheduler=settings.scheduler, steps=settings.steps, seed=settings.seed,
         noise_seed=noise_seed(settings.seed, meta.name))
     return RenderInfo(frames=T, height=int(size[0]), width=int(size[1]), fps=float(fps), sar=meta.sar,
                       frame_times='source' if times else 'constant', lossless=bool(settings.lossless), files=files,
                       frames_sha256={FILE_OF[k]: d.hexdigest() for k, d in digests.items()}, metrics=metrics,
-                      **sampler)
+                      source_notes=meta.source_notes, **sampler)

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from models.autoencoders import AUTOENCODERS
 from tools.config import load_config
 from tools.recon.memory import parse_size
 from tools.recon.reconstruct import ReconSettings
@@ -25,6 +26,7 @@ LATENT_FIXED = (('--num-frames', 'num_frames', 'num_frames'), ('--start', 'start
                 ('--frame-stride', 'frame_stride', 'stride'), ('--size', 'size', 'size'),
                 ('--square', 'square', 'square'), ('--preprocess', 'preprocess', 'preprocess'),
                 ('--upscale', 'upscale', 'upscale'))
+READ_FIXED = (('--keep-hdr', 'keep_hdr'), ('--keep-fields', 'keep_fields'))   # how its source was read
 
 
 class UsageError(ValueError):
@@ -38,7 +40,8 @@ class RunSettings:
     input: video files and/or folders (or None); decode_from: latent files and/or folders (or None): exactly
     one of them. output: the output folder (one sub-folder per video). Frames: num_frames (None: all),
     frame_stride, start, size (short side the model sees, 0: native, None: the config's data.sample_size),
-    square, preprocess ('default' | 'cascadev'), fps (None: the source's times), lossless, upscale, interp (K).
+    square, preprocess ('default' | 'cascadev'), fps (None: the source's times), lossless, upscale, interp (K),
+    keep_hdr (HDR code values as stored, not tone-mapped), keep_fields (interlaced frames woven, not deinterlaced).
     Sampling: preview_only, scheduler/steps/seed (None: the config's sampling.*). Run: device and dtype (None:
     the config's), compile, chunk_frames, max_memory (bytes after checking; a text such as '24GB' is parsed,
     None: no budget on CPU, the free memory on CUDA), overwrite, no_metrics, eval, vmaf (needs eval),
@@ -59,6 +62,8 @@ class RunSettings:
     lossless: bool = False
     upscale: bool = False
     interp: int = 1
+    keep_hdr: bool = False
+    keep_fields: bool = False
     preview_only: bool = False
     scheduler: str = None
     steps: int = None
@@ -73,6 +78,8 @@ class RunSettings:
     eval: bool = False
     vmaf: bool = False
     dit_checkpoint: str = None
+    autoencoder: str = 'cascadev'
+    autoencoder_weights: str = None
 
     def __post_init__(self):
         checks = [(self.num_frames is not None and self.num_frames < 1, '--num-frames', 'must be >= 1 (or omitted: all)'),
@@ -94,11 +101,35 @@ class RunSettings:
             raise UsageError('pass exactly one of --input or --decode-from')
         if self.preprocess not in PREPROCESS:
             raise UsageError(f"--preprocess {self.preprocess}: use one of {', '.join(PREPROCESS)}")
+        self._check_autoencoder()
         if isinstance(self.max_memory, str):
             try:
                 object.__setattr__(self, 'max_memory', parse_size(self.max_memory))
             except ValueError as e:
                 raise UsageError(f'--max-memory {e}') from None
+
+    def _check_autoencoder(self):
+        name, other = self.autoencoder, self.autoencoder != 'cascadev'
+        if name != 'cascadev' and name not in AUTOENCODERS:
+            raise UsageError(f"--autoencoder {name}: unknown; use cascadev or one of {', '.join(AUTOENCODERS)}")
+        clashes = [(self.preview_only, '--preview-only', 'CascadeV has a previewer'),
+                   (self.interp != 1, '--interp', 'CascadeV interpolates its own latent'),
+                   (self.decoding, '--decode-from', 'latents of other autoencoders are decoded in the run that '
+                                                    'encodes them'),
+                   (self.dit_checkpoint is not None, '--dit-checkpoint', 'only CascadeV has a DiT')]
+        for bad, flag, why in clashes if other else ():
+            if bad:
+                raise UsageError(f'{flag} with --autoencoder {name}: not available ({why}); leave one of them out')
+        if self.autoencoder_weights is not None and not other:
+            raise UsageError('--autoencoder-weights needs --autoencoder NAME (another autoencoder than cascadev)')
+        if other and self.autoencoder_weights is None and name != 'svd':
+            raise UsageError(f'--autoencoder {name} needs --autoencoder-weights DIR, its diffusers folder (from '
+                             f'{AUTOENCODERS[name].source})')
+
+    @property
+    def other_autoencoder(self):
+        """True with --autoencoder NAME other than cascadev (models/autoencoders.py)."""
+        return self.autoencoder != 'cascadev'
 
     @classmethod
     def from_flags(cls, args):
@@ -115,13 +146,18 @@ class RunSettings:
         return self.decode_from is not None
 
     def ignored_by_latent(self):
-        """The flags given that a latent fixes (its frames and geometry), in flag order; [] unless decoding."""
+        """The flags given that a latent fixes (its frames, geometry and how its source was read), in flag
+        order; [] unless decoding."""
         if not self.decoding:
             return []
-        return [flag for flag, name, _ in LATENT_FIXED if getattr(self, name) != getattr(RunSettings, name)]
+        fixed = [(flag, name) for flag, name, _ in LATENT_FIXED] + list(READ_FIXED)
+        return [flag for flag, name in fixed if getattr(self, name) != getattr(RunSettings, name)]
 
     def stages(self):
-        """The stages the run builds: ('compressor',) when encoding, 'previewer', and ('dit', 'vae') to refine."""
+        """The CascadeV stages the run builds: ('compressor',) when encoding, 'previewer', and ('dit', 'vae') to
+        refine; none with another autoencoder (its folder is checked when it is loaded)."""
+        if self.other_autoencoder:
+            return ()
         encode = () if self.decoding else ('compressor',)
         return encode + ('previewer',) + (() if self.preview_only else ('dit', 'vae'))
 
@@ -132,14 +168,25 @@ class RunSettings:
         return cfg
 
     def recon_settings(self, cfg):
-        """The output-shaping settings with the config's defaults (data.sample_size, sampling.*) filled in."""
+        """The output-shaping settings with the config's defaults (data.sample_size, sampling.*) filled in;
+        decoding a latent reads no source, so keep_hdr / keep_fields are False there."""
         s = cfg.sampling
+        read = not self.decoding
         return ReconSettings(num_frames=self.num_frames, start=self.start, stride=self.frame_stride,
                              size=cfg.data.sample_size if self.size is None else self.size, square=self.square,
                              preprocess=self.preprocess, scheduler=self.scheduler or s.scheduler,
                              steps=self.steps or s.steps, seed=s.seed if self.seed is None else self.seed,
                              preview_only=self.preview_only, upscale=self.upscale, interp=self.interp, fps=self.fps,
-                             lossless=self.lossless)
+                             lossless=self.lossless, keep_hdr=read and self.keep_hdr,
+                             keep_fields=read and self.keep_fields, autoencoder=self.autoencoder,
+                             autoencoder_weights=self.autoencoder_folder(cfg))
+
+    def autoencoder_folder(self, cfg):
+        """The other autoencoder's diffusers folder, absolute (svd: the config's weights.vae unless given);
+        None for CascadeV."""
+        if not self.other_autoencoder:
+            return None
+        return str(Path(self.autoencoder_weights or cfg.weights.vae).resolve())
 
     def requested_device(self, cfg):
         """--device, else the config's device, else 'auto' (not resolved)."""

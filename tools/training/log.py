@@ -14,6 +14,16 @@ from tqdm.auto import tqdm
 log = logging.getLogger('cascadev.train')
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """Log lines to stdout above the progress bar (tqdm.write), so the bar and the lines do not mix."""
+
+    def emit(self, record):
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 -- logging's own policy: report, never raise
+            self.handleError(record)
+
+
 def setup_logging(work_dir, is_main):
     """Log lines of the `cascadev` loggers to stdout and, on the main process, WORK_DIR/train.log."""
     fmt = logging.Formatter('%(asctime)s %(levelname)s %(message)s', '%H:%M:%S')
@@ -22,7 +32,7 @@ def setup_logging(work_dir, is_main):
         root.removeHandler(handler)
         handler.close()
     root.setLevel(logging.INFO if is_main else logging.WARNING)
-    console = logging.StreamHandler(sys.stdout)
+    console = ConsoleHandler(sys.stdout)
     console.setFormatter(fmt)
     root.addHandler(console)
     if is_main:
@@ -60,11 +70,14 @@ class StopSignal:
 
 
 class RunLog:
-    """Progress bar, TensorBoard scalars and log.jsonl (the main process); a text line per logged step when
-    there is no terminal. log.jsonl's `lr` is the effective lr of the step (auto_lr and warm-up applied)."""
+    """Progress bar, and every train.log_every optimizer steps (and after the last) a log line, TensorBoard
+    scalars and a log.jsonl line (the main process). A line's loss, mse, vb, grad_norm and step_time are
+    means over the optimizer steps since the previous line (and over the ranks); its `lr` is the effective lr
+    of its step (auto_lr and warm-up applied)."""
 
     def __init__(self, run, start_step, goal):
         self.run, self.writer, self.progress, self.file = run, None, None, None
+        self.window = []       # per optimizer step since the last line: (terms, grad_norm, time, step, iteration, lr)
         if run.is_main:
             self.writer = SummaryWriter(str(run.work_dir / 'tb'))
             self.progress = tqdm(total=None if goal == math.inf else goal, initial=start_step, desc='train',
@@ -88,15 +101,29 @@ class RunLog:
             self.progress.update(int(action == 'step'))
             self.progress.set_postfix(loss=f'{result.loss:.4f}', lr=f'{result.lr:.2e}',
                                       s_per_step=f'{step_time:.2f}', refresh=False)
-        if action != 'step' or step % tc.log_every:
+        if action != 'step':
             return
-        values = {k: run.accelerator.reduce(v.detach().mean(), 'mean').item() for k, v in result.terms.items()}
-        values.update(grad_norm=result.grad_norm, lr=result.lr, step_time=step_time,
-                      samples_per_s=run.accelerator.num_processes * tc.batch_size / step_time)
+        self.window.append(({k: v.detach().mean() for k, v in result.terms.items()}, result.grad_norm, step_time,
+                            step, iteration, result.lr))
+        if step % tc.log_every == 0:
+            self.line()
+
+    def line(self):
+        """The log line, scalars and log.jsonl line of the steps since the previous line (none: nothing). The
+        loop calls it at the end too, so a run's last steps are always logged."""
+        window, self.window = self.window, []
+        if not window:
+            return
+        run, n = self.run, len(window)
+        *_, step, iteration, lr = window[-1]
+        values = {k: run.accelerator.reduce(sum(w[0][k] for w in window) / n, 'mean').item() for k in window[0][0]}
+        step_time = sum(w[2] for w in window) / n
+        values.update(grad_norm=sum(w[1] for w in window) / n, lr=lr, step_time=step_time,
+                      samples_per_s=run.accelerator.num_processes * run.cfg.train.batch_size / step_time)
         if run.is_main:
-            if self.progress.disable:  # no terminal: a log line instead of the progress bar
-                log.info(f"step {step}: loss {values['loss']:.4f} (mse {values['mse']:.4f}, vb {values['vb']:.4f}), "
-                         f"grad-norm {values['grad_norm']:.3g}, lr {result.lr:.3g}, {step_time:.2f} s/step")
+            span = f"step {step}" if n == 1 else f"steps {step - n + 1}-{step}"
+            log.info(f"{span}: loss {values['loss']:.4f} (mse {values['mse']:.4f}, vb {values['vb']:.4f}), "
+                     f"grad-norm {values['grad_norm']:.3g}, lr {lr:.3g}, {step_time:.2f} s/step")
             for k, v in values.items():
                 self.writer.add_scalar(f'train/{k}', v, step)
             self.file.write(json.dumps(dict(step=step, iteration=iteration, **values)) + '\n')

@@ -1,6 +1,7 @@
 """The training run of the refiner DiT: set up → data → models → resume → the loop → the last checkpoint.
 
-train(cfg, work_dir, resume) reads straight through. The loop: train_step (tools.training.step) → non-finite
+train(cfg, work_dir, resume) reads straight through. The work dir is new or empty, or resumed, and locked
+for the run (tools.training.workdir). The loop: train_step (tools.training.step) → non-finite
 policy → EMA → log → checkpoint / preview → stop signals. The lr is optimizer.lr scaled to the effective batch
 by optimizer.auto_lr (PixArt's sqrt rule) with a linear warm-up (tools.training.optim); the DiT starts from
 train.load_from (the release) or, with None, from scratch. The data order comes from (train.seed, epoch) and
@@ -10,7 +11,6 @@ Runs on one process or under `accelerate launch` (DDP / FSDP, or gloo processes 
 import copy
 import logging
 import math
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +21,17 @@ from accelerate.utils import DistributedType, set_seed
 
 from diffusion import create_diffusion
 from models.dit import VideoDiT
-from models.pipeline import CascadeV
 from models.weights import (WeightsFormatError, build_compressor, build_vae, check_weights, load_dit_checkpoint,
-                            resolve_path)
+                            random_stages, resolve_path)
 from tools.config import ConfigError
 from tools.training import checkpoint as ckpt
 from tools.training.data import BadSamples, DataError, build_dataset, build_loader, load_clip
 from tools.training.log import RunLog, StopSignal, close_logging, setup_logging
 from tools.training.optim import build_optimizer, effective_lr, lr_at
+from tools.training.preview import write_preview
 from tools.training.step import ema_update, nonfinite_policy, train_step
-from tools.video.panels import side_by_side
+from tools.training.workdir import WorkDir, WorkDirError, check_usable
 from tools.video.read import VideoReadError
-from tools.video.write import write_video
 
 log = logging.getLogger('cascadev.train')
 MP_DTYPES = {'no': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -52,6 +51,7 @@ class Run:
     cfg: object
     accelerator: Accelerator
     work_dir: Path
+    claim: WorkDir                        # the lock on work_dir (main process)
     dtype: torch.dtype                    # the frozen encoders' dtype (mixed precision)
     lr: float                             # effective lr (optimizer.lr after auto_lr), before warm-up
     model: torch.nn.Module = None         # the DiT being trained (wrapped by accelerate after resume_or_start)
@@ -73,29 +73,43 @@ def usage_errors():
     try:
         yield
     except (ConfigError, DataError, ckpt.CheckpointError, FileNotFoundError, WeightsFormatError,
-            VideoReadError) as e:
+            VideoReadError, WorkDirError) as e:
         raise UsageError(str(e)) from e
 
 
-def set_up_run(cfg, work_dir):
-    """Accelerator (DDP / FSDP, or gloo processes on CPU), work dir with the final config.py, logging, seeds."""
+def any_rank(accelerator, flag):
+    """True on every rank when `flag` is true on any (one all-reduce)."""
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), 'sum')[0] > 0)
+
+
+def claim_work_dir(accelerator, claim, resume):
+    """The main process claims the work dir (tools.training.workdir: new, empty or --resume; locked); every
+    rank raises the same WorkDirError when it cannot."""
+    error = None
+    if accelerator.is_main_process:
+        try:
+            claim.claim(resume)
+            (claim.path / 'checkpoints').mkdir(exist_ok=True)
+        except WorkDirError as e:
+            error = e
+    if any_rank(accelerator, error is not None):
+        raise error or WorkDirError(f"--work-dir {claim.path}: the main process cannot use it (see its message)")
+
+
+def set_up_run(cfg, claim, resume):
+    """Accelerator (DDP / FSDP, or gloo processes on CPU), the claimed work dir, logging, seeds."""
     tc = cfg.train
     # cpu=True without CUDA also makes several launched CPU processes one gloo group (accelerate's MULTI_CPU)
     use_cpu = cfg.get('device', 'auto') == 'cpu' or not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=use_cpu)
-    work_dir = Path(work_dir)
-    if accelerator.is_main_process:
-        (work_dir / 'checkpoints').mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    setup_logging(work_dir, accelerator.is_main_process)
-    if accelerator.is_main_process:
-        cfg.dump(str(work_dir / 'config.py'))
+    claim_work_dir(accelerator, claim, resume)
+    setup_logging(claim.path, accelerator.is_main_process)
     if accelerator.device.type == 'cpu' and tc.mixed_precision == 'fp16':
         log.warning("train.mixed_precision='fp16' on CPU is slow and has no loss scaling (gradients may "
                     "underflow); use 'no' or 'bf16' on CPU")
     set_seed(tc.seed)
     lr, _ = effective_lr(cfg, accelerator.num_processes)
-    return Run(cfg, accelerator, work_dir, MP_DTYPES.get(accelerator.mixed_precision, torch.float32), lr)
+    return Run(cfg, accelerator, claim.path, claim, MP_DTYPES.get(accelerator.mixed_precision, torch.float32), lr)
 
 
 def build_data(run):
@@ -115,16 +129,54 @@ def build_data(run):
     return dataset, bad, eval_clip
 
 
+def check_run_weights(cfg, is_main=True):
+    """Check every weight file the run reads (all missing ones named at once) -> the frozen encoders it
+    builds: ('compressor', 'vae'), or none for cached latents without previews."""
+    tc, cached = cfg.train, bool(cfg.data.get('cached_latents'))
+    encoders = ('compressor', 'vae') if not cached or (tc.eval_every and is_main) else ()
+    load_from = tc.get('load_from')
+    check_weights(cfg, encoders, {'train.load_from': (load_from, 'dit', 'or train from scratch with '
+                                                      'train.load_from=None')} if load_from else None)
+    return encoders
+
+
+def new_dit(cfg, device=None):
+    """The DiT of cfg.model at its training init (on `device`; 'meta': no memory); ConfigError (one line) for
+    a model the config's keys cannot build."""
+    try:
+        with torch.device(device or 'cpu'):
+            return VideoDiT.from_config(cfg.model)
+    except ValueError as e:
+        raise ConfigError(f"{cfg.get('config_path', 'config')}: {e}") from None
+
+
+def check_run(cfg, work_dir=None, resume=None):
+    """What a run checks before it starts, without starting it (train_vae.py --dry-run): the work dir (new,
+    empty or resumed), every weight file, the model, the data lists (or the latent cache) and a --resume folder.
+    UsageError (one line) when the run could not start."""
+    with usage_errors():
+        if work_dir is not None:
+            check_usable(work_dir, resume)
+        check_run_weights(cfg)
+        new_dit(cfg, 'meta')
+        hold_out = bool(cfg.train.eval_every) and not cfg.data.get('eval_video')
+        _, missing, total, _ = build_dataset(cfg, hold_out_last=hold_out)
+        BadSamples(total, cfg.data.max_bad_fraction).add(missing)
+        if resume not in (None, 'auto'):
+            ckpt.read_manifest(resume)
+
+
 def build_models(run):
     """Fill run.model (train.load_from, else random init), run.ema, the frozen encoders (skipped for cached
     latents without previews), the diffusion and the optimizer; every missing weight file is named at once."""
     cfg, tc, acc = run.cfg, run.cfg.train, run.accelerator
-    cached = bool(cfg.data.get('cached_latents'))
-    encoders = ('compressor', 'vae') if not cached or (tc.eval_every and run.is_main) else ()
+    encoders = check_run_weights(cfg, run.is_main)
     load_from = tc.get('load_from')
-    check_weights(cfg, encoders, {'train.load_from': (load_from, 'dit', 'or train from scratch with '
-                                                      'train.load_from=None')} if load_from else None)
-    model = VideoDiT.from_config(cfg.model)
+    model = new_dit(cfg)
+    random = [s for s in encoders if s in random_stages(cfg)]
+    if random and run.is_main:
+        log.warning(f"random_init: the frozen {' and '.join(random)} have seeded random weights, so the DiT "
+                    f"trained here is meaningless outside this config (tests and demos only)")
     if load_from:
         try:
             load_dit_checkpoint(model, resolve_path(load_from))
@@ -171,20 +223,26 @@ def resume_or_start(run, resume):
 
 
 def start_run(cfg, work_dir, resume):
-    """Set up, data, models and resume -> (run, dataset, bad-file tracker, preview clip, start). UsageError
-    when the run cannot start; a work dir this call created is then removed."""
-    fresh = not Path(work_dir).exists()
+    """Claim the work dir, set up, data, models and resume, then save the final config.py -> (run, dataset,
+    bad-file tracker, preview clip, start). UsageError when the run cannot start; what it wrote into a new or
+    empty work dir is then removed, and an earlier run's folder is left as it was."""
+    claim = WorkDir(work_dir)
     try:
         with usage_errors():
-            run = set_up_run(cfg, work_dir)
+            run = set_up_run(cfg, claim, resume)
             dataset, bad, eval_clip = build_data(run)
             build_models(run)
-            return run, dataset, bad, eval_clip, resume_or_start(run, resume)
+            start = resume_or_start(run, resume)
     except UsageError:
-        if fresh:                                    # a run that cannot start leaves no work dir it created
-            close_logging()
-            shutil.rmtree(work_dir, ignore_errors=True)
+        close_logging()
+        claim.discard()                              # a run that cannot start leaves nothing behind
         raise
+    except BaseException:
+        claim.release()
+        raise
+    if run.is_main:
+        cfg.dump(str(run.work_dir / 'config.py'))
+    return run, dataset, bad, eval_clip, start
 
 
 def log_start(run, dataset, per_epoch):
@@ -218,23 +276,6 @@ def save(run, step, iteration, in_row, per_epoch):
     ckpt.save_checkpoint(run.accelerator, run.work_dir / 'checkpoints', step, run.model, run.ema, run.optimizer,
                          state, cfg.train.get('keep_last', 3))
     return step
-
-
-@torch.no_grad()
-def write_preview(path, model, stages, clip, cfg, step):
-    """Reconstruct the held-out clip (3, T, S, S) in [-1, 1] with the models being trained
-    (models.pipeline.CascadeV, cfg.sampling); write original | reconstruction side by side as an mp4."""
-    pipe = CascadeV(cfg, compressor=stages['compressor'], dit=model, vae=stages['vae'], device=stages['device'],
-                    dtype=stages['dtype'])
-    was_training = model.training
-    model.eval()
-    try:
-        recon = pipe.decode(pipe.encode(clip[None].to(stages['dtype'])), steps=cfg.sampling.steps,
-                            scheduler=cfg.sampling.scheduler, seed=cfg.sampling.seed)[0]   # (3, T, H, W)
-    finally:
-        model.train(was_training)
-    panel = side_by_side([clip.float(), recon.cpu()], ['held-out clip', f'reconstruction, step {step}'])
-    write_video(path, panel, fps=8)
 
 
 def preview(run, clip, step):
@@ -325,6 +366,7 @@ def run_loop(run, loader, bad, eval_clip, start, per_epoch, callback=None):
             runlog.restart_clock()
             if stop_requested(run, stop, data_error):
                 break
+        runlog.line()                                # the steps since the last log line
         if last_saved != step:
             last_saved = save(run, step, iteration, in_row, per_epoch)
     finally:
@@ -336,21 +378,27 @@ def run_loop(run, loader, bad, eval_clip, start, per_epoch, callback=None):
 def train(cfg, work_dir, resume=None, callback=None):
     """Train the DiT of `cfg` (an mmengine Config, tools.config.load_config) in `work_dir`.
 
-    work_dir gets config.py, train.log, log.jsonl, tb/, checkpoints/step_N/ and previews/. `resume`: None,
-    a checkpoint folder, or 'auto' (the newest complete one; none found: from scratch). `callback`, if given,
+    work_dir gets config.py, train.log, log.jsonl, tb/, checkpoints/step_N/, previews/ and .lock; it must be
+    new or empty unless `resume` is given: a checkpoint folder, or 'auto' (the newest complete one; none found:
+    from scratch). While the run lasts it holds the lock (tools.training.workdir): a second training in the
+    same folder is refused. `callback`, if given,
     is called on every rank after each iteration with {'step', 'iteration', 'action' ('step' | 'skip' |
     'overflow'), 'loss' (this rank's mean, float), 'rank', 'model' (the unwrapped DiT), 'ema' (or None)}.
     Returns {'step', 'iteration', 'losses': [(iteration, loss)], 'checkpoint': the last saved folder or None}.
-    Raises UsageError (cannot start: config, weights, data lists, --resume), TrainingError (repeated
-    non-finite steps), DataError (too many bad videos), CheckpointError, VideoReadError, OSError.
+    Raises UsageError (cannot start: config, weights, data lists, --resume, a used or locked work dir),
+    TrainingError (repeated non-finite steps), DataError (too many bad videos), CheckpointError,
+    VideoReadError, OSError.
     """
     run, dataset, bad, eval_clip, start = start_run(cfg, work_dir, resume)
     acc = run.accelerator
-    loader, sampler = build_loader(dataset, cfg, acc.process_index, acc.num_processes, start['iteration'])
-    per_epoch = sampler.batches_per_epoch
-    log_start(run, dataset, per_epoch)
-    step, iteration, losses, last_saved = run_loop(run, loader, bad, eval_clip, start, per_epoch, callback)
-    acc.wait_for_everyone()
+    try:
+        loader, sampler = build_loader(dataset, cfg, acc.process_index, acc.num_processes, start['iteration'])
+        per_epoch = sampler.batches_per_epoch
+        log_start(run, dataset, per_epoch)
+        step, iteration, losses, last_saved = run_loop(run, loader, bad, eval_clip, start, per_epoch, callback)
+        acc.wait_for_everyone()
+    finally:
+        run.claim.release()
     return {'step': step, 'iteration': iteration, 'losses': losses,
             'checkpoint': str(ckpt.step_dir(run.work_dir / 'checkpoints', last_saved)) if last_saved is not None
             else None}

@@ -13,6 +13,8 @@ from typing import NamedTuple
 import av
 import numpy as np
 
+from tools.video.convert import (ConvertError, deinterlace, deinterlace_context, field_order, hdr_transfer,
+                                 notes, raw_stream, signal_peak, tonemap, transparency)
 from tools.video.frames import from_uint8
 
 VIDEO_EXTS = ('.mp4', '.mov', '.avi', '.mkv', '.webm')
@@ -26,12 +28,18 @@ class VideoReadError(ValueError):
 class VideoInfo(NamedTuple):
     """A video as a player shows it.
 
-    fps: average rate of the shown frames; num_frames: frames shown (edit lists honoured); height, width: the
-    displayed (rotated) size in stored pixels; sar: sample aspect ratio of the displayed frame (pixel width /
-    height; a 90/270 rotation inverts the stored one); rotation: counter-clockwise degrees (0/90/180/270) applied
-    to get the upright frame (FFmpeg's display-matrix convention; a legacy `rotate=90` tag, clockwise, reads as
-    270); times: presentation times (s) of the returned frames from the first shown frame of the file (None from
-    probe_video); vfr: frame durations differ by more than ~1 %.
+    fps: average rate of the shown frames (a raw elementary stream: the rate its own timing info states, else
+    the demuxer's default 25 with fps_assumed True); num_frames: frames shown (edit lists honoured); height,
+    width: the displayed (rotated) size in stored pixels; sar: sample aspect ratio of the displayed frame (pixel
+    width / height; a 90/270 rotation inverts the stored one); rotation: counter-clockwise degrees (0/90/180/270)
+    applied to get the upright frame (FFmpeg's display-matrix convention; a legacy `rotate=90` tag, clockwise,
+    reads as 270); times: presentation times (s) of the returned frames from the first shown frame of the file
+    (None from probe_video); vfr: frame durations differ by more than ~1 %.
+    What the source is (tools/video/convert.py): hdr 'pq' | 'hlg' (BT.2100 transfer) or None for SDR; peak: the
+    HDR signal peak in cd/m² tone mapping assumes (None for SDR); fields: 'tff' | 'bff' | 'interlaced' (order
+    per frame) or None for progressive; alpha: fraction (0..1) of the first frame's pixels not opaque, None
+    without an alpha channel; fps_assumed: the stream states no rate. notes: what reading does to the frames
+    (tone mapping, deinterlacing, alpha dropped, rate assumed), one phrase each, () for a progressive SDR file.
     """
     fps: float
     num_frames: int
@@ -41,6 +49,12 @@ class VideoInfo(NamedTuple):
     rotation: int = 0
     times: tuple | None = None
     vfr: bool = False
+    hdr: str | None = None
+    peak: float | None = None
+    fields: str | None = None
+    alpha: float | None = None
+    fps_assumed: bool = False
+    notes: tuple = ()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -176,7 +190,9 @@ def _probe(path):
 
 @functools.lru_cache(maxsize=64)
 def _probe_file(path, size, mtime_ns):
-    """Header, shown packets and first frame -> (VideoInfo without times, sorted shown pts, time_base, orientation).
+    """Header, shown packets and first frame -> (VideoInfo without times and notes, sorted shown pts or None,
+    time_base, orientation, whether the pts are the frames' times: not in a raw stream, whose demuxer makes
+    them up).
 
     The frame count is the number of packets a player shows (edit lists honoured: packets the demuxer marks
     discardable are not counted), never the container's claim. Demuxing reads the file but decodes one frame.
@@ -184,8 +200,9 @@ def _probe_file(path, size, mtime_ns):
     try:
         with av.open(path) as c:
             if not c.streams.video:
-                kinds = sorted({s.type for s in c.streams}) or ['no streams']
-                raise VideoReadError(f"{path}: has no video stream (only {', '.join(kinds)}); pass a video file")
+                kinds = sorted({s.type for s in c.streams})
+                found = f"only {', '.join(kinds)}" if kinds else 'no streams at all'
+                raise VideoReadError(f"{path}: has no video stream ({found}); pass a video file")
             s = c.streams.video[0]
             pts, first, no_pts = [], None, 0
             for packet in c.demux(s):
@@ -198,9 +215,15 @@ def _probe_file(path, size, mtime_ns):
             tb = s.time_base or Fraction(1, 1)
             sar = s.sample_aspect_ratio or s.codec_context.sample_aspect_ratio or Fraction(1, 1)
             rates = (s.average_rate or s.guessed_rate, s.base_rate)
+            raw = raw_stream(c.format)
+            if raw:          # the rate the stream's timing info states (SPS VUI, sequence header), else the demuxer's
+                rates = (s.codec_context.framerate, s.average_rate or 25)
             if first is not None:  # stream objects are only valid while the container is open
                 rotation, orient = _orientation(first, s)
                 h, w = first.height, first.width
+                hdr = hdr_transfer(first, s)
+                kind = dict(hdr=hdr, peak=signal_peak(first) if hdr else None, fields=field_order(first, s),
+                            alpha=transparency(first))
     except VideoReadError:
         raise
     except MemoryError:
@@ -210,26 +233,34 @@ def _probe_file(path, size, mtime_ns):
     if first is None or not pts:
         raise VideoReadError(f"{path}: truncated or corrupt: no frame could be decoded; {REENCODE}")
     pts.sort()
+    fps, vfr = _rate(pts, no_pts or raw, rates, tb)
+    kind['fps_assumed'] = raw and not rates[0]
+    if orient[0]:
+        h, w, sar = w, h, 1 / Fraction(sar)
+    info = VideoInfo(fps, len(pts), h, w, Fraction(sar), rotation, None, vfr, **kind)
+    return info, (None if no_pts else tuple(pts)), tb, orient, not raw
+
+
+def _rate(pts, no_pts, rates, tb):
+    """(fps, vfr) from the sorted shown pts, or from the stated (average, base) rates without timestamps."""
     rate = rates[0]
     if no_pts or len(pts) < 2 or pts[-1] == pts[0]:
         rate = rate or rates[1]
-        fps, vfr = (float(rate) if rate else 0.0), False
-    else:
-        fps, vfr = float((len(pts) - 1) / ((pts[-1] - pts[0]) * tb)), _is_vfr(pts, tb)
-        if rate and not vfr and abs(float(rate) / fps - 1) < 0.01:
-            fps = float(rate)  # the container's exact rate over one measured from coarse (e.g. 1 ms) timestamps
-    if orient[0]:
-        h, w, sar = w, h, 1 / Fraction(sar)
-    info = VideoInfo(fps, len(pts), h, w, Fraction(sar), rotation, None, vfr)
-    return info, (None if no_pts else tuple(pts)), tb, orient
+        return (float(rate) if rate else 0.0), False
+    fps, vfr = float((len(pts) - 1) / ((pts[-1] - pts[0]) * tb)), _is_vfr(pts, tb)
+    if rate and not vfr and abs(float(rate) / fps - 1) < 0.01:
+        fps = float(rate)  # the container's exact rate over one measured from coarse (e.g. 1 ms) timestamps
+    return fps, vfr
 
 
-def probe_video(path, backend='auto'):
-    """VideoInfo of the whole file (times None) as a player shows it: displayed size, shown-frame count, SAR."""
+def probe_video(path, backend='auto', keep_hdr=False, keep_fields=False):
+    """VideoInfo of the whole file (times None) as a player shows it: displayed size, shown-frame count, SAR;
+    its notes say what read_frames with the same keep_hdr / keep_fields does to the frames."""
     path = str(path)
     _check_backend(backend)
     _check_file(path)
-    return _probe(path)[0]
+    info = _probe(path)[0]
+    return info._replace(notes=notes(info, keep_hdr, keep_fields))
 
 
 def _check_backend(backend):
@@ -257,8 +288,8 @@ def _decode(path, indices, pts, store):
     """Decode the shown frames `indices` (sorted), calling store(slot, frame) for each; -> their pts by slot.
 
     With known timestamps the decoder seeks to the keyframe before the first wanted frame and frames are matched
-    by pts; when the seek lands after it (or on a non-keyframe) decoding restarts from the beginning. Decoding
-    stops after the last wanted frame.
+    by pts; when the seek fails or lands after it (or on a non-keyframe) decoding restarts from the beginning.
+    Decoding stops after the last wanted frame.
     """
     by_pts = pts is not None
     want = {(pts[i] if by_pts else i): j for j, i in enumerate(indices)}  # pts (or shown index) -> output slot
@@ -268,7 +299,10 @@ def _decode(path, indices, pts, store):
             s = c.streams.video[0]
             s.thread_type = 'AUTO'
             if seek:
-                c.seek(pts[indices[0]], stream=s, backward=True)
+                try:
+                    c.seek(pts[indices[0]], stream=s, backward=True)
+                except av.FFmpegError:                 # a demuxer that cannot seek (image pipes): from the start
+                    continue
             for k, frame in enumerate(c.decode(s)):
                 if seek and k == 0 and not (frame.key_frame and frame.pts is not None
                                             and frame.pts <= pts[indices[0]]):
@@ -289,41 +323,75 @@ def _decode(path, indices, pts, store):
     raise VideoReadError(f"{path}: truncated or corrupt: frames could not be located; {REENCODE}")
 
 
-def read_frames(path, num_frames=None, stride=1, start=0, backend='auto'):
+def read_frames(path, num_frames=None, stride=1, start=0, backend='auto', keep_hdr=False, keep_fields=False):
     """Shown frames start, start+stride, ... -> (uint8 (T, H, W, 3) RGB upright, VideoInfo of the whole file).
 
     Frames are what a player shows: display rotation applied (H, W are the displayed size), edit lists honoured,
     YUV converted to RGB with the stream's matrix and range (untagged: BT.601, as FFmpeg assumes). info.times are
     the returned frames' presentation times in seconds from the first shown frame of the file; info.sar is the
-    displayed frame's sample aspect ratio. backend: 'auto' or 'pyav' (the same). Memory ~ the returned frames.
+    displayed frame's sample aspect ratio. backend: 'auto' or 'pyav' (the same).
+    By default HDR (PQ / HLG) is tone-mapped to SDR BT.709 and interlaced video deinterlaced (bwdif, one frame
+    per frame): tools/video/convert.py; keep_hdr=True reads the code values, keep_fields=True the woven fields.
+    info.notes says what was done. Reading in chunks gives the frames of one read. Memory ~ the returned frames
+    (twice that while converting). VideoReadError (one line) for a file that cannot be read as asked.
     """
     path = str(path)
     _check_backend(backend)
     _check_file(path)
-    info, pts, tb, orient = _probe(path)
+    info, pts, tb, orient, timed = _probe(path)
     indices = frame_indices(info.num_frames, num_frames, stride, start, path)
-    h, w = (info.width, info.height) if orient[0] else (info.height, info.width)  # stored size
-    frames = np.empty((len(indices), h, w, 3), np.uint8)
-
-    def store(j, frame):
-        size = {} if (frame.height, frame.width) == (h, w) else {'width': w, 'height': h}  # mid-stream size change
-        frames[j] = frame.to_ndarray(format='rgb24', **size)
+    size = (info.width, info.height) if orient[0] else (info.height, info.width)  # stored size
+    hdr, fields = (None if keep_hdr else info.hdr), (None if keep_fields else info.fields)
     try:
-        got = _decode(path, indices, pts, store)
+        if hdr or fields:
+            frames, got = _read_converted(path, indices, pts, info, size, hdr, fields)
+        else:
+            frames = np.empty((len(indices), *size, 3), np.uint8)
+            got = _decode(path, indices, pts, lambda j, frame: _rgb24(frame, size, frames[j]))
+    except ConvertError as e:
+        raise VideoReadError(f"{path}: {e}") from None
     except (VideoReadError, MemoryError):
         raise
     except Exception as e:
         raise VideoReadError(f"{path}: truncated or corrupt, decoding failed ({_short(e)}); {REENCODE}") from None
-    if pts is not None:
+    if pts is not None and timed:
         times = tuple(float((p - pts[0]) * tb) for p in got)
     else:
         times = tuple(i / (info.fps or 1.0) for i in indices)
-    return _upright(frames, orient), info._replace(times=times)
+    return _upright(frames, orient), info._replace(times=times, notes=notes(info, keep_hdr, keep_fields))
 
 
-def read_video(path, num_frames=None, stride=1, start=0, backend='auto'):
+def _rgb24(frame, size, out):
+    """Decoded frame -> RGB uint8 into `out` (H, W, 3), scaled to the stored size after a mid-stream size change."""
+    h, w = size
+    out[...] = frame.to_ndarray(format='rgb24', **({} if (frame.height, frame.width) == (h, w) else
+                                                     {'width': w, 'height': h}))
+
+
+def _read_converted(path, indices, pts, info, size, hdr, fields):
+    """Decode `indices` (with a frame of context on each side when deinterlacing), deinterlace with bwdif when
+    `fields`, tone-map when `hdr` -> (uint8 (T, H, W, 3) stored size, pts of `indices` by slot)."""
+    h, w = size
+    wanted = deinterlace_context(indices, info.num_frames) if fields else indices
+    decoded = {}
+
+    def store(j, frame):
+        decoded[wanted[j]] = frame if (frame.height, frame.width) == size else frame.reformat(width=w, height=h)
+    got = dict(zip(wanted, _decode(path, wanted, pts, store)))
+    frames = deinterlace(decoded, indices, fields) if fields else [decoded[i] for i in indices]
+    decoded.clear()
+    out = np.empty((len(indices), h, w, 3), np.uint8)
+    if hdr:
+        tonemap(frames, hdr, info.peak, out)
+    else:
+        for j, frame in enumerate(frames):
+            _rgb24(frame, size, out[j])
+    return out, [got[i] for i in indices]
+
+
+def read_video(path, num_frames=None, stride=1, start=0, backend='auto', keep_hdr=False, keep_fields=False):
     """Read frames start, start+stride, ... -> ((C, T, H, W) float32 in [-1, 1], VideoInfo); see read_frames."""
-    frames, info = read_frames(path, num_frames, stride, start, backend)
+    frames, info = read_frames(path, num_frames, stride, start, backend, keep_hdr, keep_fields)
     return from_uint8(frames), info
 
 

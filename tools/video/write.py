@@ -7,6 +7,8 @@ import av
 import numpy as np
 import torch
 
+from tools.files import temp_path
+
 WRITE_FORMATS = {'.mp4': 'mp4', '.mov': 'mov', '.mkv': 'matroska'}
 
 
@@ -52,8 +54,9 @@ class VideoWriter:
     RGB -> YUV uses BT.709 limited range and the stream is tagged bt709/tv (colorspace, primaries, transfer,
     range). `sar` (Fraction, e.g. 4/3) is written as the sample aspect ratio. write(frames, times): times (seconds,
     strictly increasing across calls) put each frame at its source time (VFR; shifted so the first frame is at 0,
-    on a 1/90000 s clock); times=None writes a constant `fps`. Frames go to PATH.tmp, renamed to PATH by close();
-    on an exception inside `with` (or abort()) the temp file is removed and an existing PATH is left untouched.
+    on a 1/90000 s clock); times=None writes a constant `fps`. Frames go to `tmp` (PATH.<pid>.<random>.tmp, this
+    writer's own: tools.files.temp_path), renamed to PATH by close(); on an exception inside `with` (or abort())
+    the temp file is removed and an existing PATH is left untouched.
     x264 holds up to about `lookahead` + `threads` + 8 frames (its default look-ahead 40 at preset medium: 216
     MB for 720p, measured); a smaller lookahead bounds that for wide side-by-side files. threads: the encoder's
     (None: its own choice, 1.5 per CPU core for x264).
@@ -67,7 +70,7 @@ class VideoWriter:
             raise ValueError(f"{self.path}: cannot write '{ext}' files; use one of {'/'.join(WRITE_FORMATS)}")
         if pix_fmt not in ('yuv420p', 'yuv444p'):
             raise ValueError(f"{self.path}: pix_fmt={pix_fmt!r}; use 'yuv420p' or 'yuv444p'")
-        self.format, self.fps, self.tmp = WRITE_FORMATS[ext], fps_fraction(fps), self.path + '.tmp'
+        self.format, self.fps, self.tmp = WRITE_FORMATS[ext], fps_fraction(fps), temp_path(self.path)
         self.crf, self.preset, self.pix_fmt, self.lossless = crf, preset, pix_fmt, bool(lossless)
         self.lookahead = lookahead      # x264 rc-lookahead in frames (None: the preset's, 40 for medium)
         self.threads = threads          # encoder threads (None: the encoder's default)
@@ -154,7 +157,7 @@ class VideoWriter:
             self.num_written, self.last_pts = self.num_written + 1, pts
 
     def close(self):
-        """Flush the encoder and move PATH.tmp to PATH."""
+        """Flush the encoder and move the temp file to PATH."""
         if self.closed:
             return
         if self.container is None:
@@ -170,7 +173,7 @@ class VideoWriter:
         self.closed = True
 
     def abort(self):
-        """Drop everything written so far (PATH.tmp is removed, PATH untouched)."""
+        """Drop everything written so far (the temp file is removed, PATH untouched)."""
         self.closed = True
         if self.container is not None:
             try:
