@@ -2,8 +2,10 @@
 
 Every metric takes two clips of uint8 RGB frames, (T, H, W, 3) numpy arrays or tensors as written by
 `tools.video.write.to_uint8`, and returns one value per frame (flicker and tOF: per pair of consecutive frames).
-PSNR, SSIM and flicker are computed in float64 on the [0, 1] scale; LPIPS in float32 on [-1, 1]; tOF in
-pixels of optical flow (OpenCV DIS); VMAF (0..100) by libvmaf inside the ffmpeg that imageio-ffmpeg ships.
+PSNR and flicker sum the uint8 errors exactly (int64) and divide in float64, SSIM is computed in float64, all
+on the [0, 1] scale; LPIPS in float32 on [-1, 1]; tOF in pixels of optical flow (OpenCV DIS); VMAF (0..100)
+by libvmaf inside the ffmpeg that imageio-ffmpeg ships. Where a metric cannot apply (frames too small for it)
+see tools.evaluation.scoring.LIMITS.
 """
 import json
 import math
@@ -86,8 +88,8 @@ def _blur(x, w):
 
     On the CPU OpenCV's separable filter, a plane at a time (cv2.sepFilter2D; the border it pads is cropped
     away, a view); elsewhere two 1-D convolutions (F.conv2d). Both sum the same products, so they agree to
-    rounding (~1e-16 in float64). On the CPU the convolution unfolds its input k times, which made SSIM
-    spend most of its time mapping fresh memory.
+    rounding (~1e-16 in float64). On the CPU a convolution would unfold its input k times into fresh memory,
+    costing more system time than arithmetic.
     """
     k = len(w)
     if x.device.type == 'cpu' and x.dtype in (torch.float32, torch.float64):
