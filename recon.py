@@ -15,7 +15,7 @@ Reruns: every file goes through a temp name and a rename; done.json is written l
 done.json is complete. A rerun skips it if its done.json 'settings' equal this run's, and otherwise redoes it,
 printing one line that names the settings that differ; a video that is redone (or --overwrite) has its old
 files removed first. A bad file is reported as "PATH: reason" and skipped; the run ends with "k/N failed".
-Exit codes: 0 all done, 1 some videos failed, 2 usage errors (bad flags or config, unknown or absent device,
+Exit codes: 0 all done, 1 some videos failed or were being written by another process (rerun to resume), 2 usage errors (bad flags or config, unknown or absent device,
 missing weights, output inside the input folder; before any work), 130 interrupted (Ctrl-C; a rerun resumes).
 """
 import argparse
