@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tools.bench.measure import (add_config_args, add_run_args, environment, load_cfg, print_table, setup_device,
                                  write_json)
-from tools.bench.recon import _input_video, build_pipeline, run_recon
+from tools.bench.recon import _input_video, add_clip_args, build_pipeline, run_recon
 from models.weights import DTYPES
 from tools.evaluation.clips import flag_plan, load_frames, match_size
 from tools.evaluation.scoring import load_scorers, metric_values, not_applicable
@@ -120,13 +120,7 @@ def add_eval_parser(subparsers):
     p = subparsers.add_parser('eval', help="tools/eval.py's scoring per metric vs recon's time per frame",
                               description=bench_eval.__doc__)
     add_config_args(p)
-    p.add_argument('--random-init', action='store_true', help='random weights (same cost; no weight files)')
-    p.add_argument('--input', default=None, metavar='VIDEO', help='a video file (default: a synthetic clip)')
-    p.add_argument('--frames', type=int, default=None, help='frames (default: data.num_frames_per_video)')
-    p.add_argument('--size', type=int, default=None, help='height (and width unless --width) in pixels; with '
-                   '--input the short side is resized to it (default: data.sample_size)')
-    p.add_argument('--width', type=int, default=None)
-    p.add_argument('--steps', type=int, default=None, help='sampler steps (default: sampling.steps)')
+    add_clip_args(p)
     p.add_argument('--dtype', choices=['auto', *DTYPES], default=None, help="recon's dtype (default: the config's)")
     p.add_argument('--chunk-frames', type=int, default=16, help='frames read/decoded/written at a time')
     p.add_argument('--no-metrics', action='store_true', help="recon without its in-loop PSNR/SSIM")

@@ -178,10 +178,8 @@ def print_recon(record, args, config_path, peak_tflops):
           f"{TARGET['frames']}x{TARGET['height']}² in ≤ {TARGET['seconds']} s on {TARGET['device']}")
 
 
-def add_recon_parser(subparsers):
-    p = subparsers.add_parser('recon', help='end to end per stage through CascadeV (the default subcommand)',
-                              description=bench_recon.__doc__)
-    add_config_args(p)
+def add_clip_args(p):
+    """The clip recon runs on (weights, source, frames, size) and its sampler steps: recon's and eval's flags."""
     p.add_argument('--random-init', action='store_true', help='random weights (same cost; no weight files)')
     p.add_argument('--input', default=None, metavar='VIDEO', help='a video file (default: a synthetic clip)')
     p.add_argument('--frames', type=int, default=None, help='frames (default: data.num_frames_per_video)')
@@ -189,6 +187,13 @@ def add_recon_parser(subparsers):
                    '--input the short side is resized to it (default: data.sample_size)')
     p.add_argument('--width', type=int, default=None)
     p.add_argument('--steps', type=int, default=None, help='sampler steps (default: sampling.steps)')
+
+
+def add_recon_parser(subparsers):
+    p = subparsers.add_parser('recon', help='end to end per stage through CascadeV (the default subcommand)',
+                              description=bench_recon.__doc__)
+    add_config_args(p)
+    add_clip_args(p)
     p.add_argument('--scheduler', choices=list(SAMPLERS), default=None)
     p.add_argument('--dtype', choices=['auto', *DTYPES], default=None, help="default: the config's dtype")
     p.add_argument('--compile', action='store_true', help='torch.compile the DiT (warm-up runs compile it)')
