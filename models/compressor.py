@@ -40,20 +40,22 @@ class SemanticCompressor(FrozenStage):
         return self.mapper(self.backbone(self.normalize(frames)))
 
     @torch.no_grad()
-    def encode(self, video, chunk_size=None):
+    def encode(self, video, chunk_size=None, split=None):
         """Video (B, 3, T, H, W) or (3, T, H, W) in [-1, 1], H and W multiples of 32 -> raw latent
         (B, 16, T, H/32, W/32) on the module's device, in its dtype.
 
         Frames go through the network `chunk_size` at a time (memory flat in clip length). Other sizes raise
         ValueError: padding is the frame plan's job (tools/video/frames.py), done once, where it is undone.
+        split: a models.parallel.WorkSplit running the chunks on the processes of a launch in turn, every
+        chunk's latent gathered by all (None: here).
         """
         video, added = as_video_batch(video, 'SemanticCompressor.encode')
         check_multiple(video, DOWNSCALE, 'SemanticCompressor.encode')
         b = video.shape[0]
         frames = rearrange(video, 'b c t h w -> (b t) c h w')
         step = chunk_size or self.chunk_size
-        out = []
-        for i in range(0, frames.shape[0], step):
-            out.append(self(frames[i:i + step].to(self.device)))                                     # (n, 16, h, w)
+        run = lambda i: self(frames[i:i + step].to(self.device))                                    # (n, 16, h, w)
+        starts = range(0, frames.shape[0], step)
+        out = list(split.map(run, starts) if split is not None else map(run, starts))
         latent = rearrange(torch.cat(out), '(b t) c h w -> b c t h w', b=b)
         return latent[0] if added else latent

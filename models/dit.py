@@ -322,7 +322,7 @@ class VideoDiT(nn.Module):
         return rearrange(x, 'b (t h w) (p q c) -> b c t (h p) (w q)', t=T, h=H // p, w=W // p, p=p, q=p)
 
     # ---- windowed inference (RECIPE §5) -------------------------------------------------------------
-    def forward_windowed(self, x, t, tile_blend='smooth', tile_batch=None):
+    def forward_windowed(self, x, t, tile_blend='smooth', tile_batch=None, split=None):
         """eps (B, 4, T, H, W) for any length and size: temporal windows × spatial tiles (RECIPE §5).
 
         Temporal windows of `lats_per_vid` frames step by half a window and are merged as the original
@@ -331,6 +331,8 @@ class VideoDiT(nn.Module):
         original's last-tile-wins rule. Shorter clips and axes smaller than a tile run directly (an odd
         size is replicate-padded to the patch size and cropped back). All tiles of one temporal window
         run as one batch, or in chunks of `tile_batch` tiles. Plans and blends: models/tiling.py.
+        split: a models.parallel.WorkSplit sharing the forwards (one per window and tile chunk) among the
+        processes of a launch, each gathered by all; None or one process: all forwards here.
         """
         if tile_blend not in TILE_BLENDS:
             raise ValueError(f"models/dit.py: tile_blend={tile_blend!r} is unknown; use 'smooth' or 'overwrite'")
@@ -344,32 +346,35 @@ class VideoDiT(nn.Module):
             x = F.pad(x, (0, pad_w, 0, pad_h, 0, 0), mode='replicate')
         Hp, Wp = H + pad_h, W + pad_w
         rows, cols = tuple(tile_starts(Hp, S)), tuple(tile_starts(Wp, S))
-        th, tw = min(S, Hp), min(S, Wp)
+        boxes = [(r, c) for r in rows for c in cols]
+        per = tile_batch or len(boxes)
+        windows = [(s, min(s + L, n)) for s in frame_window_starts(n, L)]
+        units = [(s, e, i) for s, e in windows for i in range(0, len(boxes), per)]   # one DiT call each
+        forward = functools.partial(self._forward_unit, x, temb, c6, boxes, (min(S, Hp), min(S, Wp)), per)
+        eps = iter(split.map(forward, units) if split is not None else map(forward, units))
         out = x.new_zeros(B, LATENT_CHANNELS, n, Hp, Wp)
         prev_end = 0
-        for s in frame_window_starts(n, L):
-            e = min(s + L, n)
-            y = self._tiled(x[:, :, s:e], temb, c6, rows, cols, (th, tw), tile_blend, tile_batch)
+        for s, e in windows:
+            parts = [next(eps) for _ in range(0, len(boxes), per)]
+            if len(boxes) > 1:
+                parts = rearrange(torch.cat(parts), '(n b) c t h w -> n b c t h w', b=B)   # (n, B, 4, T, th, tw)
+                y = blend_tiles(x.new_zeros(B, LATENT_CHANNELS, e - s, Hp, Wp), parts, rows, cols, tile_blend)
+            else:
+                y = parts[0]
             merge_window(out, y, s, prev_end)                            # linear ramp over the overlap
             prev_end = e
         return out[..., :H, :W]
 
-    def _tiled(self, x, temb, c6, rows, cols, tile, tile_blend, tile_batch):
-        """eps (B, 4, T, H, W) of one temporal window from its spatial tiles (rows outer, columns inner)."""
-        B = x.shape[0]
-        th, tw = tile
-        boxes = [(r, c) for r in rows for c in cols]
+    def _forward_unit(self, x, temb, c6, boxes, tile, per, unit):
+        """eps of one DiT call: frames [s, e) of x, tiles boxes[i:i + per] (rows outer, columns inner) stacked
+        tile-major -> (k·B, 4, e − s, th, tw); the whole window (B, 4, e − s, H, W) when there is one tile."""
+        s, e, i = unit
         if len(boxes) == 1:
-            return self.forward_conditioned(x, temb, c6)[:, :LATENT_CHANNELS]
-        tiles = torch.cat([x[..., r:r + th, c:c + tw] for r, c in boxes])   # (n·B, C, T, th, tw) tile-major
-        per = tile_batch or len(boxes)
-        eps = []
-        for i in range(0, len(boxes), per):                              # one call per chunk of tiles
-            k = min(per, len(boxes) - i)
-            y = self.forward_conditioned(tiles[i * B:(i + k) * B], temb.repeat(k, 1), c6.repeat(k, 1))
-            eps.append(y[:, :LATENT_CHANNELS])
-        eps = rearrange(torch.cat(eps), '(n b) c t h w -> n b c t h w', b=B)   # (n, B, 4, T, th, tw)
-        return blend_tiles(x.new_zeros(B, LATENT_CHANNELS, *x.shape[2:]), eps, rows, cols, tile_blend)
+            return self.forward_conditioned(x[:, :, s:e], temb, c6)[:, :LATENT_CHANNELS]
+        th, tw = tile
+        k = min(per, len(boxes) - i)
+        tiles = torch.cat([x[:, :, s:e, r:r + th, c:c + tw] for r, c in boxes[i:i + k]])
+        return self.forward_conditioned(tiles, temb.repeat(k, 1), c6.repeat(k, 1))[:, :LATENT_CHANNELS]
 
     # ---- input checks -------------------------------------------------------------------------------
     def _check_input(self, x, padded=False):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from diffusion.samplers import NoiseSchedule, get_sampler
+from models.parallel import WorkSplit
 from models.weights import (STAGES, build_compressor, build_dit, build_previewer, build_vae, check_weights,
                             random_stages, resolve_device, resolve_dtype)
 
@@ -92,10 +93,15 @@ def _batched(x):
 
 
 class CascadeV:
-    """The three frozen/learned stages behind encode / preview / refine / decode; any stage may be absent."""
+    """The three frozen/learned stages behind encode / preview / refine / decode; any stage may be absent.
+    split (models.parallel.WorkSplit; default: this process alone): the processes of a launch that share each
+    call's work (frame chunks, DiT forwards, SVD decode chunks); every process calls the same methods with the
+    same inputs and gets the same results."""
 
-    def __init__(self, cfg, compressor=None, previewer=None, dit=None, vae=None, device='cpu', dtype=torch.float32):
+    def __init__(self, cfg, compressor=None, previewer=None, dit=None, vae=None, device='cpu', dtype=torch.float32,
+                 split=None):
         self.cfg = cfg
+        self.split = split or WorkSplit()     # the processes sharing each video's work (models/parallel.py)
         self.compressor, self.previewer, self.dit, self.vae = compressor, previewer, dit, vae
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -153,12 +159,13 @@ class CascadeV:
         """Video (B, 3, T, H, W) in [-1, 1], H and W multiples of 32 -> raw compressor latent (B, 16, T, H/32, W/32),
         fp32. A single clip (3, T, H, W) gives (16, T, h, w), here and in preview / refine / decode.
         """
-        latent = self._need('compressor').encode(video.to(self.device))
+        latent = self._need('compressor').encode(video.to(self.device), split=self.split)
         return check_finite(latent, 'compressor', self.dtype).float()
 
     def preview_chunks(self, latent, chunk_size=None):
         """Yield the preview of (B, 16, T, h, w) in frame chunks: (B, 3, k, 32h, 32w) in [-1, 1], fp32."""
-        for frames in self._need('previewer').decode_iter(latent, upsample=True, chunk_size=chunk_size):
+        for frames in self._need('previewer').decode_iter(latent, upsample=True, chunk_size=chunk_size,
+                                                              split=self.split):
             yield check_finite(frames, 'previewer', self.dtype).float().clamp(-1, 1)   # x8, then bilinear x4
 
     @torch.no_grad()
@@ -180,7 +187,8 @@ class CascadeV:
 
         def eps_fn(x, t):
             with amp:
-                return dit.forward_windowed(x, t, tile_blend=self.tile_blend, tile_batch=tile_batch).float()
+                return dit.forward_windowed(x, t, tile_blend=self.tile_blend, tile_batch=tile_batch,
+                                            split=self.split).float()
         return eps_fn
 
     @torch.no_grad()
@@ -208,7 +216,7 @@ class CascadeV:
 
     def vae_decode_chunks(self, z, chunk_size=None):
         """Yield the SVD decode of (B, 4, T, H/8, W/8) in temporal chunks: (B, 3, k, H, W) in [-1, 1], fp32."""
-        for frames in self._need('vae').decode_iter(z, decode_chunk=chunk_size):
+        for frames in self._need('vae').decode_iter(z, decode_chunk=chunk_size, split=self.split):
             yield check_finite(frames, 'SVD VAE decoder', self.dtype).float().clamp(-1, 1)
 
     @torch.no_grad()

@@ -42,19 +42,22 @@ class Previewer(FrozenStage):
         return self.blocks(latent.to(self.dtype))
 
     @torch.no_grad()
-    def decode_iter(self, latent, upsample=False, chunk_size=None):
+    def decode_iter(self, latent, upsample=False, chunk_size=None, split=None):
         """Yield the preview of (B, 16, T, h, w) chunk by chunk as (B, 3, k, H', W'), k <= chunk_size frames.
 
         The frames are 8h x 8w (a quarter of the original resolution); upsample=True up-samples them
-        bilinearly x4 to the compressor's input size, 32h x 32w.
+        bilinearly x4 to the compressor's input size, 32h x 32w. split: a models.parallel.WorkSplit running the
+        chunks on the processes of a launch in turn (the 8h x 8w frames are gathered, then up-sampled by each).
         """
         latent, added = as_video_batch(latent, 'Previewer.decode')
         step = chunk_size or self.chunk_size
-        for i in range(0, latent.shape[2], step):
-            chunk = rearrange(latent[:, :, i:i + step], 'b c t h w -> (b t) c h w').to(self.device)
-            frames = self(chunk) * 2 - 1                                        # (b·k, 3, 8h, 8w) in [-1, 1]
+
+        def run(i):                                                             # (b·k, 3, 8h, 8w) in [-1, 1]
+            return self(rearrange(latent[:, :, i:i + step], 'b c t h w -> (b t) c h w').to(self.device)) * 2 - 1
+        starts = range(0, latent.shape[2], step)
+        for frames in (split.map(run, starts) if split is not None else map(run, starts)):
             if upsample:
-                full = (chunk.shape[-2] * DOWNSCALE, chunk.shape[-1] * DOWNSCALE)
+                full = (latent.shape[-2] * DOWNSCALE, latent.shape[-1] * DOWNSCALE)
                 frames = F.interpolate(frames, size=full, mode='bilinear', align_corners=False)
             frames = rearrange(frames, '(b t) c h w -> b c t h w', b=latent.shape[0])
             yield frames[0] if added else frames

@@ -128,19 +128,21 @@ class SVDVAE(FrozenStage):
         return run(z)
 
     @torch.no_grad()
-    def decode_iter(self, latent, decode_chunk=None, decode_overlap=None):
+    def decode_iter(self, latent, decode_chunk=None, decode_overlap=None, split=None):
         """Yield (B, 3, k, 8h, 8w) video chunks of k frames in order from a scaled latent (B, 4, T, h, w).
 
         Chunks of decode_chunk frames overlapping by decode_overlap (defaults: the instance's; see the module
         docstring). Without overlap each yield is one decoder chunk in the VAE's dtype; with overlap the yields
-        hold the frames already final (blended in float32, then cast back).
+        hold the frames already final (blended in float32, then cast back). split: a models.parallel.WorkSplit
+        decoding the chunks on the processes of a launch in turn, every chunk gathered by all (None: here).
         """
         latent, added = as_video_batch(latent, 'SVDVAE.decode')
         chunk = decode_chunk or self.decode_chunk
         overlap = self.decode_overlap if decode_overlap is None else decode_overlap
         check_decode_overlap(chunk, overlap)
         spans = chunk_spans(latent.shape[2], chunk, overlap)
-        parts = (self._decode_span(latent, a, b) for a, b in spans)
+        decode = lambda span: self._decode_span(latent, *span)
+        parts = split.map(decode, spans) if split is not None else map(decode, spans)
         if overlap and len(spans) > 1:
             parts = blend_spans(parts, spans, chunk)
         for frames in parts:
