@@ -2,14 +2,19 @@
 
     python recon.py --config configs/s1024.effn-f32.py --input VIDEOS --output OUT [options]
     python recon.py --config configs/s1024.effn-f32.py --decode-from OUT/NAME/latent.safetensors --output OUT2
-    accelerate launch recon.py ...          # one process per GPU, the video list sharded across them
+    accelerate launch recon.py ...          # one process per GPU; they claim the videos, largest first
 
 Writes OUT/NAME/{latent.safetensors, preview.mp4, rec.mp4, cmp.mp4, cmp.png, done.json} per video (NAME is
 the file stem). Outputs keep the source's displayed size (or the plan's crop: --square, --preprocess cascadev),
 its pixel aspect ratio (SAR) and its frame times; done.json records the frame plan (tools/video/frames.py) that
 tools/eval.py reuses, and the settings that shape the outputs. This file parses the flags into
-tools.recon.settings.RunSettings and runs tools.recon.batch.run (resume, sharding, failures, --eval; the
-per-video loop is tools/recon/reconstruct.py).
+tools.recon.settings.RunSettings and runs tools.recon.batch.run (resume, failures, --eval; the per-video loop
+is tools/recon/reconstruct.py).
+
+Several processes (a launcher, or runs started on their own with the same --output) share a batch: each walks
+the videos largest first (frames x model pixels) and takes every one whose OUT/NAME/ no other process holds,
+so none is done twice and the work balances. --claim-wait S: after its pass a process waits up to S seconds
+for the videos others hold, counting those they complete and taking over those whose process died.
 
 Reruns: every file goes through a temp name and a rename; done.json is written last, so a video with a
 done.json is complete. A rerun skips it if its done.json 'settings' equal this run's, and otherwise redoes it,
@@ -111,6 +116,9 @@ def build_parser():
                         "chunk/tiles and the encoder look-ahead are chosen to fit it and the plan is printed "
                         "(default: none on CPU, the free device memory on CUDA); CPU: process RSS, CUDA: max "
                         "allocated + context")
+    g.add_argument('--claim-wait', type=float, default=d.claim_wait, metavar='SECONDS',
+                   help='after its pass, wait up to SECONDS for videos other processes are writing: count those '
+                        'they complete, take over those whose process died (default 0: report them not done, exit 1)')
     g.add_argument('--overwrite', action='store_true',
                    help='redo videos whose outputs are already complete (their old files are removed first)')
     g.add_argument('--no-metrics', action='store_true',

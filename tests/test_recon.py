@@ -250,14 +250,39 @@ def test_usage_errors_exit_2(clips, tiny, tmp_path, shared_videos):
         run([*tiny, '--input', clips, '--decode-from', 'x.safetensors', '--output', tmp_path])
 
 
-@pytest.mark.parametrize('n', range(0, 10))
-@pytest.mark.parametrize('world', [1, 2, 3, 4])
-def test_shards_cover_every_video_once(n, world):
-    items = [f'v{i:02d}' for i in range(n)][::-1]
-    shards = [batch.shard(items, rank, world) for rank in range(world)]
-    flat = [x for s in shards for x in s]
-    assert sorted(flat) == sorted(items) and len(flat) == len(set(flat))      # no duplicate, none lost
-    assert max(map(len, shards)) - min(map(len, shards)) <= 1                 # balanced
+@pytest.mark.parametrize('n, world', [(0, 2), (1, 3), (5, 2), (9, 4)])
+def test_processes_claiming_one_batch_do_each_video_once(n, world, tmp_path):
+    """`world` walkers (threads: a claim is per open file, so they exclude each other as processes do) run the
+    claim loop over one list at once: every video is done by exactly one of them, and none is left busy once
+    their outcomes are merged."""
+    import threading
+    from types import SimpleNamespace
+    from tools.recon.lock import FolderBusy, claim
+    from tools.recon.schedule import Outcomes, claim_videos, merge_outcomes
+    names = [f'v{i:02d}' for i in range(n)]
+
+    def attempt(name):
+        try:
+            with claim(tmp_path / name):
+                if (tmp_path / name / 'done').exists():
+                    return 'skipped', f'{name}: skipped'
+                (tmp_path / name / 'done').write_text(threading.current_thread().name)
+                return 'done', f'{name}: done'
+        except FolderBusy as e:
+            return 'busy', f'{name}: {e}'
+    outs = [Outcomes() for _ in range(world)]
+    jobs = [SimpleNamespace(rank=r, world=world, settings=SimpleNamespace(claim_wait=0)) for r in range(world)]
+    threads = [threading.Thread(target=claim_videos, args=(jobs[r], names, attempt, outs[r]), name=str(r))
+               for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done = [x for o in outs for x in o.done]
+    assert sorted(done) == names and len(done) == len(set(done))             # no duplicate, none lost
+    assert all((tmp_path / x / 'done').read_text() == str(r) for r, o in enumerate(outs) for x in o.done)
+    assert merge_outcomes(outs) == ((), ())
+    assert sum(o.mine for o in outs) == n
 
 
 def test_run_settings_check_each_flag_and_name_what_a_latent_fixes():
@@ -542,8 +567,8 @@ def test_bad_device_blend_interp_exit_2_before_any_work(flags, message, clips, t
 def test_ctrl_c_says_what_is_done_and_exits_130(clips, tiny, tmp_path, monkeypatch):
     real = batch.process
 
-    def interrupt_second(pipe, name, *rest):
-        if name == 'demo':
+    def interrupt_second(pipe, name, *rest):         # largest first: demo (64x128 model frames), then carphone
+        if name == 'carphone_pristine':
             raise KeyboardInterrupt
         return real(pipe, name, *rest)
     monkeypatch.setattr(batch, 'process', interrupt_second)
@@ -551,4 +576,4 @@ def test_ctrl_c_says_what_is_done_and_exits_130(clips, tiny, tmp_path, monkeypat
                         '--size', '64'])
     assert code == 130
     assert 'interrupted: 1/2 videos complete' in err and 'rerun the same command to resume' in err
-    assert batch.is_complete(tmp_path / 'carphone_pristine') and not batch.is_complete(tmp_path / 'demo')
+    assert batch.is_complete(tmp_path / 'demo') and not batch.is_complete(tmp_path / 'carphone_pristine')

@@ -1,4 +1,4 @@
-"""A recon batch: inputs, resume, one pipeline for all videos, the failure policy, sharding, gathering, --eval.
+"""A recon batch: inputs, resume, one pipeline for all videos, the failure policy, the summary, --eval.
 
     from tools.recon.batch import run
     from tools.recon.settings import RunSettings
@@ -7,14 +7,16 @@
 Inputs: video files and folders (collect_videos) or saved latents (collect_latents), named by the file stem
 or the latent's stored name; the output folder must lie outside every input folder and be writable
 (tools/recon/folders.py). Each video writes OUTPUT/NAME/ holding its claim (tools/recon/lock.py), so one
-process at a time writes a folder; a video whose folder another process holds is skipped with one line and
-counts as not done (exit 1: a rerun resumes it). done.json is written last, so a folder with one is complete.
+process at a time writes a folder. Every process walks the videos largest first and takes each one nobody
+holds, waiting --claim-wait seconds for the rest (tools/recon/schedule.py); a video still held by another
+process counts as not done (exit 1: a rerun resumes it), one whose holder was killed is taken over and redone.
+done.json is written last, so a folder with one is complete.
 
 Resume: a complete video is skipped when its done.json `settings` equal this run's, else redone with one line
 naming the settings that differ (settings_change); --overwrite redoes it. A video redone has its old files
 removed first. Failures: a video that raises is reported as "PATH: reason" (failure_line), leaves no folder,
-and the batch goes on. Under a launcher (WORLD_SIZE > 1) each process takes every world-th video (shard)
-and the failures are gathered, so every process returns the batch's exit code.
+and the batch goes on. Under a launcher (WORLD_SIZE > 1) the processes claim videos the same way; what each
+did is gathered, so every process returns the batch's exit code and rank 0 prints the summary once.
 
 Errors before any work: UsageError (tools.recon.settings), tools.config.ConfigError,
 models.weights.MissingWeightsError, each one line.
@@ -28,7 +30,6 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from models.autoencoders import AUTOENCODERS, autoencoder_from_config, autoencoder_record, weights_folder
@@ -44,6 +45,7 @@ from tools.recon.memory import (Workload, bytes_in_use, default_budget, gb, mach
                                 release_freed_memory_to_os)
 from tools.recon.records import DONE, DoneRecord, RenderInfo
 from tools.recon.reconstruct import output_settings, reconstruct, source_plan
+from tools.recon.schedule import Outcomes, claim_videos, gather_outcomes, largest_first, up_to_date
 from tools.recon.settings import LATENT_FIXED, UsageError
 from tools.video.read import VideoReadError, list_videos
 
@@ -51,12 +53,7 @@ from tools.video.read import VideoReadError, list_videos
 PLAIN_ERRORS = ('VideoReadError', 'ValueError', 'NonFiniteError', 'LatentError', 'PlanError')
 
 
-# ---- inputs, sharding ----------------------------------------------------------------------------------------
-
-def shard(items, rank, world):
-    """The items process `rank` of `world` handles: every world-th one of the sorted list (no overlap, none lost)."""
-    return sorted(items)[rank::world]
-
+# ---- inputs ------------------------------------------------------------------------------------------------
 
 def collect_videos(inputs):
     """--input paths -> {name: path}, name = file stem; one-line UsageError for missing paths or stem clashes."""
@@ -195,18 +192,19 @@ def build_pipe(job):
 
 
 def select(job, names):
-    """The videos of `names` to (re)do; one line for each complete one skipped or redone with other settings."""
-    todo = []
+    """The videos of `names` to (re)do; one line (rank 0) for each complete one skipped or redone with other
+    settings."""
+    todo, say = [], print if job.rank == 0 else (lambda line: None)
     for n in names:
         folder = job.output / n
         change = settings_change(folder, job.expected(n)) if is_complete(folder) else None
         if job.settings.overwrite or change is None:
             todo.append(n)
         elif change:
-            print(f'{n}: {folder} holds a run with other settings ({change}); redoing it')
+            say(f'{n}: {folder} holds a run with other settings ({change}); redoing it')
             todo.append(n)
         else:
-            print(f'{n}: complete in {folder}, skipped (--overwrite redoes it)')
+            say(f'{n}: complete in {folder}, skipped (--overwrite redoes it)')
     return todo
 
 
@@ -287,14 +285,14 @@ def failure_line(src, e):
     return reason if reason.startswith(str(src)) else f'{src}: {reason}'
 
 
-# ---- the loop, gathering, the result ----------------------------------------------------------------------
+# ---- the batch, the result ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class BatchResult:
-    """total: videos in the batch (all processes); mine: this process's share; done: the names reconstructed
-    by this process now; failures: 'PATH: reason' lines (of every process once gathered); busy: the lines of
-    videos skipped because another process was writing their folder (not done: a rerun resumes them);
-    interrupted: Ctrl-C stopped the batch; code: the exit code (0 all done, 1 some failed or were busy or
+    """total: videos in the batch (all processes); mine: how many this process claimed and processed (done or
+    failed); done: the names reconstructed by this process now; failures: 'PATH: reason' lines (of every
+    process once gathered); busy: the lines of videos another process was still writing, done by no process
+    of this launch (not done: a rerun resumes them); interrupted: Ctrl-C stopped the batch; code: the exit code (0 all done, 1 some failed or were busy or
     --eval found a problem, 130 Ctrl-C)."""
     total: int
     mine: int
@@ -305,21 +303,19 @@ class BatchResult:
     busy: tuple = ()
 
 
-def up_to_date(job, name):
-    """Whether OUTPUT/name holds a complete run with this run's settings (and --overwrite is not given)."""
-    folder = job.output / name
-    return not job.settings.overwrite and is_complete(folder) and not settings_change(folder, job.expected(name))
-
-
 def one_video(pipe, name, job, progress=False):
     """One video, its folder claimed for this process (tools/recon/lock.py) -> (outcome, line): 'done' and
     its summary line, 'skipped' (another process completed it meanwhile), 'busy' (another process is writing
-    it) or 'failed' and 'PATH: reason'. A folder left empty is removed; Ctrl-C propagates."""
+    it) or 'failed' and 'PATH: reason'. A folder whose earlier holder was killed is taken over and redone, with
+    one line naming that holder. A folder left empty is removed; Ctrl-C propagates."""
     folder = job.output / name
     try:
-        with claim(folder):
+        with claim(folder) as lock:
             if up_to_date(job, name):
                 return 'skipped', f'{name}: completed by another process in {folder} meanwhile, skipped'
+            if lock.previous is not None:
+                tqdm.write(f'{name}: taking over {folder} from {lock.previous}, which ended without finishing '
+                           f'it; redoing it from scratch')
             return 'done', summary_line(process(pipe, name, job, progress))
     except FolderBusy as e:
         return 'busy', f'{name}: {e}; skipped — rerun to resume it'
@@ -329,36 +325,21 @@ def one_video(pipe, name, job, progress=False):
         remove_if_empty(folder)               # after the claim is released (its lock file removed)
 
 
-def run_videos(job, names):
-    """Build the pipeline once and reconstruct `names`, one line each (summary, 'failed: ...' or the line of a
-    video another process is writing). -> ({outcome: [names done | lines]} (one_video's outcomes),
-    interrupted)."""
-    outcomes = {'done': [], 'skipped': [], 'failed': [], 'busy': []}
-    main_process = job.rank == 0
-    progress = main_process and sys.stderr.isatty()
+def run_videos(job, names, out):
+    """Build the pipeline once and reconstruct `names` (largest first), each through one_video with its folder
+    claimed, by tools.recon.schedule.claim_videos; outcomes go into `out` (an Outcomes). -> interrupted
+    (Ctrl-C)."""
+    progress = job.rank == 0 and sys.stderr.isatty()
     try:
         with torch.no_grad():
             pipe = build_pipe(job)
             if pipe.device.type == 'cpu':
                 release_freed_memory_to_os()      # the RSS follows the live buffers, flat in clip length
-            bar = tqdm(names, desc='videos', unit='video', disable=not main_process or None)
-            for name in bar:
-                outcome, line = one_video(pipe, name, job, progress)
-                outcomes[outcome].append(name if outcome in ('done', 'skipped') else line)
-                bar.write(f'failed: {line}' if outcome == 'failed' else line)
+            claim_videos(job, names, lambda name: one_video(pipe, name, job, progress), out)
     except KeyboardInterrupt:
         remove_if_empty(job.output)
-        return outcomes, True
-    return outcomes, False
-
-
-def gather_lines(lines, world):
-    """Every process's lines, on every process (accelerate's gather_object), in rank order."""
-    if world == 1:
-        return tuple(lines)
-    gathered = gather_object(list(lines))
-    PartialState().wait_for_everyone()
-    return tuple(gathered)
+        return True
+    return False
 
 
 def run_eval(videos, output, device='auto', vmaf=False):
@@ -378,22 +359,19 @@ def run(settings):
     """Run the batch RunSettings describe -> BatchResult; prints what recon.py prints. UsageError /
     ConfigError / MissingWeightsError (one line) before any work."""
     job = prepare(settings)
-    mine = shard(job.items, job.rank, job.world)
-    todo = select(job, mine)
-    out, interrupted = run_videos(job, todo) if todo else ({'done': [], 'skipped': [], 'failed': [], 'busy': []},
-                                                           False)
-    done = tuple(out['done'])
+    todo = largest_first(job, select(job, sorted(job.items)))
+    out = Outcomes()
+    interrupted = run_videos(job, todo, out) if todo else False
+    done, total = tuple(out.done), len(job.items)
     if interrupted:
-        complete = len(mine) - len(todo) + len(done) + len(out['skipped'])
-        print(f'\ninterrupted: {complete}/{len(mine)} videos complete in {job.output}; rerun the same command to '
+        complete = total - len(todo) + len(done) + len(out.skipped)
+        print(f'\ninterrupted: {complete}/{total} videos complete in {job.output}; rerun the same command to '
               f'resume (complete videos are skipped, the interrupted one is redone)', file=sys.stderr)
-        return BatchResult(len(job.items), len(mine), done, tuple(out['failed']), True, 130, tuple(out['busy']))
-    failures = gather_lines(out['failed'], job.world)          # every rank learns the batch's failures
-    busy = gather_lines(out['busy'], job.world)
+        return BatchResult(total, out.mine, done, tuple(out.failed.values()), True, 130, tuple(out.busy.values()))
+    failures, busy = gather_outcomes(out, job.world)        # every rank learns the batch's failures
     code = 1 if failures or busy else 0
     remove_if_empty(job.output)                              # a batch that wrote nothing leaves no folder
     if job.rank == 0:
-        total = len(job.items)
         if failures:
             print(f'{len(failures)}/{total} failed:\n  ' + '\n  '.join(failures), file=sys.stderr)
         if busy:
@@ -403,4 +381,4 @@ def run(settings):
             print(f'{total}/{total} done in {job.output}')
         if settings.eval and not settings.decoding:
             code = max(code, run_eval(job.items.values(), job.output, settings.device or 'auto', settings.vmaf))
-    return BatchResult(len(job.items), len(mine), done, failures, False, code, busy)
+    return BatchResult(total, out.mine, done, failures, False, code, busy)

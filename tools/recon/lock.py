@@ -10,7 +10,7 @@
 
 The claim is `fcntl.flock(LOCK_EX | LOCK_NB)` on FOLDER/.lock, kept for as long as the FolderLock lives. A
 killed process's claim is free at once: its lock file may stay behind (with the dead holder's pid, host and
-time), and the next claim takes it over. The file records the holder as JSON for the message of the process
+time), and the next claim takes it over (FolderLock.previous: that holder). The file records the holder as JSON for the message of the process
 that finds it taken. Claims never wait, so a scheduler can walk a list of folders (largest video first) and
 take each one nobody holds. flock works between processes of one machine, and across machines on NFSv4 and
 most cluster file systems (Linux emulates it with fcntl locks on NFS); a file system without locks raises
@@ -50,10 +50,11 @@ class FolderBusy(Exception):
 
 
 class FolderLock:
-    """This process's claim on a folder (from claim()); release() ends it, removing FOLDER/.lock."""
+    """This process's claim on a folder (from claim()); release() ends it, removing FOLDER/.lock. `previous`:
+    the Holder of an earlier claim that ended without a release (its process was killed), else None."""
 
-    def __init__(self, folder, fd):
-        self.folder, self.fd = Path(folder), fd
+    def __init__(self, folder, fd, previous=None):
+        self.folder, self.fd, self.previous = Path(folder), fd, previous
 
     @property
     def held(self):
@@ -99,8 +100,9 @@ def _open(folder):
 
 
 def claim(folder):
-    """Claim `folder` (created if missing) for this process -> FolderLock; FolderBusy when another live process
-    holds it (never waits); OSError where the file system cannot lock."""
+    """Claim `folder` (created if missing) for this process -> FolderLock (with the details a killed earlier
+    holder left in the lock file as .previous); FolderBusy when another live process holds it (never waits);
+    OSError where the file system cannot lock."""
     folder = Path(folder)
     while True:
         fd = _open(folder)
@@ -120,8 +122,9 @@ def claim(folder):
         if same:
             break
         os.close(fd)                               # a releasing holder removed it: claim the new file
+    previous = _read_holder(fd)                    # a released claim leaves no file: details here are a dead one's
     info = {'pid': os.getpid(), 'host': socket.gethostname(), 'since': time.strftime('%Y-%m-%d %H:%M:%S')}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
-    return FolderLock(folder, fd)
+    return FolderLock(folder, fd, previous if previous.pid is not None else None)
 

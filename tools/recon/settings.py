@@ -44,7 +44,8 @@ class RunSettings:
     keep_hdr (HDR code values as stored, not tone-mapped), keep_fields (interlaced frames woven, not deinterlaced).
     Sampling: preview_only, scheduler/steps/seed (None: the config's sampling.*). Run: device and dtype (None:
     the config's), compile, chunk_frames, max_memory (bytes after checking; a text such as '24GB' is parsed,
-    None: no budget on CPU, the free memory on CUDA), overwrite, no_metrics, eval, vmaf (needs eval),
+    None: no budget on CPU, the free memory on CUDA), claim_wait (seconds >= 0 a process waits after its pass
+    for the videos other processes hold: tools/recon/schedule.py), overwrite, no_metrics, eval, vmaf (needs eval),
     dit_checkpoint (weights.dit), cfg_options ({key: value} config overrides).
     """
     output: str
@@ -73,6 +74,7 @@ class RunSettings:
     compile: bool = False
     chunk_frames: int = 16
     max_memory: int = None
+    claim_wait: float = 0.0
     overwrite: bool = False
     no_metrics: bool = False
     eval: bool = False
@@ -93,6 +95,8 @@ class RunSettings:
                   (self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)), '--fps', 'must be > 0'),
                   (self.chunk_frames < 1, '--chunk-frames', 'must be >= 1'),
                   (self.interp < 1, '--interp', 'must be >= 1 (1: the source frame rate)'),
+                  (not (0 <= self.claim_wait < math.inf), '--claim-wait',
+                   'must be a number of seconds >= 0 (0: do not wait for videos other processes are writing)'),
                   (self.vmaf and not self.eval, '--vmaf', 'needs --eval (VMAF is computed by the evaluation)')]
         for bad, flag, rule in checks:
             if bad:
