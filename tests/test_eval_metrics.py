@@ -167,7 +167,8 @@ def test_report_reads_strict_summary(clips, tmp_path):
     result = evaluate(clips / 'ref', {'same': clips / 'ref'}, tmp_path / 'o', lpips=False, progress=False,
                          log=lambda s: None)
     page = write_report(tmp_path / 'r', result['out_dir']).read_text()
-    assert '<td>same</td><td>2</td><td>9</td><td>inf</td>' in page  # PSNR null + identical -> inf
+    assert '<td>same</td><td>—</td><td>inf</td>' in page  # PSNR null + identical -> inf
+    assert '<td>2</td><td>9</td></tr>' in page  # videos, frames
 
 
 def test_recon_eval_passes_vmaf_through(monkeypatch, tmp_path):

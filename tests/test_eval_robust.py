@@ -89,14 +89,16 @@ def test_small_clips_get_na_cells_and_the_others_their_numbers(sized, tmp_path, 
 
     doc = json.loads((out / 'summary.json').read_text())
     m = doc['methods']['m']
-    assert m['videos'] == 4 and m['counts'] == {'psnr': 4, 'ssim': 3, 'lpips': 0, 'flicker': 3, 'tof': 2, 'vmaf': 2}
+    assert m['videos'] == 4 and m['counts'] == {'psnr': 4, 'ssim': 3, 'lpips': 0, 'flicker': 3, 'tof': 2, 'vmaf': 2,
+                                                'vbench_flicker': 3}
     ssims = [float(v['ssim']) for v in videos.values() if v['ssim']]
     assert m['ssim'] == pytest.approx(np.mean(ssims), abs=1e-6)
     assert any('tiny.mp4: ssim n/a' in n for n in doc['notes'])
     row = next(line for line in (out / 'summary.md').read_text().splitlines() if line.startswith('| m |'))
-    assert row.count('(3 of 4)') == 2 and row.count('(2 of 4)') == 2 and '| n/a |' in row   # SSIM, flicker; tOF, VMAF
+    assert row.count('(3 of 4)') == 3 and row.count('(2 of 4)') == 2 and '| n/a |' in row   # SSIM, flicker,
+    # VBench flicker; tOF, VMAF
     page = (tmp_path / 'r' / 'index.html').read_text()
-    assert page.count(' (2 of 4)</td>') == 2 and page.count(' (3 of 4)</td>') == 2
+    assert page.count(' (2 of 4)</td>') == 2 and page.count(' (3 of 4)</td>') == 3
 
 
 def test_a_clip_whose_scoring_fails_is_dropped_alone(sized, tmp_path, capsys, monkeypatch):

@@ -1,13 +1,14 @@
-"""Compare reconstructions with their originals: PSNR, SSIM, LPIPS, flicker, tOF and VMAF per frame, video, method.
+"""Compare reconstructions with their originals: PSNR, SSIM, LPIPS, flicker, tOF and VMAF per frame, video, method;
+VBench flicker per video and method (and of the originals); rFVD per method with --fvd.
 
-    python tools/eval.py --ref VIDEOS --rec OUTPUTS [--vmaf] [--protocol cascadev-inter4k] [--report REPORT_DIR]
+    python tools/eval.py --ref VIDEOS --rec OUTPUTS [--vmaf] [--fvd] [--protocol cascadev-inter4k] [--report DIR]
     python tools/eval.py --ref VIDEOS --rec FOLDER_OF_MP4S [--square] [--start K --frame-stride S --num-frames N]
 
 --ref is a folder of videos, a .txt/.json list or one video. Each --rec is `[LABEL=]SOURCE`, matched to the
 references by video name (file stem):
   * a folder of NAME.mp4 files (any video extension);
   * a recon.py output folder NAME/{rec.mp4, preview.mp4}: gives the methods `refined` and `preview`
-    (with LABEL=, only rec.mp4 under that label);
+    (with LABEL=, only rec.mp4 under that label); a recon.py --autoencoder NAME folder gives the method NAME;
   * a pattern with one `*` standing for the name, e.g. `preview=outputs/*/preview.mp4`.
 A reconstruction is compared with its reference through the frame plan that made it (tools/video/frames.py): the
 one in the done.json beside a recon.py output, else the one the flags describe (--start, --frame-stride,
@@ -15,8 +16,10 @@ one in the done.json beside a recon.py output, else the one the flags describe (
 the reference only; a reconstruction is resized only when its size differs from the reference's (with a
 warning). Writes per_frame.csv, per_video.csv, summary.md, summary.json, per_frame.png (and bars.png for
 several methods) to --out (default: FIRST_REC/.eval, a name no video can have); --report DIR adds an HTML page
-(tools/report.py). A metric that cannot apply to a clip (too small, or one frame for flicker/tOF) is n/a for
-it, with a note; the means say over how many videos they run.
+(tools/report.py). The summary table is the paper's: model, compression (from each done.json), the metrics;
+--protocol cascadev-inter4k adds the release's published rows, marked as such. A metric that cannot apply to
+a clip (too small, or one frame for flicker/tOF) is n/a for it, with a note; the means say over how many
+videos they run. --fvd without a detector file: rFVD is n/a with one line, every other number unchanged.
 
 Exit codes: 0 every pair scored; 1 some pair unreadable or its scoring failed (the others are written, the
 summary names them) or none could be scored; 2 bad input (flags, paths, --device, unwritable --out/--report),
@@ -30,6 +33,7 @@ if __package__ in (None, ''):  # run as `python tools/eval.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.evaluation.evaluate import PROTOCOLS, EvalError, EvalFailed, EvalSettings, evaluate
+from tools.evaluation.fvd import DETECTOR_FILE
 from tools.video.frames import PREPROCESS
 
 
@@ -54,9 +58,15 @@ def parse_args(argv=None):
     p.add_argument('--no-lpips', action='store_true', help='skip LPIPS')
     p.add_argument('--vmaf', action='store_true',
                    help="also compute VMAF (libvmaf, model vmaf_v0.6.1, in imageio-ffmpeg's ffmpeg)")
+    p.add_argument('--fvd', action='store_true',
+                   help='also compute rFVD per method (I3D features of 16-frame clips; needs --fvd-detector)')
+    p.add_argument('--fvd-detector', default=DETECTOR_FILE, metavar='PATH',
+                   help=f'the StyleGAN-V I3D TorchScript file for --fvd (default {DETECTOR_FILE}; missing: rFVD '
+                        f'is n/a with one line)')
     p.add_argument('--protocol', choices=sorted(PROTOCOLS), default=None,
                    help='a named preset of the frame flags (explicit flags still win): cascadev-inter4k = '
-                        '--size 1024 --square, 30 fps clips, all frames (the README says what is known)')
+                        '--size 1024 --square, 30 fps clips, all frames (the README says what is known); the '
+                        'summary then also lists the release\'s published numbers, marked as published')
     p.add_argument('--device', default='auto', help='auto | cpu | cuda[:i]')
     p.add_argument('--report', default=None, metavar='DIR', help='also write an HTML report to DIR')
     p.add_argument('--copy-videos', action='store_true', help='with --report: copy the clips next to the page')
@@ -77,6 +87,8 @@ def parse_args(argv=None):
         p.error(f'--frame-stride {args.frame_stride}: must be >= 1')
     if args.copy_videos and not args.report:
         p.error('--copy-videos needs --report DIR (the folder the clips are copied to)')
+    if args.fvd_detector != DETECTOR_FILE and not args.fvd:
+        p.error('--fvd-detector needs --fvd (rFVD is computed only when asked for)')
     return args
 
 
@@ -85,7 +97,8 @@ def settings_from_args(args):
     return EvalSettings(size=args.size, square=args.square, preprocess=args.preprocess, start=args.start,
                         stride=args.frame_stride, num_frames=args.num_frames, lpips=not args.no_lpips,
                         vmaf=args.vmaf, device=args.device, protocol=args.protocol, report_dir=args.report,
-                        copy_videos=args.copy_videos, progress=not args.quiet)
+                        copy_videos=args.copy_videos, progress=not args.quiet, fvd=args.fvd,
+                        fvd_detector=args.fvd_detector)
 
 
 def log(line):

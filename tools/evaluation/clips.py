@@ -21,20 +21,34 @@ from tools.video.write import to_uint8
 READ_BUDGET = 1 << 30  # bytes of float32 frames decoded at once (4K clips are read in chunks)
 
 
-def recon_plan(rec_path, name):
-    """The FramePlan recon.py made `rec_path` with (the done.json beside it), or None when there is none or it
-    records another video. Raises EvalError for an unreadable done.json."""
+def recon_record(rec_path):
+    """The done.json recon.py wrote beside `rec_path`, as a dict, or None when there is none. Raises EvalError
+    for one that cannot be read or is not a JSON object."""
     done = Path(rec_path).parent / 'done.json'
     if not done.is_file():
         return None
     try:
         record = json.loads(done.read_text())
-        if record.get('name') != name or 'plan' not in record:
-            return None                                   # another video's record, or no plan in it
+    except (OSError, ValueError) as e:
+        raise EvalError(f"{done}: unreadable recon record ({e}); rerun recon.py for that video or remove "
+                        f"the file to compare through the flags") from None
+    if not isinstance(record, dict):
+        raise EvalError(f"{done}: unreadable recon record (holds {type(record).__name__}, not an object); rerun "
+                        f"recon.py for that video or remove the file to compare through the flags")
+    return record
+
+
+def recon_plan(rec_path, name):
+    """The FramePlan recon.py made `rec_path` with (the done.json beside it), or None when there is none or it
+    records another video. Raises EvalError for an unreadable done.json."""
+    record = recon_record(rec_path)
+    if record is None or record.get('name') != name or 'plan' not in record:
+        return None                                       # no record, another video's record, or no plan in it
+    try:
         return FramePlan.from_dict(record['plan'])
     except (ValueError, TypeError, AttributeError) as e:
-        raise EvalError(f"{done}: unreadable recon record ({e}); rerun recon.py for '{name}' or remove "
-                        f"the file to compare through the flags") from None
+        raise EvalError(f"{Path(rec_path).parent / 'done.json'}: unreadable recon record ({e}); rerun recon.py "
+                        f"for '{name}' or remove the file to compare through the flags") from None
 
 
 def flag_plan(ref_path, size=0, square=False, preprocess='default', start=0, stride=1, num_frames=None):

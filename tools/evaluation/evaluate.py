@@ -2,11 +2,12 @@
 
     result = evaluate('videos/', 'outputs/recon', out_dir='outputs/recon/.eval', device='cpu', vmaf=False)
 
-match pairs each reference with each method's reconstruction of the same name (matching.py); score reads every
-pair through its frame plan (clips.py) and computes per-frame PSNR, SSIM, LPIPS, flicker, tOF and VMAF
-(scoring.py, metrics.py); describe says what was compared and what is missing; write puts per_frame.csv,
-per_video.csv, summary.md, summary.json, per_frame.png (and bars.png for several methods) in out_dir, and
-optionally an HTML report (report.py). The options are the fields of EvalSettings.
+match pairs each reference with each method's reconstruction of the same name (matching.py) and finds each
+method's compression; score reads every pair through its frame plan (clips.py) and computes per-frame PSNR,
+SSIM, LPIPS, flicker, tOF and VMAF (scoring.py, metrics.py), VBench flicker per video (vbench.py) and, with
+fvd, the clip features for rFVD per method (fvd.py); describe says what was compared and what is missing;
+write puts per_frame.csv, per_video.csv, summary.md, summary.json, per_frame.png (and bars.png for several
+methods) in out_dir, and optionally an HTML report (report.py). The options are the fields of EvalSettings.
 """
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,13 +15,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tools.evaluation.clips import ReferenceReads, flag_plan, load_frames, match_size, recon_plan
+from tools.evaluation.describe import describe
 from tools.evaluation.errors import EvalError, EvalFailed, check_folder
-from tools.evaluation.matching import default_out_dir, list_references, missing_names, resolve_methods
+from tools.evaluation.fvd import DETECTOR_FILE, FeatureSets
+from tools.evaluation.matching import (default_out_dir, list_references, method_compression, missing_names,
+                                       resolve_methods)
 from tools.evaluation.plots import plot_bars, plot_per_frame
 from tools.evaluation.report import write_report
 from tools.evaluation.scoring import frame_metrics, load_scorers, not_applicable, video_row
-from tools.evaluation.tables import (METRICS, PER_FRAME_NOTE, PER_VIDEO_NOTE, VIDEO_COLUMNS, available_metrics,
-                                     csv_text, fmt, markdown_table, summarize, summary_json, summary_markdown)
+from tools.evaluation.tables import (METRICS, PER_FRAME_NOTE, PER_VIDEO_NOTE, VIDEO_COLUMNS, VIDEO_METRICS,
+                                     available_metrics, csv_text, fmt, markdown_table, summarize, summary_json,
+                                     summary_markdown)
+from tools.evaluation.vbench import temporal_flickering
 from tools.files import write_text_atomic
 from tools.video.read import VideoReadError, probe_video
 
@@ -44,8 +50,10 @@ class EvalSettings:
     the reference only; num_frames None: all frames). lpips: compute LPIPS when its weights are present.
     vmaf: also run libvmaf (EvalError when ffmpeg lacks it). device: 'auto' | 'cpu' | 'cuda[:i]'.
     protocol: a PROTOCOLS name, recorded in the outputs and checked against the clips' fps (its frame
-    settings are the caller's to apply, as tools/eval.py does). report_dir: also write an HTML report there,
-    with the clips copied next to it when copy_videos. progress: a progress bar over the references.
+    settings are the caller's to apply, as tools/eval.py does), and whose published rows (published.py) the
+    tables list. fvd: rFVD per method with the TorchScript I3D detector at fvd_detector (missing: n/a with one
+    line). report_dir: also write an HTML report there, with the clips copied next to it when copy_videos.
+    progress: a progress bar over the references.
     """
     size: int | None = None
     square: bool = False
@@ -60,6 +68,8 @@ class EvalSettings:
     report_dir: str | Path | None = None
     copy_videos: bool = False
     progress: bool = True
+    fvd: bool = False
+    fvd_detector: str | Path = DETECTOR_FILE
 
     def plan_flags(self):
         """The frame-plan settings as clips.flag_plan takes them."""
@@ -86,24 +96,30 @@ class Warnings:
 
 @dataclass
 class Matched:
-    """The pairs to compare: refs {name: path}, methods {label: {name: path}}, missing {label: [names]}."""
+    """The pairs to compare: refs {name: path}, methods {label: {name: path}}, missing {label: [names]},
+    compression {label: 'T×H×W, C ch' or None} (matching.method_compression)."""
     refs: dict
     methods: dict
     missing: dict
     out_dir: Path
+    compression: dict = field(default_factory=dict)
 
 
 @dataclass
 class Scores:
     """Per-frame rows, per-video rows, messages of the pairs skipped as unreadable and of those dropped because
-    their scoring failed, notes on the pairs scored (lengths that differ, metrics that do not apply), and how
-    many pairs were compared through the frame plan in recon.py's done.json."""
+    their scoring failed, notes on the pairs scored (lengths that differ, metrics that do not apply), how
+    many pairs were compared through the frame plan in recon.py's done.json, the references' own VBench
+    flicker {name: (frames, value)} (over the frames of the first pair scored of each), and the rFVD features
+    (fvd.FeatureSets, None without a detector)."""
     frames: list = field(default_factory=list)
     videos: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     dropped: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     from_done: int = 0
+    reference: dict = field(default_factory=dict)
+    features: FeatureSets | None = None
 
     def note(self, warn, message):
         """warn(message) and keep it for the summary's notes, once."""
@@ -123,7 +139,8 @@ def match(ref, rec, out_dir=None, report_dir=None):
     check_folder('--out', out_dir)
     if report_dir:
         check_folder('--report', report_dir)
-    return Matched(refs, methods, missing_names(refs, methods), out_dir)
+    compression = {m: method_compression(found) for m, found in methods.items()}
+    return Matched(refs, methods, missing_names(refs, methods), out_dir, compression)
 
 
 # ---- score ------------------------------------------------------------------------------------------
@@ -161,7 +178,7 @@ def check_lengths_and_fps(ref_u8, rec_u8, ref_path, rec_path, settings, warn, no
 def note_not_applicable(scores, ref_path, shape, scorers, warn):
     """Note each metric this evaluation computes that cannot apply to the clip, shape (T, H, W)."""
     computed = {'lpips': scorers.lpips_model is not None, 'vmaf': scorers.vmaf is not None}
-    for key in METRICS:
+    for key in VIDEO_METRICS:
         why = computed.get(key, True) and not_applicable(key, *shape)
         if why:
             scores.note(warn, f'{ref_path}: {key} n/a: {why}')
@@ -193,7 +210,21 @@ def score_pair(scores, method, name, reference, rec_path, settings, scorers, war
         scorers.vmaf['libvmaf'] = version
     scores.frames += [{'method': method, 'video': name, 'frame': i, **{k: per[k][i] for k in METRICS}}
                       for i in range(t)]
-    scores.videos.append(video_row(method, name, per, ref_u8.shape[1:3], reference.path, rec_path))
+    scores.videos.append(video_row(method, name, per, ref_u8.shape[1:3], reference.path, rec_path, rec_u8[:t]))
+    scores.reference.setdefault(name, (t, temporal_flickering(ref_u8[:t])))
+    if scores.features is not None:
+        add_features(scores, scorers, method, name, ref_u8, rec_u8[:t], t, warn)
+
+
+def add_features(scores, scorers, method, name, ref_u8, rec_u8, t, warn):
+    """The pair's rFVD clip features; a detector that fails makes rFVD n/a for the evaluation (one line)."""
+    try:                               # ReferenceReads keeps one array per plan: its id names the frames read
+        scores.features.add(method, name, ref_u8[:t], rec_u8, key=(name, id(ref_u8), t))
+    except Exception as e:  # noqa: BLE001 -- the detector is a user's file; the other metrics must survive it
+        first = (str(e).strip().splitlines() or [''])[0]
+        scorers.fvd_note = f'{scorers.fvd_path}: the rFVD detector failed ({type(e).__name__}: {first}), so rFVD is n/a'
+        scores.features = None
+        warn(scorers.fvd_note)
 
 
 def score(matched, settings, scorers, warn):
@@ -203,7 +234,7 @@ def score(matched, settings, scorers, warn):
         if names:
             warn(f"{m}: no reconstruction for {len(names)} of {len(matched.refs)} videos ({', '.join(names[:5])}"
                  f"{'...' if len(names) > 5 else ''}); they are left out of its means")
-    scores = Scores()
+    scores = Scores(features=FeatureSets(scorers.detector) if scorers.detector is not None else None)
     for name, ref_path in tqdm(matched.refs.items(), desc='eval', unit='video', disable=not settings.progress):
         reference = ReferenceReads(ref_path)
         for method, found in matched.methods.items():
@@ -216,54 +247,13 @@ def score(matched, settings, scorers, warn):
     return scores
 
 
-# ---- describe ---------------------------------------------------------------------------------------
-
-def describe_setup(ref, refs, videos, size, square, num_frames, stride, protocol=None):
-    """One line: which references, at which size, how many frames (and the --protocol preset)."""
-    source = f'{len(ref)} files' if isinstance(ref, (list, tuple)) else str(ref)
-    sizes = ', '.join(sorted({f"{v['height']}x{v['width']}" for v in videos}))
-    flags = [f'--protocol {protocol}'] if protocol else []
-    if size:
-        flags.append(f'--size {size}' + (' --square' if square else ''))
-    if num_frames:
-        flags.append(f'--num-frames {num_frames}')
-    if stride > 1:
-        flags.append(f'--frame-stride {stride}')
-    return f"References: {source} ({len(refs)} videos); compared at {sizes}" + (
-        f" ({' '.join(flags)})." if flags else '.')
-
-
-def describe(ref, matched, scores, settings, scorers):
-    """(setup line, notes, extra summary.json keys): what was compared, what is missing or skipped, how."""
-    s = settings
-    notes = [scorers.lpips_note] if scorers.lpips_note else []
-    notes += [f'{m}: no reconstruction for {", ".join(n)}' for m, n in matched.missing.items() if n]
-    notes += [f'skipped (unreadable): {e}' for e in scores.skipped]
-    notes += [f'dropped: {e}' for e in scores.dropped]
-    notes += scores.notes
-    if scores.from_done:
-        notes.append(f"{scores.from_done} of {len(scores.videos)} pairs compared through recon.py's frame plan "
-                     f"(done.json)")
-    if s.start or s.preprocess != 'default':
-        notes.append(f'flags: --start {s.start} --preprocess {s.preprocess}')
-    vmaf = scorers.vmaf
-    if vmaf:
-        notes.append(f"VMAF: libvmaf {vmaf.get('libvmaf', '?')}, model {vmaf['model']}, "
-                     f"ffmpeg {vmaf['ffmpeg_version']}")
-    else:
-        notes.append('VMAF not computed (pass --vmaf)')
-    setup = describe_setup(ref, matched.refs, scores.videos, s.size, s.square, s.num_frames, s.stride, s.protocol)
-    extra = {'protocol': s.protocol, 'lpips': scorers.lpips_note,
-             'vmaf': {k: v for k, v in vmaf.items() if k != 'ffmpeg'} if vmaf else None}
-    return setup, notes, extra
-
-
 # ---- write ------------------------------------------------------------------------------------------
 
 def write_outputs(out_dir, frames, videos, summary, setup, notes, extra=None):
     """per_frame.csv, per_video.csv, summary.md, summary.json, per_frame.png (+ bars.png) -> {name: path}.
 
-    out_dir: pathlib.Path. extra: more top-level summary.json keys (protocol, lpips, vmaf)."""
+    out_dir: pathlib.Path. extra: more top-level summary.json keys (protocol, lpips, vmaf, fvd, and the rows
+    the tables add: reference, published)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {'per_frame': out_dir / 'per_frame.csv', 'per_video': out_dir / 'per_video.csv',
              'summary': out_dir / 'summary.md', 'summary_json': out_dir / 'summary.json',
@@ -272,7 +262,9 @@ def write_outputs(out_dir, frames, videos, summary, setup, notes, extra=None):
         [r['method'], r['video'], r['frame'], *(fmt(r[k]) for k in METRICS)] for r in frames]))
     write_text_atomic(files['per_video'], csv_text(PER_VIDEO_NOTE, VIDEO_COLUMNS, [
         [fmt(v[c]) if c in METRICS else v[c] for c in VIDEO_COLUMNS] for v in videos]))
-    write_text_atomic(files['summary'], summary_markdown(summary, videos, setup, notes))
+    extra = extra or {}
+    write_text_atomic(files['summary'], summary_markdown(summary, videos, setup, notes, extra.get('reference'),
+                                                         extra.get('published')))
     write_text_atomic(files['summary_json'], summary_json(summary, videos, setup, notes, extra))
     available = available_metrics(videos)
     plot_per_frame(files['per_frame_plot'], frames, available)
@@ -287,7 +279,9 @@ def write(out_dir, scores, summary, described, settings, log):
     for -> {name: path}."""
     setup, notes, extra = described
     files = write_outputs(out_dir, scores.frames, scores.videos, summary, setup, notes, extra)
-    log(markdown_table(summary))  # the notes were logged as warnings when they arose
+    log(markdown_table(summary, extra['reference'], extra['published']))  # notes were logged as they arose
+    for line in (n for n in notes if n.startswith('rFVD: ')):   # its protocol and clip counts, when it ran
+        log(line)
     log(f'wrote {", ".join(str(p) for p in files.values())}')
     if settings.report_dir:
         files['report'] = write_report(settings.report_dir, out_dir, copy_videos=settings.copy_videos)
@@ -304,22 +298,28 @@ def evaluate(ref, rec, out_dir=None, settings=None, log=print, **options):
     Each pair is compared through recon.py's frame plan from the done.json beside the reconstruction, else
     through the settings' plan; selection and crop apply to the reference only. log: a callable taking one
     line (warnings start with 'warning: ').
-    Returns {'methods': {label: {videos, frames, psnr, ssim, lpips, flicker, tof, vmaf, counts}} (counts:
-    {metric: videos its mean is over}), 'lpips': None or why it is missing, 'vmaf': None or {model, libvmaf,
-    ffmpeg_version, ffmpeg}, 'missing': {label: [names]}, 'skipped': [messages of unreadable pairs],
-    'dropped': [messages of pairs whose scoring failed], 'notes': [lengths that differ, metrics n/a for a
-    clip], 'files': {name: path}, 'out_dir': Path}; the scored pairs are written whatever was skipped or
-    dropped. Raises EvalError (one line) for bad input, checked before any scoring (the output and report
-    folders too), and EvalFailed when no pair could be scored; nothing is written then.
+    Returns {'methods': {label: {videos, frames, psnr, ssim, lpips, flicker, tof, vmaf, vbench_flicker, counts,
+    compression, rfvd, rfvd_clips}} (counts: {metric: videos its mean is over}), 'reference': {videos, frames,
+    vbench_flicker, per_video} (the originals' own VBench flicker), 'published': None or the --protocol's
+    published rows (published.py), 'fvd': None without fvd, else {detector, protocol, unavailable, clips},
+    'lpips': None or why it is missing, 'vmaf': None or {model, libvmaf, ffmpeg_version, ffmpeg}, 'missing':
+    {label: [names]}, 'skipped': [messages of unreadable pairs], 'dropped': [messages of pairs whose scoring
+    failed], 'notes': [lengths that differ, metrics n/a for a clip], 'files': {name: path}, 'out_dir': Path};
+    the scored pairs are written whatever was skipped or dropped. Raises EvalError (one line) for bad input,
+    checked before any scoring (the output and report folders too), and EvalFailed when no pair could be
+    scored; nothing is written then.
     """
     settings = replace(settings or EvalSettings(), **options)
     warn = Warnings(log)
     matched = match(ref, rec, out_dir, settings.report_dir)
-    scorers = load_scorers(warn, settings.device, lpips=settings.lpips, vmaf=settings.vmaf)
+    scorers = load_scorers(warn, settings.device, lpips=settings.lpips, vmaf=settings.vmaf,
+                           fvd_detector=settings.fvd_detector if settings.fvd else None)
     scores = score(matched, settings, scorers, warn)
     summary = summarize(scores.videos)
-    described = describe(ref, matched, scores, settings, scorers)
+    described = describe(ref, matched, scores, settings, scorers, summary)
     files = write(matched.out_dir, scores, summary, described, settings, log)
-    return {'methods': summary, 'lpips': scorers.lpips_note, 'vmaf': scorers.vmaf, 'missing': matched.missing,
+    extra = described[2]
+    return {'methods': summary, 'reference': extra['reference'], 'published': extra['published'],
+            'fvd': extra['fvd'], 'lpips': scorers.lpips_note, 'vmaf': scorers.vmaf, 'missing': matched.missing,
             'skipped': scores.skipped, 'dropped': scores.dropped, 'notes': scores.notes, 'files': files,
             'out_dir': matched.out_dir}

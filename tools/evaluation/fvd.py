@@ -3,6 +3,7 @@
 
     detector = load_detector('pretrained/i3d_torchscript.pt', device)   # FVDUnavailable (one line) if missing
     result = rfvd(ref_videos, rec_videos, detector)                       # -> FVDResult(value, clips, protocol)
+    sets = FeatureSets(detector)                                          # the same, gathered pair by pair
 
 Protocol (PROTOCOL, printed in the summary): each video is cut into clips of 16 consecutive frames with stride 16
 (non-overlapping; a video shorter than 16 frames gives no clip), each frame resized with its short side to 224
@@ -105,15 +106,73 @@ def clip_features(clips, detector, batch=8):
     return torch.cat(out).numpy() if out else np.empty((0, 0))
 
 
-def rfvd(references, reconstructions, detector, batch=8):
-    """rFVD between two lists of uint8 (T, H, W, 3) videos (paired or not: the metric compares distributions)
-    through PROTOCOL's clips -> FVDResult (value None when either side has fewer than 2 clips)."""
-    feats = []
-    for videos in (references, reconstructions):
-        clips = [video_clips(v, PROTOCOL['clip_frames'], PROTOCOL['clip_stride'], PROTOCOL['size']) for v in videos]
-        clips = torch.cat(clips) if clips else torch.empty(0)
-        feats.append(clip_features(clips, detector, batch) if len(clips) else np.empty((0, 0)))
+def video_features(frames, detector, batch=8):
+    """uint8 (T, H, W, 3) frames -> (N, D) float64 features of its PROTOCOL clips (N = 0 for T < clip_frames),
+    `batch` clips turned into float at a time (memory ~ batch clips, whatever T)."""
+    length, stride = PROTOCOL['clip_frames'], PROTOCOL['clip_stride']
+    starts = list(range(0, len(frames) - length + 1, stride))
+    out = []
+    for i in range(0, len(starts), batch):
+        group = starts[i:i + batch]
+        clips = video_clips(frames[group[0]:group[-1] + length], length, stride, PROTOCOL['size'])
+        out.append(clip_features(clips, detector, batch))
+    return np.concatenate(out) if out else np.empty((0, 0))
+
+
+def _stack(features):
+    """A list of (N_i, D) arrays -> one (sum N_i, D) array; (0, 0) when all are empty."""
+    present = [f for f in features if len(f)]
+    return np.concatenate(present) if present else np.empty((0, 0))
+
+
+def features_distance(reference_features, reconstruction_features):
+    """rFVD of two lists of (N_i, D) clip features -> FVDResult (value None when either side has fewer than 2
+    clips; clips: the smaller side's count)."""
+    feats = [_stack(reference_features), _stack(reconstruction_features)]
     n = min(len(f) for f in feats)
     if n < 2:
         return FVDResult(None, n, PROTOCOL)
     return FVDResult(frechet_distance(*feature_statistics(feats[0]), *feature_statistics(feats[1])), n, PROTOCOL)
+
+
+def rfvd(references, reconstructions, detector, batch=8):
+    """rFVD between two lists of uint8 (T, H, W, 3) videos (paired or not: the metric compares distributions)
+    through PROTOCOL's clips -> FVDResult (value None when either side has fewer than 2 clips)."""
+    return features_distance(*([video_features(v, detector, batch) for v in videos]
+                               for videos in (references, reconstructions)))
+
+
+class FeatureSets:
+    """rFVD gathered pair by pair: per method, the clip features of the references it was compared with and of
+    its reconstructions (a reference's features are computed once per key), and the videos too short for a clip.
+
+        sets = FeatureSets(detector)
+        sets.add('refined', 'v1', ref_u8, rec_u8, key='v1')     # per pair
+        result, short = sets.result('refined')                   # FVDResult, [names of videos under 16 frames]
+    """
+
+    def __init__(self, detector, batch=8):
+        self.detector, self.batch = detector, batch
+        self.methods = {}                                 # method -> {'ref': [...], 'rec': [...], 'short': [...]}
+        self._refs = {}                                   # key -> reference features
+
+    def add(self, method, name, ref_frames, rec_frames, key=None):
+        """One pair's clips, uint8 (T, H, W, 3) each (compared over the same T); key: what identifies the
+        reference frames (None: computed again)."""
+        entry = self.methods.setdefault(method, {'ref': [], 'rec': [], 'short': []})
+        if len(rec_frames) < PROTOCOL['clip_frames']:
+            entry['short'].append(name)
+            return
+        if key is None:
+            ref = video_features(ref_frames, self.detector, self.batch)
+        else:
+            if key not in self._refs:
+                self._refs[key] = video_features(ref_frames, self.detector, self.batch)
+            ref = self._refs[key]
+        entry['ref'].append(ref)
+        entry['rec'].append(video_features(rec_frames, self.detector, self.batch))
+
+    def result(self, method):
+        """(FVDResult, names of its videos shorter than a clip) of one method."""
+        entry = self.methods.get(method, {'ref': [], 'rec': [], 'short': []})
+        return features_distance(entry['ref'], entry['rec']), entry['short']

@@ -4,9 +4,12 @@ A reference set (--ref) is a folder of videos, a .txt/.json list (tools/video/li
 paths. Each method (--rec) is `[LABEL=]SOURCE`:
   * a folder of NAME.mp4 files (any video extension): one method, named LABEL or the folder's name;
   * a recon.py output folder NAME/{rec.mp4, preview.mp4}: the methods `refined` and `preview`
-    (with LABEL=, only rec.mp4 under that label);
+    (with LABEL=, only rec.mp4 under that label); rec.mp4 of another autoencoder (recon.py --autoencoder,
+    named in its done.json) is the method named after it, e.g. `cogvideox`;
   * a pattern with one `*` standing for the name, e.g. `preview=outputs/*/preview.mp4`;
   * one video file: one method, named LABEL or its folder's name.
+Each method's compression (method_compression) comes from the done.json beside its files: the autoencoder's
+('4×8×8, 16 ch'), CascadeV's CASCADEV_COMPRESSION for recon.py's own outputs, None without a done.json.
 Every error is an EvalError whose one line names the flag value, the rule and the fix.
 """
 import glob
@@ -14,6 +17,7 @@ import os
 import re
 from pathlib import Path
 
+from tools.evaluation.clips import recon_record
 from tools.evaluation.errors import EvalError
 from tools.video.lists import VideoListError, read_video_list
 from tools.video.read import VIDEO_EXTS, VideoReadError, list_videos
@@ -22,6 +26,7 @@ RECON_FILES = {'preview': 'preview.mp4', 'refined': 'rec.mp4'}  # recon.py layou
 # The evaluation's folder inside an output folder: a name no video can have (video names are file stems, and
 # folders and videos whose names start with '.' are never listed as inputs), so it never meets OUTPUT/<name>/.
 EVAL_DIR = '.eval'
+CASCADEV_COMPRESSION = '1×32×32, 16 ch'   # recon.py's own preview and refined: the compressor's latent
 
 
 def list_references(ref):
@@ -75,14 +80,50 @@ def _rec_items(rec):
     return [_split_label(str(s)) for s in rec]
 
 
+def _record(path):
+    """The done.json beside a reconstruction, or None: none, or unreadable (that pair is skipped when scored)."""
+    try:
+        return recon_record(path)
+    except EvalError:
+        return None
+
+
+def autoencoder_name(path):
+    """The autoencoder recon.py --autoencoder made `path` with (its done.json's autoencoder.name), or None."""
+    found = (_record(path) or {}).get('autoencoder')
+    return str(found['name']) if isinstance(found, dict) and found.get('name') else None
+
+
+def compression(path):
+    """The compression of the model that made `path`: its done.json's autoencoder.compression, CASCADEV_COMPRESSION
+    for a recon.py output without one, None without a done.json."""
+    record = _record(path)
+    if record is None:
+        return None
+    found = record.get('autoencoder')
+    return (found.get('compression') or None) if isinstance(found, dict) else CASCADEV_COMPRESSION
+
+
+def method_compression(found):
+    """{name: path} of one method -> its compression ('4×8×8, 16 ch'), the distinct ones joined by ' / ' when
+    its files differ, None when none of them has a done.json."""
+    values = [c for c in dict.fromkeys(compression(p) for p in found.values()) if c]
+    return ' / '.join(values) or None
+
+
 def _folder_methods(label, path, spec):
-    """A folder --rec -> [(label, {name: path})]: recon.py outputs (refined, preview) or a folder of videos."""
+    """A folder --rec -> [(label, {name: path})]: recon.py outputs (preview; refined, or the autoencoder named in
+    each done.json) or a folder of videos."""
     recon = {f: {d.name: str(d / f) for d in sorted(path.iterdir()) if (d / f).is_file()}
              for f in RECON_FILES.values()}
     if any(recon.values()):
         if label:
             return [(label, recon[RECON_FILES['refined']])]
-        return [(method, recon[f]) for method, f in RECON_FILES.items() if recon[f]]
+        rec = {}
+        for name, p in recon[RECON_FILES['refined']].items():
+            rec.setdefault(autoencoder_name(p) or 'refined', {})[name] = p
+        preview = recon[RECON_FILES['preview']]
+        return ([('preview', preview)] if preview else []) + list(rec.items())
     try:
         flat = {Path(p).stem: p for p in list_videos(path)}
     except VideoReadError:
@@ -99,7 +140,11 @@ def _spec_methods(label, spec):
         if not found:
             raise EvalError(f"--rec {spec}: the pattern matches no files; check the folder and file name")
         named = {f: m for m, f in RECON_FILES.items()}
-        return [(label or named.get(path.name, path.stem), found)]
+        default = named.get(path.name, path.stem)
+        if path.name == RECON_FILES['refined']:
+            makers = {autoencoder_name(p) for p in found.values()}
+            default = makers.pop() if len(makers) == 1 and None not in makers else default
+        return [(label or default, found)]
     if path.is_dir():
         return _folder_methods(label, path, spec)
     if path.is_file() and path.suffix.lower() in VIDEO_EXTS:

@@ -17,8 +17,10 @@ from urllib.parse import quote
 
 from tools.evaluation.errors import EvalError, check_folder
 from tools.evaluation.plots import plot_per_frame
-from tools.evaluation.tables import (DECIMALS, HIGHER_IS_BETTER, METRICS, TITLES, available_metrics, fmt,
-                                     load_summary, metric_value, parse_value, partial_note, read_table)
+from tools.evaluation.published import PUBLISHED_MARK
+from tools.evaluation.tables import (DECIMALS, HIGHER_IS_BETTER, METRICS, NO_VALUE, RANKED, TITLES, VIDEO_METRICS,
+                                     available_metrics, fmt, load_summary, metric_value, parse_value, partial_note,
+                                     read_table)
 from tools.files import write_text_atomic
 from tools.video.read import VideoReadError, probe_video
 
@@ -32,7 +34,9 @@ CONTROLS = ('<div class="controls"><button class="play">play</button><button cla
             '<option value="0.5">0.5x</option><option value="0.25">0.25x</option></select></div>')
 TABLE_NOTE = ('<p class="note">Method values are means over videos of per-video means over frames; per-video '
               'PSNR is the mean of per-frame PSNRs of frames that differ; "(1 of 2)": over the videos the metric '
-              'applies to. Bold: best per column.</p>')
+              'applies to. VBench flicker: of each clip alone (1 = no change between frames), nearest the '
+              'reference row is best; flicker: against the reference. Bold: best per column among the rows '
+              'measured here.</p>')
 
 
 def _png_data_uri(source):
@@ -41,26 +45,28 @@ def _png_data_uri(source):
     return 'data:image/png;base64,' + base64.b64encode(data).decode('ascii')
 
 
-def _table(rows, first_col, keys, table_id=None, suffix=None):
-    """HTML table: rows = [(label, {metric: float|None}, extra cells)], best value per metric in bold;
-    suffix(label, key): text after a cell's value (e.g. ' (1 of 2)'), or None."""
+def _table(rows, first_col, keys, table_id=None, suffix=None, unranked=()):
+    """HTML table: rows = [(label, {metric: float|None|str}, extra cells)], best value per RANKED metric in bold;
+    suffix(label, key): text after a cell's value (e.g. ' (1 of 2)'), or None; unranked: more rows after them,
+    in the same form, taking no part in the best values (the reference and published rows), class "other"."""
     best = {}
-    for k in (k for k in keys if k in METRICS):
+    for k in (k for k in keys if k in RANKED):
         vals = [r[1].get(k) for r in rows if r[1].get(k) is not None and not math.isnan(r[1][k])]
         if len(rows) > 1 and vals:
             best[k] = max(vals) if k in HIGHER_IS_BETTER else min(vals)
     ident = f' id="{table_id}"' if table_id else ''
     head = ''.join(f'<th>{html.escape(h)}</th>' for h in [first_col, *(TITLES.get(k, k) for k in keys)])
     body = []
-    for label, vals, *_ in rows:
+    for i, (label, vals, *_) in enumerate([*rows, *unranked]):
+        ranked = i < len(rows)
         cells = [f'<td>{html.escape(str(label))}</td>']
         for k in keys:
             v = vals.get(k)
-            cls = ' class="best"' if k in best and v == best[k] else ''
+            cls = ' class="best"' if ranked and k in best and v == best[k] else ''
             text = v if isinstance(v, (int, str)) else (fmt(v, DECIMALS.get(k, 4)) or 'n/a')
-            text = f'{text}{suffix(label, k) if suffix else ""}'
+            text = f'{text}{suffix(label, k) if suffix and ranked else ""}'
             cells.append(f'<td{cls}>{html.escape(str(text))}</td>')
-        body.append('<tr>' + ''.join(cells) + '</tr>')
+        body.append(('<tr>' if ranked else '<tr class="other">') + ''.join(cells) + '</tr>')
     return f'<table{ident}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
@@ -82,13 +88,35 @@ def _fps(path):
         return 30.0
 
 
+def _summary_rows(info, keys):
+    """(measured rows, reference and published rows) of the summary table, in _table's form."""
+    rows = [(m, {'compression': s.get('compression') or NO_VALUE, 'videos': s['videos'], 'frames': s['frames'],
+                 **{k: metric_value(s, k) for k in keys}}) for m, s in info['methods'].items()]
+    other, ref = [], info.get('reference')
+    if ref:
+        other.append(('reference', {'compression': NO_VALUE, 'videos': ref['videos'], 'frames': ref['frames'],
+                                    **{k: ref['vbench_flicker'] if k == 'vbench_flicker' else NO_VALUE
+                                       for k in keys}}))
+    for r in (info.get('published') or {}).get('rows', []):
+        other.append((f"{r['model']} {PUBLISHED_MARK}", {'compression': r['compression'], 'videos': NO_VALUE,
+                      'frames': NO_VALUE, **{k: fmt(r[k], 4) if k in r else NO_VALUE for k in keys}}))
+    return rows, other
+
+
 def _summary_section(info, keys, eval_dir):
-    """The summary under the title: the setup line, the per-method table, the notes and the evaluation's plots."""
+    """The summary under the title: the setup line, the per-method table in the paper's layout (model,
+    compression, metrics; then the reference and published rows), the notes and the evaluation's plots."""
     methods = info['methods']
+    keys = [*keys, 'vbench_flicker', *(['rfvd'] if info.get('fvd') else [])]
+    rows, other = _summary_rows(info, keys)
     parts = [f'<p class="note">{html.escape(info["setup"])}</p>', '<h2>Summary</h2>',
-             _table([(m, {'videos': s['videos'], 'frames': s['frames'], **{k: metric_value(s, k) for k in keys}})
-                     for m, s in methods.items()], 'method', ['videos', 'frames', *keys], 'summary',
-                    suffix=lambda m, k: partial_note(methods[m], k))]
+             _table(rows, 'model', ['compression', *keys, 'videos', 'frames'], 'summary',
+                    suffix=lambda m, k: partial_note(methods[m], k), unranked=other)]
+    published = info.get('published')
+    if published:
+        parts.append(f'<p class="note">Rows marked {PUBLISHED_MARK} are copied from the '
+                     f'{html.escape(published["source"])} ({html.escape(published["setup"])}); they were not '
+                     f'measured here.</p>')
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in info['notes']]
     parts.append(TABLE_NOTE)
     for png, alt in (('bars.png', 'mean per method'), ('per_frame.png', 'metrics per frame')):
@@ -108,8 +136,9 @@ def _video_section(name, rows, order, keys, frames, report_dir, copy_videos, per
         f'<div class="clip"><div class="label">{html.escape(label)}</div>'
         f'<video muted playsinline preload="auto" src="{_video_src(src, report_dir, copy)}"></video></div>'
         for label, src, copy in clips)
-    table = _table([(m, {'frames': int(rows[m]['frames']), **{k: parse_value(rows[m][k]) for k in keys}})
-                    for m in order], 'method', ['frames', *keys])
+    columns = [*keys, *(k for k in VIDEO_METRICS if k not in METRICS and any(rows[m].get(k) for m in order))]
+    table = _table([(m, {'frames': int(rows[m]['frames']), **{k: parse_value(rows[m].get(k)) for k in columns}})
+                    for m in order], 'method', ['frames', *columns])
     plot = ''
     if per_video_plots:
         buf = io.BytesIO()

@@ -1,9 +1,9 @@
 """Scores of one reference/reconstruction pair: per-frame metrics (metrics.py) and the per-video row.
 
 The metric models are set up once per evaluation (Scorers): the device, LPIPS when its weights are present,
-VMAF when asked for and the ffmpeg has libvmaf. A metric that cannot apply to a clip (LIMITS: frames too small
-for it, or a single frame for a temporal metric) is not run on it: its values are None (n/a) and
-not_applicable says why.
+VMAF when asked for and the ffmpeg has libvmaf, the rFVD detector when asked for and its file loads. A metric
+that cannot apply to a clip (LIMITS: frames too small for it, or a single frame for a temporal metric) is not
+run on it: its values are None (n/a) and not_applicable says why.
 """
 import math
 from dataclasses import dataclass
@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 
 from models.weights import resolve_device
-from tools.evaluation import metrics
+from tools.evaluation import fvd, metrics
 from tools.evaluation.errors import EvalError
 from tools.evaluation.tables import METRICS, TITLES, mean
+from tools.evaluation.vbench import temporal_flickering
 
 # The smallest clip each metric applies to: (pixels on each side, frames), and what sets that size.
 LIMITS = {
@@ -24,12 +25,13 @@ LIMITS = {
     'flicker': (1, 2, None),
     'tof': (16, 2, "OpenCV's DIS optical flow, which fails or crashes on smaller frames"),
     'vmaf': (17, 1, 'libvmaf, which crashes on smaller frames'),
+    'vbench_flicker': (1, 2, None),
 }
 
 
 def metric_name(key):
-    """'ssim' -> 'SSIM' (the table title without its arrow)."""
-    return TITLES[key].split(' ')[0]
+    """'ssim' -> 'SSIM', 'vbench_flicker' -> 'VBench flicker' (the table title without its arrow and unit)."""
+    return TITLES[key].removesuffix(' ↑').removesuffix(' ↓').removesuffix(' (dB)')
 
 
 def not_applicable(key, frames, height, width):
@@ -47,17 +49,31 @@ def not_applicable(key, frames, height, width):
 class Scorers:
     """What every pair is scored with. device: a torch.device. lpips_model None: the LPIPS column stays empty,
     lpips_note says why (None when LPIPS ran). vmaf: None, or {model, ffmpeg_version, ffmpeg, libvmaf (once a
-    clip is scored)}."""
+    clip is scored)}. detector: the rFVD I3D TorchScript module, None when rFVD is not computed; fvd_note: why
+    (None when the detector loaded; 'rFVD not computed (pass --fvd)' when it was not asked for); fvd_path: its file."""
     device: torch.device
     lpips_model: object = None
     lpips_note: str | None = None
     vmaf: dict | None = None
+    detector: object = None
+    fvd_note: str | None = 'rFVD not computed (pass --fvd)'
+    fvd_path: str | None = None
 
 
-def load_scorers(warn, device='auto', lpips=True, vmaf=False):
+def load_detector(warn, device, path):
+    """(detector, None) or, when the file is missing or not TorchScript, (None, the one-line reason), warned."""
+    try:
+        return fvd.load_detector(path, device), None
+    except fvd.FVDUnavailable as e:
+        warn(str(e))
+        return None, str(e)
+
+
+def load_scorers(warn, device='auto', lpips=True, vmaf=False, fvd_detector=None):
     """Scorers for an evaluation: the device checked first (EvalError '--device: ...' for one this machine lacks),
-    then VMAF (EvalError '--vmaf: ...' when ffmpeg lacks libvmaf), then LPIPS loaded on the device; a missing
-    LPIPS is warned about (warn(message)) and noted, not an error."""
+    then VMAF (EvalError '--vmaf: ...' when ffmpeg lacks libvmaf), then LPIPS loaded on the device, then the
+    rFVD detector from the file `fvd_detector` (None: no rFVD); a missing LPIPS or detector is warned about
+    (warn(message), one line) and noted, not an error."""
     try:
         device = resolve_device(device)
     except ValueError as e:
@@ -75,7 +91,11 @@ def load_scorers(warn, device='auto', lpips=True, vmaf=False):
         except metrics.LPIPSUnavailable as e:
             lpips_note = str(e)
             warn(lpips_note)
-    return Scorers(device, lpips_model, lpips_note, vmaf_info)
+    scorers = Scorers(device, lpips_model, lpips_note, vmaf_info)
+    if fvd_detector is not None:
+        scorers.detector, scorers.fvd_note = load_detector(warn, device, fvd_detector)
+        scorers.fvd_path = str(fvd_detector)
+    return scorers
 
 
 def metric_values(key, ref, rec, lpips_model=None, device='cpu'):
@@ -112,12 +132,15 @@ def frame_metrics(ref, rec, lpips_model=None, device='cpu', vmaf=False):
     return per, version
 
 
-def video_row(method, name, per, shape, ref_path, rec_path):
+def video_row(method, name, per, shape, ref_path, rec_path, rec=None):
     """One per_video.csv row (tables.VIDEO_COLUMNS) from frame_metrics output; shape: the compared (H, W).
     PSNR is metrics.mean_psnr of the frames (identical frames counted in psnr_inf_frames); the other metrics
-    are means over the frames (flicker, tOF: over the consecutive pairs), None where not computed."""
+    are means over the frames (flicker, tOF: over the consecutive pairs), None where not computed;
+    vbench_flicker: VBench temporal flickering of the compared reconstruction frames `rec` (uint8 (T, H, W, 3);
+    None without them or for one frame)."""
     return {'method': method, 'video': name, 'frames': len(per['psnr']), 'height': shape[0], 'width': shape[1],
             'psnr': metrics.mean_psnr(per['psnr']), 'psnr_inf_frames': sum(math.isinf(v) for v in per['psnr']),
             'ssim': mean(per['ssim']), 'lpips': mean(per['lpips']), 'flicker': mean(per['flicker'][1:]),
             'tof': mean(per['tof'][1:]), 'vmaf': mean(per['vmaf']),
+            'vbench_flicker': None if rec is None else temporal_flickering(rec),
             'ref': str(Path(ref_path).resolve()), 'rec': str(Path(rec_path).resolve())}
