@@ -14,14 +14,18 @@ is tools/recon/reconstruct.py).
 Several processes (a launcher, or runs started on their own with the same --output) share a batch: each walks
 the videos largest first (frames x model pixels) and takes every one whose OUT/NAME/ no other process holds,
 so none is done twice and the work balances. --claim-wait S: after its pass a process waits up to S seconds
-for the videos others hold, counting those they complete and taking over those whose process died.
+for the videos others hold, counting those they complete and taking over those whose process died. Under a
+launcher with fewer videos left than processes (or --split-video), each video is shared by all of them: the
+DiT's tile x window forwards, the SVD decode chunks and the frame chunks are split and gathered, and the
+main process writes the files (the same files as one process).
 
 Reruns: every file goes through a temp name and a rename; done.json is written last, so a video with a
 done.json is complete. A rerun skips it if its done.json 'settings' equal this run's, and otherwise redoes it,
 printing one line that names the settings that differ; a video that is redone (or --overwrite) has its old
 files removed first. A bad file is reported as "PATH: reason" and skipped; the run ends with "k/N failed".
-Exit codes: 0 all done, 1 some videos failed or were being written by another process (rerun to resume), 2 usage errors (bad flags or config, unknown or absent device,
-missing weights, output inside the input folder; before any work), 130 interrupted (Ctrl-C; a rerun resumes).
+Exit codes: 0 all done, 1 some videos failed or were being written by another process (rerun to resume), 2
+usage errors (bad flags or config, unknown or absent device, missing weights, output inside the input folder;
+before any work), 130 interrupted (Ctrl-C; a rerun resumes).
 """
 import argparse
 import sys
@@ -64,6 +68,17 @@ def add_source_flags(p):
                    help='read HDR (PQ/HLG) code values as stored instead of tone-mapping them to SDR BT.709')
     g.add_argument('--keep-fields', action='store_true',
                    help='encode interlaced frames as stored (woven fields) instead of deinterlacing them (bwdif)')
+
+
+def add_process_flags(p):
+    """How several processes share a batch: whole videos claimed largest first, or each video shared."""
+    g = p.add_argument_group('several processes (a launcher, or runs on one --output)')
+    g.add_argument('--claim-wait', type=float, default=RunSettings.claim_wait, metavar='SECONDS',
+                   help='after its pass, wait up to SECONDS for videos other processes are writing: count those '
+                        'they complete, take over those whose process died (default 0: report them not done, exit 1)')
+    g.add_argument('--split-video', action='store_true',
+                   help='under a launcher: share every video among all the processes (DiT tiles and windows, '
+                        'SVD decode and frame chunks; the default when fewer videos than processes are left)')
 
 
 def build_parser():
@@ -116,9 +131,6 @@ def build_parser():
                         "chunk/tiles and the encoder look-ahead are chosen to fit it and the plan is printed "
                         "(default: none on CPU, the free device memory on CUDA); CPU: process RSS, CUDA: max "
                         "allocated + context")
-    g.add_argument('--claim-wait', type=float, default=d.claim_wait, metavar='SECONDS',
-                   help='after its pass, wait up to SECONDS for videos other processes are writing: count those '
-                        'they complete, take over those whose process died (default 0: report them not done, exit 1)')
     g.add_argument('--overwrite', action='store_true',
                    help='redo videos whose outputs are already complete (their old files are removed first)')
     g.add_argument('--no-metrics', action='store_true',
@@ -128,6 +140,7 @@ def build_parser():
                    help="DiT weights (a training checkpoint's model.safetensors, a .pth): weights.dit=PATH")
     g.add_argument('--vmaf', action='store_true', help='with --eval: also compute VMAF (tools/eval.py --vmaf)')
     add_cfg_options(g)
+    add_process_flags(p)
     return p
 
 

@@ -16,7 +16,7 @@ from models.pipeline import CascadeV
 from models.weights import STAGES
 from tools import eval as ev
 from tools.evaluation.tables import read_table
-from tools.recon import batch
+from tools.recon import batch, per_video
 from tools.recon.latents import load_latent
 from tools.recon.records import DONE, OUTPUT_FILES
 from tools.video.frames import FramePlan, plan, resize_short_side
@@ -565,13 +565,13 @@ def test_bad_device_blend_interp_exit_2_before_any_work(flags, message, clips, t
 
 
 def test_ctrl_c_says_what_is_done_and_exits_130(clips, tiny, tmp_path, monkeypatch):
-    real = batch.process
+    real = per_video.process
 
     def interrupt_second(pipe, name, *rest):         # largest first: demo (64x128 model frames), then carphone
         if name == 'carphone_pristine':
             raise KeyboardInterrupt
         return real(pipe, name, *rest)
-    monkeypatch.setattr(batch, 'process', interrupt_second)
+    monkeypatch.setattr(per_video, 'process', interrupt_second)
     code, _, err = run([*tiny, '--input', clips, '--output', tmp_path, '--num-frames', '1', '--preview-only',
                         '--size', '64'])
     assert code == 130

@@ -20,7 +20,7 @@ DEFAULT_SUBCOMMAND = 'recon'
 # The numeric flags with a range, by name, in every subcommand that has them: (smallest value, allowed itself?).
 # A flag left at its default (None) is not checked; seams' --overlap is a number, recon's a choice (not checked).
 RANGES = {**{k: (1, True) for k in ('frames', 'size', 'width', 'steps', 'batch', 'grid', 'lengths', 'sizes', 'tiles',
-                                    'chunk_frames', 'repeats')},
+                                    'chunk_frames', 'repeats', 'processes')},
           **{k: (0, True) for k in ('warmup', 'threads', 'fit_steps', 'overlap')},
           **{k: (0, False) for k in ('tflops', 'peak_tflops')}}
 
@@ -63,6 +63,7 @@ def main(argv=None, description=None):
     for add in SUBCOMMANDS:
         add(subparsers)
     args = parser.parse_args(argv)
+    args.argv = argv                                      # a subcommand that starts copies of itself reuses it
     try:
         check_ranges(args)
         check_outputs(args)

@@ -12,7 +12,8 @@ from tools.bench.flops import recon_flops
 from tools.bench.measure import (TARGET, StageTimer, StepTimer, add_config_args, add_run_args, bf16_peak_tflops,
                                  current_memory_mib, environment, fmt, load_cfg, memory_kind, print_table,
                                  setup_device, synthetic_video, write_json)
-from tools.recon.reconstruct import ReconSettings, reconstruct
+from tools.bench.split import bench_processes, join_launch, launched, split_record
+from tools.recon.reconstruct import ReconSettings, reconstruct, reconstruct_share
 from tools.video.read import probe_video
 from tools.video.write import write_video
 
@@ -35,7 +36,10 @@ class StepTimedPipeline:
 
     def refine(self, *args, **kwargs):
         self.step_timer.start()
-        return self.pipe.refine(*args, callback=self.step_timer.step, **kwargs)
+        before = self.pipe.split.bytes_gathered
+        z = self.pipe.refine(*args, callback=self.step_timer.step, **kwargs)
+        self.dit_gathered_bytes = self.pipe.split.bytes_gathered - before
+        return z
 
 
 STAGE_ORDER = ['read', 'compressor', 'dit', 'previewer', 'vae', 'write', 'metrics']
@@ -50,25 +54,33 @@ def run_recon(pipe, path, out_dir, size=0, frames=None, steps=8, scheduler='Eule
     start of refine: the noise draw and conditioning included), previewer, vae (the SVD decode stream), write,
     metrics (in-loop PSNR/SSIM; metrics=False skips them as --no-metrics). overlap: as recon.py, the next chunk
     is read and the last one written in background threads, so 'read' and 'write' count only the time the model
-    work waited for them (False: serial, for a side-by-side ratio).
+    work waited for them (False: serial, for a side-by-side ratio). Under a launch (pipe.split of several
+    processes, models/parallel.py) the video is shared as recon.py shares it: the main process returns the
+    results with the bytes it gathered (per video, and in the DiT), the others their share's None.
     """
     device = pipe.device
     timer, steps_timer = StageTimer(device), StepTimer(device)
     available = probe_video(path).num_frames
     settings = ReconSettings(num_frames=min(frames, available) if frames else None, size=size, steps=steps,
                              scheduler=scheduler, seed=seed)
-    base = current_memory_mib(device)
+    if not pipe.split.main:
+        reconstruct_share(pipe, video=path, settings=settings, chunk_frames=chunk_frames)
+        pipe.split.finish()
+        return None
+    base, gathered = current_memory_mib(device), pipe.split.bytes_gathered
     start = time.perf_counter()
-    info = reconstruct(StepTimedPipeline(pipe, steps_timer), out_dir, video=path, settings=settings,
-                       chunk_frames=chunk_frames, metrics=metrics, timer=timer, threads=overlap,
-                       warn=lambda message: None)
+    timed = StepTimedPipeline(pipe, steps_timer)
+    info = reconstruct(timed, out_dir, video=path, settings=settings, chunk_frames=chunk_frames, metrics=metrics,
+                       timer=timer, threads=overlap, warn=lambda message: None)
+    pipe.split.finish()
     total = time.perf_counter() - start
     stages = [timer.stages[k] for k in STAGE_ORDER if k in timer.stages]
     peaks = [s['peak_mib'] for s in stages if s['peak_mib'] is not None]
     model = info['meta']['plan']['model']
     return stages, steps_timer.seconds(), dict(
         frames=info['frames'], model_size=list(model), latent=[info['frames'], model[0] // 32, model[1] // 32],
-        end_to_end_s=total, base_mib=base, peak_mib=max(peaks) if peaks else None)
+        end_to_end_s=total, base_mib=base, peak_mib=max(peaks) if peaks else None,
+        gathered_bytes=pipe.split.bytes_gathered - gathered, dit_gathered_bytes=timed.dit_gathered_bytes)
 
 
 def _input_video(args, tmp, frames, height, width):
@@ -83,15 +95,19 @@ def _input_video(args, tmp, frames, height, width):
 def bench_recon(args):
     """End to end per stage through recon.py's loop: read, compressor, DiT per sampler step, previewer, SVD
     decode (vae), write, in-loop metrics."""
+    if args.processes > 1 and not launched():
+        return bench_processes(args)                  # the reference and the split, side by side
     cfg = load_cfg(args, random_init=args.random_init)
-    device = setup_device(args)
+    device, split = join_launch(setup_device(args))
     run = dict(dtype=args.dtype or cfg.get('dtype', 'auto'), steps=args.steps or cfg.sampling.steps,
                scheduler=args.scheduler or cfg.sampling.scheduler, height=args.size or cfg.data.sample_size,
                frames=args.frames or cfg.data.num_frames_per_video)
     run['width'] = args.width or run['height']
     if args.input and not Path(args.input).is_file():
         raise ValueError(f'--input {args.input}: no such file; pass a video file, or no --input for a synthetic clip')
-    load_s, runs = timed_runs(args, cfg, device, run)
+    load_s, runs = timed_runs(args, cfg, device, run, split)
+    if not split.main:                                # its share was timed by the main process
+        return None
     overlaps = list(runs)
     best = {v: min(r, key=lambda one: one[2]['end_to_end_s']) for v, r in runs.items()}
     stages, step_s, info = best[overlaps[-1]]
@@ -116,6 +132,8 @@ def bench_recon(args):
                   channels_last=args.channels_last, repeats=args.repeats,
                   end_to_end_runs_s={('overlap' if v else 'no_overlap'): [r[2]['end_to_end_s'] for r in rs]
                                      for v, rs in runs.items()})
+    if not split.single:
+        record['split'] = split_record(split, info, run['steps'])
     if len(overlaps) == 2:
         record['overlap_ratio'] = best[True][2]['end_to_end_s'] / best[False][2]['end_to_end_s']
     print_recon(record, args, cfg.config_path, peak_tflops)
@@ -123,9 +141,9 @@ def bench_recon(args):
     return record
 
 
-def timed_runs(args, cfg, device, run):
-    """Build the pipeline (timed: load_s), --warmup untimed runs, then --repeats timed runs of each --overlap
-    variant taking turns; -> (load_s, {overlap: [run_recon results]})."""
+def timed_runs(args, cfg, device, run, split):
+    """Build the pipeline (timed: load_s) sharing its work by `split`, --warmup untimed runs, then --repeats
+    timed runs of each --overlap variant taking turns; -> (load_s, {overlap: [run_recon results]})."""
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(args.out_dir) if args.out_dir else Path(tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +151,7 @@ def timed_runs(args, cfg, device, run):
         t0 = time.perf_counter()
         channels_last = {'auto': None, 'on': True, 'off': False}[args.channels_last]
         pipe = build_pipeline(cfg, device, run['dtype'], args.compile, args.compile_mode, channels_last=channels_last)
+        pipe.split = split
         load_s = time.perf_counter() - t0
         size = run['height'] if args.input else 0      # synthetic frames are made at the size asked for
         kw = dict(size=size, frames=run['frames'], steps=run['steps'], scheduler=run['scheduler'],
@@ -208,6 +227,9 @@ def add_recon_parser(subparsers):
                    help='channels-last convolutions in compressor/previewer/SVD decoder (auto: on CUDA)')
     p.add_argument('--peak-tflops', type=float, default=None, help='hardware peak for the DiT peak fraction')
     p.add_argument('--out-dir', default=None, help='keep rec.mp4 / preview.mp4 here (default: a temp folder)')
+    p.add_argument('--processes', type=int, default=1,
+                   help='N > 1: the video shared by N processes (--threads each) beside 1 process with N x '
+                        '--threads threads, with the bytes gathered (tools/bench/split.py)')
     add_run_args(p)
     p.set_defaults(func=bench_recon)
 

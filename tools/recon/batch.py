@@ -21,10 +21,8 @@ did is gathered, so every process returns the batch's exit code and rank 0 print
 Errors before any work: UsageError (tools.recon.settings), tools.config.ConfigError,
 models.weights.MissingWeightsError, each one line.
 """
-import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,26 +30,20 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from models.autoencoders import AUTOENCODERS, autoencoder_from_config, autoencoder_record, weights_folder
+from models.autoencoders import AUTOENCODERS, autoencoder_from_config, weights_folder
+from models.parallel import WorkSplit
 from models.pipeline import CascadeV
-from models.weights import WeightsFormatError, check_weights, dtype_name, resolve_device, resolve_dtype
+from models.weights import WeightsFormatError, check_weights, resolve_device, resolve_dtype
 from tools.evaluation.evaluate import EvalError, evaluate
 from tools.evaluation.matching import EVAL_DIR
-from tools.files import write_text_atomic
-from tools.recon.folders import check_output_dir, clear_outputs, is_complete, remove_if_empty, settings_change
+from tools.recon.folders import check_output_dir, is_complete, remove_if_empty, settings_change
 from tools.recon.latents import LatentError, read_latent_meta
-from tools.recon.lock import FolderBusy, claim
-from tools.recon.memory import (Workload, bytes_in_use, default_budget, gb, machine_memory, plan_memory,
-                                release_freed_memory_to_os)
-from tools.recon.records import DONE, DoneRecord, RenderInfo
-from tools.recon.reconstruct import output_settings, reconstruct, source_plan
-from tools.recon.schedule import Outcomes, claim_videos, gather_outcomes, largest_first, up_to_date
+from tools.recon.memory import release_freed_memory_to_os
+from tools.recon.per_video import one_video, share_video
+from tools.recon.reconstruct import output_settings
+from tools.recon.schedule import Outcomes, claim_videos, gather_outcomes, largest_first
 from tools.recon.settings import LATENT_FIXED, UsageError
 from tools.video.read import VideoReadError, list_videos
-
-# errors whose message already says what failed (others are prefixed with their type)
-PLAIN_ERRORS = ('VideoReadError', 'ValueError', 'NonFiniteError', 'LatentError', 'PlanError')
-
 
 # ---- inputs ------------------------------------------------------------------------------------------------
 
@@ -208,83 +200,6 @@ def select(job, names):
     return todo
 
 
-# ---- one video -------------------------------------------------------------------------------------------
-
-def fit_memory(pipe, name, src, job):
-    """Chunk frames, DiT tiles per call, SVD decode chunk/tiles and encoder look-ahead for one video under
-    --max-memory (CUDA: the free device memory by default), printed (tools/recon/memory.py); the SVD tile size is
-    set on pipe.vae. -> tools.recon.memory.MemoryPlan. PlanError (one line) when nothing fits the budget, or
-    when even the smallest plan exceeds the machine's memory (tools.recon.machine.machine_memory), whatever the
-    budget. None for another autoencoder: its memory is not modelled (one line says so)."""
-    s, recon = job.settings, job.recon
-    if s.other_autoencoder:
-        print(f'{name}: no memory plan for --autoencoder {s.autoencoder} (it encodes and decodes the whole clip at '
-              f'once, with its own tiling); --max-memory does not apply', flush=True)
-        return None
-    if s.decoding:
-        frame_plan = read_latent_meta(src).plan
-    else:
-        frame_plan = source_plan(src, recon)[0]
-    n = frame_plan.num_frames
-    budget = s.max_memory if s.max_memory is not None else default_budget(pipe.device)
-    w = Workload.from_plan(frame_plan, recon.interp * (n - 1) + 1, job.cfg, refine=not recon.preview_only,
-                           metrics=not s.no_metrics, original=not s.decoding, device=pipe.device.type,
-                           dtype=dtype_name(pipe.dtype))
-    memory_plan = plan_memory(w, budget, base=bytes_in_use(pipe.device), chunk_frames=s.chunk_frames,
-                              limit=machine_memory(pipe.device))
-    if pipe.vae is not None:
-        pipe.vae.tile_size = memory_plan.settings.vae_tile
-    print(f'{name}: {memory_plan.line()} ({f"budget {gb(budget)}" if budget else "no --max-memory"})', flush=True)
-    return memory_plan
-
-
-def process(pipe, name, job, progress=False):
-    """All outputs of one video (or one saved latent) in OUTPUT/name; done.json last. -> DoneRecord."""
-    t0 = time.time()
-    src, out_dir, decoding = job.items[name], job.output / name, job.settings.decoding
-    memory_plan = fit_memory(pipe, name, src, job)
-    mem = memory_plan.settings if memory_plan is not None else None
-    clear_outputs(out_dir, keep=src if decoding else None)      # nothing of another run is taken for ours
-    source = dict(latent_file=src) if decoding else dict(video=src)
-    record = job.expected(name)
-    plan_kw = (dict(chunk_frames=mem.chunk_frames, vae_chunk=mem.vae_chunk, tile_batch=mem.dit_tile_batch,
-                    lookahead=mem.lookahead) if mem else dict(chunk_frames=job.settings.chunk_frames))
-    info = reconstruct(pipe, out_dir, name=name, settings=job.recon, **plan_kw,
-                       metrics=not job.settings.no_metrics, progress=progress, warn=tqdm.write,
-                       meta_extra={'config': record['config'], 'output_fps': job.settings.fps}, **source)
-    meta, timings, latent = info.pop('meta'), info.pop('timings'), info.pop('latent')
-    if decoding and meta.get('config') != record['config']:
-        tqdm.write(f"warning: {src}: encoded with {meta.get('config')}, decoded with {record['config']}")
-    done = DoneRecord(name=name, source=meta['source'], render=RenderInfo.from_dict(info), latent=latent,
-                      upscale=job.recon.upscale, interp=job.recon.interp, plan=meta['plan'], config=record['config'],
-                      device=str(pipe.device), dtype=record['dtype'], settings=record,
-                      memory_plan=memory_plan and memory_plan.to_dict(), stage_seconds=timings,
-                      seconds=round(time.time() - t0, 2),
-                      autoencoder=(autoencoder_record(pipe, job.recon.autoencoder_weights)
-                                   if job.settings.other_autoencoder else None))
-    write_text_atomic(out_dir / DONE, json.dumps(done.to_dict(), indent=1) + '\n')
-    return done
-
-
-def summary_line(done):
-    """One line for a DoneRecord: frames, size, fps, the in-loop scores and the seconds."""
-    r = done.render
-    parts = [f"{done.name}: {r.frames} frames {r.height}x{r.width} @ {r.fps:.4g} fps"]
-    for k, m in r.metrics.items():
-        ssim = f" SSIM {m['ssim']:.4f}" if m['ssim'] is not None else ''
-        parts.append(f"{k} PSNR {m['psnr']:.2f} dB{ssim}")
-    parts.append(f"{done.seconds:.1f} s")
-    return ' | '.join(parts)
-
-
-def failure_line(src, e):
-    """'PATH: reason' in one line (VideoReadError messages already start with the path)."""
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
-    if type(e).__name__ not in PLAIN_ERRORS:
-        reason = f'{type(e).__name__}: {reason}' if reason else type(e).__name__
-    return reason if reason.startswith(str(src)) else f'{src}: {reason}'
-
-
 # ---- the batch, the result ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -303,43 +218,46 @@ class BatchResult:
     busy: tuple = ()
 
 
-def one_video(pipe, name, job, progress=False):
-    """One video, its folder claimed for this process (tools/recon/lock.py) -> (outcome, line): 'done' and
-    its summary line, 'skipped' (another process completed it meanwhile), 'busy' (another process is writing
-    it) or 'failed' and 'PATH: reason'. A folder whose earlier holder was killed is taken over and redone, with
-    one line naming that holder. A folder left empty is removed; Ctrl-C propagates."""
-    folder = job.output / name
-    try:
-        with claim(folder) as lock:
-            if up_to_date(job, name):
-                return 'skipped', f'{name}: completed by another process in {folder} meanwhile, skipped'
-            if lock.previous is not None:
-                tqdm.write(f'{name}: taking over {folder} from {lock.previous}, which ended without finishing '
-                           f'it; redoing it from scratch')
-            return 'done', summary_line(process(pipe, name, job, progress))
-    except FolderBusy as e:
-        return 'busy', f'{name}: {e}; skipped — rerun to resume it'
-    except Exception as e:                # a bad file, or one no plan fits --max-memory, must not stop the batch
-        return 'failed', failure_line(job.items[name], e)
-    finally:
-        remove_if_empty(folder)               # after the claim is released (its lock file removed)
+def shares_videos(job, names):
+    """Whether the processes of this launch share each video (share_video) instead of claiming whole ones:
+    under a launcher with fewer videos to do than processes, or --split-video; CascadeV only (another
+    autoencoder runs whole clips)."""
+    s = job.settings
+    return job.world > 1 and not s.other_autoencoder and (s.split_video or len(names) < job.world)
 
 
 def run_videos(job, names, out):
-    """Build the pipeline once and reconstruct `names` (largest first), each through one_video with its folder
-    claimed, by tools.recon.schedule.claim_videos; outcomes go into `out` (an Outcomes). -> interrupted
-    (Ctrl-C)."""
+    """Build the pipeline once and reconstruct `names` (largest first): each video shared by the processes of
+    the launch (shares_videos), or each through one_video with its folder claimed, by
+    tools.recon.schedule.claim_videos; outcomes go into `out` (an Outcomes). -> interrupted (Ctrl-C)."""
     progress = job.rank == 0 and sys.stderr.isatty()
     try:
         with torch.no_grad():
             pipe = build_pipe(job)
             if pipe.device.type == 'cpu':
                 release_freed_memory_to_os()      # the RSS follows the live buffers, flat in clip length
-            claim_videos(job, names, lambda name: one_video(pipe, name, job, progress), out)
+            if shares_videos(job, names):
+                pipe.split = WorkSplit.from_process_group(pipe.device)
+                if job.rank == 0:
+                    print(f'{len(names)} video(s) for {job.world} processes: each one shared by all of them')
+                share_all(job, names, lambda name: share_video(pipe, name, job, progress), out)
+            else:
+                claim_videos(job, names, lambda name: one_video(pipe, name, job, progress), out)
     except KeyboardInterrupt:
         remove_if_empty(job.output)
         return True
     return False
+
+
+def share_all(job, names, attempt, out):
+    """Every video of `names` in order through attempt (share_video) on every process; its line printed by the
+    process that has one (the main one, or the one that failed)."""
+    bar = tqdm(names, desc='videos', unit='video', disable=job.rank != 0 or None)
+    for name in bar:
+        result = attempt(name)
+        if result is not None:
+            out.add(name, *result)
+            bar.write(f'failed: {result[1]}' if result[0] == 'failed' else result[1])
 
 
 def run_eval(videos, output, device='auto', vmaf=False):

@@ -29,7 +29,7 @@ import torch
 from models.weights import dtype_name
 from tools.recon.latents import load_latent, safe_name, save_latent
 from tools.recon.records import LatentMeta
-from tools.recon.render import is_autoencoder, no_timer, read_chunk, render
+from tools.recon.render import follow, is_autoencoder, no_timer, read_chunk, render
 from tools.video.convert import notes as source_notes
 from tools.video.frames import map_frames
 from tools.video.frames import plan as make_plan
@@ -212,6 +212,20 @@ def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings
     info['meta'] = meta.to_dict()
     info['timings'] = {k: round(v, 4) for k, v in timings.items()}
     return info
+
+
+def reconstruct_share(pipe, video=None, latent_file=None, name=None, settings=None, chunk_frames=16,
+                      vae_chunk=None, tile_batch=None, **_):
+    """The share of a process other than the main one in reconstruct() of one video split across the processes
+    of a launch (pipe.split; models/parallel.py): it reads the clip (or loads the latent) and makes the same
+    stage calls with the same plan, every result gathered by all; the main process writes every file. Takes
+    reconstruct()'s arguments and ignores those about files and printing. -> None."""
+    settings = settings or ReconSettings()
+    if latent_file is not None:
+        latent, meta = load_latent(latent_file)
+    else:
+        latent, meta = encode_video(pipe, video, settings, name, chunk_frames, warn=lambda line: None)
+    follow(pipe, latent, meta, settings, chunk_frames=chunk_frames, vae_chunk=vae_chunk, tile_batch=tile_batch)
 
 
 def _perf_timer(into, device):

@@ -128,7 +128,9 @@ class DoneRecord:
     settings (everything that shapes the files: a rerun compares it), memory_plan
     (tools.recon.memory.MemoryPlan.to_dict), stage_seconds ({stage: s}), seconds (the video's wall time);
     autoencoder: only for another autoencoder than CascadeV (recon.py --autoencoder): {'name', 'class' (the
-    diffusers class), 'weights' (its folder), 'compression' ('T×H×W, C ch'), 'notes'}.
+    diffusers class), 'weights' (its folder), 'compression' ('T×H×W, C ch'), 'notes'}; processes: how many
+    processes of a launch shared the video's work (models/parallel.py; 1: one process did it all) and, when more
+    than one, gathered_bytes: the bytes the writing process received from the others.
     """
     name: str = None
     source: str = None
@@ -145,12 +147,15 @@ class DoneRecord:
     stage_seconds: dict = None
     seconds: float = None
     autoencoder: dict = None
+    processes: int = 1
+    gathered_bytes: int = None
 
     def to_dict(self):
         d = {'format': DONE_FORMAT, 'name': self.name, 'source': self.source, **self.render.to_dict()}
         d.update((f.name, getattr(self, f.name)) for f in fields(self)[3:])
-        if self.autoencoder is None:
-            del d['autoencoder']
+        for key in ('autoencoder', 'gathered_bytes'):
+            if d[key] is None:
+                del d[key]
         return d
 
     @classmethod
@@ -161,7 +166,8 @@ class DoneRecord:
             raise ValueError(f'done.json holds {type(d).__name__}, not an object')
         if d.get('format', DONE_FORMAT) != DONE_FORMAT:
             raise ValueError(f"done.json format {d.get('format')!r}; this recon.py reads {DONE_FORMAT} and older")
-        return cls(render=RenderInfo.from_dict(d), **{f.name: d.get(f.name) for f in fields(cls) if f.name != 'render'})
+        values = {f.name: d.get(f.name) for f in fields(cls) if f.name != 'render'}
+        return cls(render=RenderInfo.from_dict(d), **{**values, 'processes': d.get('processes', 1)})
 
 
 def read_done(folder):

@@ -287,6 +287,15 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
     return _info(plan.output, T, fps, times, meta, settings, files, digests, scores.means(), sampled)
 
 
+def follow(pipe, latent, meta, settings, chunk_frames=16, vae_chunk=None, tile_batch=None):
+    """This process's share of render() on a video split across the processes of a launch (pipe.split, not
+    the main one): the same stage calls in the same order (preview, refine, the SVD decode stream, span by
+    span), so every exchange meets the main process's; no files, no source, no scores."""
+    lat, T, decoded, _ = _outputs(pipe, latent, meta, settings, tile_batch, vae_chunk, False, no_timer)
+    for a in range(0, T, chunk_frames):
+        _model_frames(pipe, lat, decoded, a, min(a + chunk_frames, T), no_timer)
+
+
 def _info(size, T, fps, times, meta, settings, files, digests, metrics, sampled):
     sampler = {} if not sampled else dict(
         scheduler=settings.scheduler, steps=settings.steps, seed=settings.seed,

@@ -45,7 +45,8 @@ class RunSettings:
     Sampling: preview_only, scheduler/steps/seed (None: the config's sampling.*). Run: device and dtype (None:
     the config's), compile, chunk_frames, max_memory (bytes after checking; a text such as '24GB' is parsed,
     None: no budget on CPU, the free memory on CUDA), claim_wait (seconds >= 0 a process waits after its pass
-    for the videos other processes hold: tools/recon/schedule.py), overwrite, no_metrics, eval, vmaf (needs eval),
+    for the videos other processes hold: tools/recon/schedule.py), split_video (under a launcher, every video
+    shared by all its processes, as when fewer videos than processes remain: tools/recon/per_video.py), overwrite, no_metrics, eval, vmaf (needs eval),
     dit_checkpoint (weights.dit), cfg_options ({key: value} config overrides).
     """
     output: str
@@ -75,6 +76,7 @@ class RunSettings:
     chunk_frames: int = 16
     max_memory: int = None
     claim_wait: float = 0.0
+    split_video: bool = False
     overwrite: bool = False
     no_metrics: bool = False
     eval: bool = False
