@@ -1,4 +1,4 @@
-"""Reconstruct videos with CascadeV: read -> encode -> preview -> refine (DiT) -> SVD decode, one process.
+"""Reconstruct videos with CascadeV: read -> encode -> preview -> refine (DiT) -> SVD decode.
 
     python recon.py --config configs/s1024.effn-f32.py --input VIDEOS --output OUT [options]
     python recon.py --config configs/s1024.effn-f32.py --decode-from OUT/NAME/latent.safetensors --output OUT2
@@ -11,13 +11,10 @@ tools/eval.py reuses, and the settings that shape the outputs. This file parses 
 tools.recon.settings.RunSettings and runs tools.recon.batch.run (resume, failures, --eval; the per-video loop
 is tools/recon/reconstruct.py).
 
-Several processes (a launcher, or runs started on their own with the same --output) share a batch: each walks
-the videos largest first (frames x model pixels) and takes every one whose OUT/NAME/ no other process holds,
-so none is done twice and the work balances. --claim-wait S: after its pass a process waits up to S seconds
-for the videos others hold, counting those they complete and taking over those whose process died. Under a
-launcher with fewer videos left than processes (or --split-video), each video is shared by all of them: the
-DiT's tile x window forwards, the SVD decode chunks and the frame chunks are split and gathered, and the
-main process writes the files (the same files as one process).
+Several processes (a launcher, or runs on one --output) claim videos largest first, none done twice;
+--claim-wait S waits for the others' videos, taking over those whose process died. Under a launcher with fewer
+videos than processes (or --split-video) each video is shared by all: its DiT forwards, SVD decode and frame
+chunks are split and gathered, and the main process writes the files (tools/recon/per_video.py).
 
 Reruns: every file goes through a temp name and a rename; done.json is written last, so a video with a
 done.json is complete. A rerun skips it if its done.json 'settings' equal this run's, and otherwise redoes it,

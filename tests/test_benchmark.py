@@ -453,3 +453,21 @@ def test_seams_json_on_a_real_clip(tmp_path, shared_videos):
     short = benchmark.main(['seams', '--config', TINY, '--inputs', clip, '--frames', '4', '--size', '96',
                             '--device', 'cpu'])['vae_temporal']
     assert short['boundary_err_no_overlap'] is None and short['interior_err_no_overlap'] == 0.0   # one chunk = whole
+
+
+def test_recon_processes_side_by_side(tmp_path):
+    """--processes 2: one process of 2 threads, then 2 of 1 on the same synthetic clip; the main process of the
+    split gathers rank 1's share exactly: 8 frames at 64² give 3 DiT windows of one 8x8 tile (rank 1: the
+    second, 4 channels x 4 frames x 8 x 8 fp32 per step) and 3 SVD chunks of 4 frames overlapping by 2 (rank 1:
+    the second, 4 frames x 3 x 64 x 64 fp32); the projection is for the released model."""
+    r = benchmark.main(['recon', '--config', TINY, '--random-init', '--processes', '2', '--threads', '1',
+                        '--frames', '8', '--size', '64', '--steps', '1', '--warmup', '0', '--device', 'cpu',
+                        '--no-metrics', '--json', str(tmp_path / 'p.json')])
+    assert r['processes'] == 2 and r['reference']['env']['threads'] == 2 and r['split']['env']['threads'] == 1
+    assert 'split' not in r['reference']
+    dit, svd = 4 * 4 * 8 * 8 * 4, 4 * 3 * 64 * 64 * 4
+    assert r['split']['split'] == {'processes': 2, 'dit_gathered_bytes_per_step': dit,
+                                   'gathered_bytes_per_video': dit + svd}
+    assert r['end_to_end_ratio'] > 0 and json.loads((tmp_path / 'p.json').read_text())['processes'] == 2
+    one_minute = r['projection'][-1]
+    assert (one_minute['frames'], one_minute['calls_per_step']) == (1800, 449)

@@ -274,14 +274,14 @@ def test_recon_bad_budget_is_a_usage_error(repo_root, shared_videos, tmp_path, m
 
 def test_recon_prints_the_plan_and_applies_it(repo_root, shared_videos, tmp_path, monkeypatch):
     """A generous budget keeps the defaults; the plan line names them (4 frames of 64x78 -> 2 DiT tiles)."""
-    import tools.recon.batch
+    import tools.recon.per_video
     seen = {}
-    reconstruct = tools.recon.batch.reconstruct
+    reconstruct = tools.recon.per_video.reconstruct
 
     def spy(pipe, out_dir, **kw):
         seen.update({k: kw[k] for k in ('chunk_frames', 'vae_chunk', 'tile_batch', 'lookahead')})
         return reconstruct(pipe, out_dir, **kw)
-    monkeypatch.setattr(tools.recon.batch, 'reconstruct', spy)
+    monkeypatch.setattr(tools.recon.per_video, 'reconstruct', spy)
     code, out, err = recon_run(tiny_argv(repo_root, shared_videos / 'carphone_pristine.mp4', tmp_path / 'o',
                                          '--max-memory', '64GB'), monkeypatch)
     assert code == 0, err

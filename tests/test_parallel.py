@@ -43,21 +43,21 @@ def stage_runs(tmp_path_factory, shared_videos):
     clip = shared_videos / 'carphone_pristine.mp4'
     one, two = tmp_path_factory.mktemp('one'), tmp_path_factory.mktemp('two')
     launch(1, 'stages', one, clip)
-    launch(2, 'stages', two, clip)
+    launch(2, 'all', two, clip)
     return (load_file(one / 'stages.safetensors'), load_file(two / 'stages.safetensors'),
-            json.loads((one / 'counters.json').read_text()), json.loads((two / 'counters.json').read_text()))
+            json.loads((one / 'counters.json').read_text()), json.loads((two / 'counters.json').read_text()), two)
 
 
 @pytest.mark.parametrize('key', ['latent', 'preview', 'z', 'decoded', 'blended'])
 def test_two_processes_equal_one_bit_for_bit(stage_runs, key):
-    one, two, _, _ = stage_runs
+    one, two, _, _, _ = stage_runs
     assert one[key].shape == two[key].shape
     assert torch.equal(one[key], two[key]), float((one[key] - two[key]).abs().max())
 
 
 def test_bytes_gathered_count_the_other_process_share(stage_runs):
     """Rank 0 receives rank 1's items, every second one of each stage (fp32, 12 frames at 128x160)."""
-    _, _, alone, split = stage_runs
+    _, _, alone, split, _ = stage_runs
     assert alone == {'bytes_gathered': 0, 'exchanges': 0}
     f32 = 4
     compressor = 4 * 16 * 4 * 5 * f32                   # chunks of 8 frames: the second has 4
@@ -72,8 +72,8 @@ def test_bytes_gathered_count_the_other_process_share(stage_runs):
     assert split['bytes_gathered'] == compressor + previewer + dit + svd
 
 
-def test_failures_reach_every_process(tmp_path):
-    launch(2, 'failures', tmp_path)
+def test_failures_reach_every_process(stage_runs):
+    tmp_path = stage_runs[-1]
     r0, r1 = (json.loads((tmp_path / f'rank{r}.json').read_text()) for r in (0, 1))
     assert r1['first'] == 'ValueError: item 3 cannot be computed'
     assert r0['first'].startswith('SplitAborted: process 1 of 2 failed')

@@ -65,8 +65,9 @@ def parse_args(argv=None):
                         f'is n/a with one line)')
     p.add_argument('--protocol', choices=sorted(PROTOCOLS), default=None,
                    help='a named preset of the frame flags (explicit flags still win): cascadev-inter4k = '
-                        '--size 1024 --square, 30 fps clips, all frames (the README says what is known); the '
-                        'summary then also lists the release\'s published numbers, marked as published')
+                        '--preprocess cascadev --size 1024 --square, 30 fps clips, all frames; the summary then '
+                        'also lists the release\'s published numbers, marked as published (with a note when '
+                        'the pairs were not compared at 1024x1024)')
     p.add_argument('--device', default='auto', help='auto | cpu | cuda[:i]')
     p.add_argument('--report', default=None, metavar='DIR', help='also write an HTML report to DIR')
     p.add_argument('--copy-videos', action='store_true', help='with --report: copy the clips next to the page')

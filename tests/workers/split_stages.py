@@ -3,9 +3,10 @@ processes of a launch (WORLD_SIZE/RANK/MASTER_ADDR/MASTER_PORT set by the test; 
 
     python tests/workers/split_stages.py MODE OUT_DIR CLIP
 MODE 'stages': encode, preview, refine (2 steps, 4 tiles per DiT call), SVD decode (the config's chunks
-overlapping by 2, in chunks of 3 and 4 frames) of 12 frames at 128x160; rank 0 writes OUT_DIR/stages.safetensors and OUT_DIR/counters.json.
-MODE 'failures': the failure protocol (an item raising on rank 1, abort() outside map); each rank writes
-OUT_DIR/rank{R}.json with what it saw.
+overlapping by 2, in chunks of 3 and 4 frames) of 12 frames at 128x160; rank 0 writes OUT_DIR/stages.safetensors
+and OUT_DIR/counters.json.
+MODE 'all': then the failure protocol (an item raising on rank 1, abort() outside map, a broadcast); each rank
+writes OUT_DIR/rank{R}.json with what it saw.
 """
 import json
 import os
@@ -75,9 +76,8 @@ def main():
     if int(os.environ.get('WORLD_SIZE', '1')) > 1:
         dist.init_process_group('gloo')
     split = WorkSplit.from_process_group()
-    if mode == 'stages':
-        stages(split, out, sys.argv[3])
-    else:
+    stages(split, out, sys.argv[3])
+    if mode == 'all':
         failures(split, out)
     if dist.is_initialized():
         dist.destroy_process_group()

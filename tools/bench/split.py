@@ -10,6 +10,7 @@ the same `benchmark.py recon` run, and prints both records' per-step and end-to-
 process gathered per DiT step and per video, and the split's time against the reference.
 """
 import json
+import math
 import os
 import socket
 import subprocess
@@ -21,7 +22,10 @@ import torch
 import torch.distributed as dist
 
 from models.parallel import WorkSplit
+from models.tiling import frame_window_starts, tile_starts
+from tools.bench.flops import recon_flops
 from tools.bench.measure import print_table, write_json
+from tools.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 OWN_FLAGS = ('--processes', '--threads', '--json')          # set per child by bench_processes
@@ -88,7 +92,7 @@ def _run(argv, world, timeout=None):
 def bench_processes(args):
     """The reference (1 process × N·t threads), then the split (N processes × t threads); -> the comparison."""
     n, t = args.processes, args.threads or 1
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:             # each run's record, read back below
         print(f'== reference: 1 process x {n * t} threads')
         _run(_child_argv(args.argv, n * t, Path(tmp) / 'alone.json'), 1)
         print(f'== split: {n} processes x {t} thread{"s" if t > 1 else ""}')
@@ -113,7 +117,69 @@ def compare(alone, split, n, t):
     print_table(rows, list(rows[0]))
     ratio = split['end_to_end_s'] / alone['end_to_end_s']
     step_ratio = split['dit']['mean_step_s'] / alone['dit']['mean_step_s']
-    print(f'split / reference: end to end {ratio:.3f}x, per DiT step {step_ratio:.3f}x '
-          f'({n} processes x {t} thread(s) against 1 x {n * t}, same video, measured in this run)')
+    print(f'time of the split / time of the reference: end to end {ratio:.3f}, per DiT step {step_ratio:.3f} '
+          f'(below 1: the split is faster; {n} processes x {t} thread(s) against 1 x {n * t}, same video, this '
+          f'run; --warmup and --repeats steady them)')
+    projected = print_projection()
     return dict(benchmark='recon-processes', processes=n, threads_per_process=t, reference=alone, split=split,
-                rows=rows, end_to_end_ratio=ratio, step_ratio=step_ratio)
+                rows=rows, end_to_end_ratio=ratio, step_ratio=step_ratio, projection=projected)
+
+
+RELEASED_CONFIG = REPO / 'configs' / 's1024.effn-f32.py'
+PROJECTED = ((8, 1024, 1024), (120, 1080, 1920), (1800, 1080, 1920))   # the paper's clip, 4 s and 1 min of 1080p30
+
+
+def print_projection(devices=8, steps=8):
+    """The projection table for the released config (projection(); assumptions printed with it) -> its rows."""
+    cfg = load_config(str(RELEASED_CONFIG))
+    rows = [projection(cfg, f, h, w, steps, devices) for f, h, w in PROJECTED]
+    links = list(LINKS_GBS)
+    bandwidths = ', '.join(f'{k} {v:g} GB/s' for k, v in LINKS_GBS.items())
+    print(f'PROJECTION (not measured): the released model, {steps} steps, {devices} devices at '
+          f'{ACHIEVED_TFLOPS:g} TFLOP/s each, all-gather at {bandwidths}')
+    print_table([{'clip': f"{r['frames']}x{r['height']}x{r['width']}", 'DiT calls/step': r['calls_per_step'],
+                  'step_s 1 device': r['step_s_one'], f'step_s {devices} devices': r['step_s'],
+                  'eps GB/step': r['eps_gb_per_step'], 'frames GB/video': r['frames_gb_per_video'],
+                  **{f'gather s/video {k}': r[f'gather_s_per_video {k}'] for k in links}} for r in rows],
+                ['clip', 'DiT calls/step', 'step_s 1 device', f'step_s {devices} devices', 'eps GB/step',
+                 'frames GB/video', *[f'gather s/video {k}' for k in links]])
+    return rows
+
+
+# ---- projection to more devices (not a measurement) -----------------------------------------------------
+LINKS_GBS = {'NVLink': 300.0, 'PCIe 4.0 x16': 25.0}   # all-gather bus bandwidth assumed per device, GB/s
+ACHIEVED_TFLOPS = 400.0                                # bf16 DiT throughput assumed per device (40% of an H100's 989)
+
+
+def dit_units(model_cfg, frames, h, w, tile_batch=None):
+    """The DiT calls of one sampler step on a (frames, h, w) SVD latent -> [(frames in the call, tiles)]: what
+    models/dit.py forward_windowed hands to the split, one item each."""
+    S, L = int(model_cfg.input_size), int(model_cfg.lats_per_vid)
+    tiles = len(tile_starts(h, S)) * len(tile_starts(w, S))
+    per = tile_batch or tiles
+    return [(min(s + L, frames) - s, min(per, tiles - i)) for s in frame_window_starts(frames, L)
+            for i in range(0, tiles, per)]
+
+
+def projection(cfg, frames, height, width, steps, devices, vae_bytes=2):
+    """What sharing one video among `devices` would cost, from the FLOP count (tools/bench/flops.py) and the
+    bytes the split gathers (ε tiles fp32, decoded frames in the VAE's dtype): -> dict with the DiT work per
+    device per step (s, at ACHIEVED_TFLOPS, in rounds of `devices` calls), the ε bytes each device receives
+    per step and the SVD frames per video, and their gather time at each of LINKS_GBS."""
+    flops = recon_flops(cfg, frames, height, width, steps)
+    T, h, w = flops['latent']
+    S = int(cfg.model.input_size)
+    units = dit_units(cfg.model, T, h, w)
+    unit_bytes = [4 * t * k * min(S, h) * min(S, w) * 4 for t, k in units]
+    per_call = flops['per_step']['total'] / len(units)
+    rounds = math.ceil(len(units) / devices)
+    eps_bytes = sum(unit_bytes) * (devices - 1) / devices
+    frame_bytes = frames * 3 * height * width * vae_bytes * (devices - 1) / devices
+    out = dict(frames=frames, height=height, width=width, devices=devices, calls_per_step=len(units),
+               step_s_one=flops['per_step']['total'] / ACHIEVED_TFLOPS / 1e12,
+               step_s=rounds * per_call / ACHIEVED_TFLOPS / 1e12, eps_gb_per_step=eps_bytes / 1e9,
+               frames_gb_per_video=frame_bytes / 1e9)
+    for link, gbs in LINKS_GBS.items():
+        out[f'gather_s_per_step {link}'] = eps_bytes / 1e9 / gbs
+        out[f'gather_s_per_video {link}'] = (steps * eps_bytes + frame_bytes) / 1e9 / gbs
+    return out

@@ -2,7 +2,7 @@
 dropped, n/a, VMAF and rFVD status) and the rows beside the methods' (the references' own VBench flicker, the
 --protocol's published rows); it also fills in each method's compression and rFVD."""
 from tools.evaluation import fvd
-from tools.evaluation.published import published_rows
+from tools.evaluation.published import comparability_note, published_rows
 from tools.evaluation.tables import reference_summary
 
 
@@ -18,7 +18,7 @@ def describe_setup(ref, refs, videos, size, square, num_frames, stride, protocol
     if stride > 1:
         flags.append(f'--frame-stride {stride}')
     return f"References: {source} ({len(refs)} videos); compared at {sizes}" + (
-        f" ({' '.join(flags)})." if flags else '.')
+        f" (frame flags for reconstructions without a done.json: {' '.join(flags)})." if flags else '.')
 
 
 def fvd_protocol():
@@ -78,4 +78,7 @@ def describe(ref, matched, scores, settings, scorers, summary):
     extra = {'protocol': s.protocol, 'lpips': scorers.lpips_note,
              'vmaf': {k: v for k, v in vmaf.items() if k != 'ffmpeg'} if vmaf else None, 'fvd': fvd_info,
              'reference': reference_summary(scores.reference), 'published': published_rows(s.protocol)}
+    note = comparability_note(extra['published'], scores.videos)
+    if note:
+        notes.append(note)
     return setup, notes, extra

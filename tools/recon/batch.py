@@ -219,16 +219,21 @@ class BatchResult:
 
 
 def shares_videos(job, names):
-    """Whether the processes of this launch share each video (share_video) instead of claiming whole ones:
-    under a launcher with fewer videos to do than processes, or --split-video; CascadeV only (another
-    autoencoder runs whole clips)."""
+    """Whether the processes of this launch share each video (share_video) instead of claiming whole ones,
+    and the videos -> (share, names). Sharing: under a launcher with fewer videos to do than processes, or
+    --split-video; CascadeV only (another autoencoder runs whole clips). Rank 0 decides, and when sharing its
+    list is every process's. Every process calls it."""
+    if job.world == 1:
+        return False, names
     s = job.settings
-    return job.world > 1 and not s.other_autoencoder and (s.split_video or len(names) < job.world)
+    share = not s.other_autoencoder and (s.split_video or len(names) < job.world)
+    share, listed = WorkSplit.from_process_group(job.device).broadcast((share, names))
+    return share, listed if share else names
 
 
-def run_videos(job, names, out):
+def run_videos(job, names, out, share=False):
     """Build the pipeline once and reconstruct `names` (largest first): each video shared by the processes of
-    the launch (shares_videos), or each through one_video with its folder claimed, by
+    the launch (share: shares_videos), or each through one_video with its folder claimed, by
     tools.recon.schedule.claim_videos; outcomes go into `out` (an Outcomes). -> interrupted (Ctrl-C)."""
     progress = job.rank == 0 and sys.stderr.isatty()
     try:
@@ -236,7 +241,7 @@ def run_videos(job, names, out):
             pipe = build_pipe(job)
             if pipe.device.type == 'cpu':
                 release_freed_memory_to_os()      # the RSS follows the live buffers, flat in clip length
-            if shares_videos(job, names):
+            if share:
                 pipe.split = WorkSplit.from_process_group(pipe.device)
                 if job.rank == 0:
                     print(f'{len(names)} video(s) for {job.world} processes: each one shared by all of them')
@@ -251,13 +256,14 @@ def run_videos(job, names, out):
 
 def share_all(job, names, attempt, out):
     """Every video of `names` in order through attempt (share_video) on every process; its line printed by the
-    process that has one (the main one, or the one that failed)."""
+    main process (a failure of another process is in the gathered summary)."""
     bar = tqdm(names, desc='videos', unit='video', disable=job.rank != 0 or None)
     for name in bar:
         result = attempt(name)
         if result is not None:
             out.add(name, *result)
-            bar.write(f'failed: {result[1]}' if result[0] == 'failed' else result[1])
+            if job.rank == 0:                 # another process's failure is listed in the summary
+                bar.write(f'failed: {result[1]}' if result[0] == 'failed' else result[1])
 
 
 def run_eval(videos, output, device='auto', vmaf=False):
@@ -277,9 +283,9 @@ def run(settings):
     """Run the batch RunSettings describe -> BatchResult; prints what recon.py prints. UsageError /
     ConfigError / MissingWeightsError (one line) before any work."""
     job = prepare(settings)
-    todo = largest_first(job, select(job, sorted(job.items)))
+    share, todo = shares_videos(job, largest_first(job, select(job, sorted(job.items))))
     out = Outcomes()
-    interrupted = run_videos(job, todo, out) if todo else False
+    interrupted = run_videos(job, todo, out, share) if todo else False
     done, total = tuple(out.done), len(job.items)
     if interrupted:
         complete = total - len(todo) + len(done) + len(out.skipped)

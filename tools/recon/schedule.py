@@ -45,9 +45,11 @@ def video_work(job, name):
 
 
 def largest_first(job, names):
-    """`names` ordered by video_work, largest first, ties by name -> [name]."""
+    """`names` ordered by video_work, largest first, ties by name -> [name]. Under a launcher the videos that
+    cannot be read (work 0) are left to rank 0, so their failure is met and reported once."""
     work = {n: video_work(job, n) for n in names}
-    return sorted(names, key=lambda n: (-work[n], n))
+    mine = [n for n in names if work[n] > 0 or job.rank == 0]
+    return sorted(mine, key=lambda n: (-work[n], n))
 
 
 def up_to_date(job, name):
