@@ -50,14 +50,16 @@ def start(repo_root, argv):
 
 
 def wait_for(test, procs, what, limit=600):
-    """Poll test() until it returns something true; fail if every process ended first (or after `limit` s)."""
+    """Poll test() until it returns something true; fail if every process ended first (or after `limit` s).
+    procs: Popen objects, or objects holding one as .proc and their stderr lines as .err."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         value = test()
         if value:
             return value
-        if all(p.poll() is not None for p in procs):
-            pytest.fail(f'the processes ended before {what}: ' + ' | '.join(p.stderr.read() for p in procs))
+        if all(getattr(p, 'proc', p).poll() is not None for p in procs):
+            errors = (''.join(p.err) if hasattr(p, 'err') else p.stderr.read() for p in procs)
+            pytest.fail(f'the processes ended before {what}: ' + ' | '.join(errors))
         time.sleep(0.02)
     pytest.fail(f'no {what} within {limit} s')
 

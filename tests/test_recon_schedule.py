@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import recon
+from tests.test_recon_safety import lock_holder, wait_for
 from tools.recon.batch import prepare
 from tools.recon.folders import is_complete
 from tools.recon.lock import LOCK_NAME
@@ -92,27 +93,6 @@ class Recon:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.kill()
         self.finish()
-
-
-def wait_for(test, procs, what, limit=300):
-    """Poll test() until it returns something true; fail if every process ended first (or after `limit` s)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        value = test()
-        if value:
-            return value
-        if all(p.proc.poll() is not None for p in procs):
-            pytest.fail(f'the processes ended before {what}: ' + ' | '.join(''.join(p.err) for p in procs))
-        time.sleep(0.02)
-    pytest.fail(f'no {what} within {limit} s')
-
-
-def lock_holder(folder):
-    """The pid recorded in folder/.lock, or None."""
-    try:
-        return json.loads((folder / LOCK_NAME).read_text())['pid']
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def test_videos_are_ordered_by_frames_times_model_pixels(repo_root, clips, tmp_path):
