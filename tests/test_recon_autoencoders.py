@@ -96,3 +96,25 @@ def test_missing_and_wrong_weights_are_one_line(folders, tiny, carphone, tmp_pat
                         '--autoencoder-weights', folders['wan2.1']])
     assert code == 2 and 'AutoencoderKLWan' in err and 'AutoencoderKLLTXVideo' in err
     assert not (tmp_path / 'o').exists()
+
+
+def test_eval_lists_each_autoencoder_with_its_compression(folders, tiny, carphone, tmp_path):
+    """CascadeV and four other autoencoders reconstruct the same 6 frames; tools/eval.py names each method after
+    its autoencoder and gives its compression, in summary.json and in summary.md's table."""
+    from tools.evaluation.evaluate import evaluate
+    argv = [*tiny, '--input', carphone, '--num-frames', 6, '--no-metrics']
+    assert run([*argv, '--output', tmp_path / 'cascadev'])[0] == 0
+    others = ('wan2.1', 'cogvideox', 'ltx-video', 'sd')
+    for name in others:
+        code, _, err = run([*argv, '--output', tmp_path / name, '--autoencoder', name,
+                            '--autoencoder-weights', folders[name]])
+        assert code == 0, err
+    result = evaluate(str(carphone), [str(tmp_path / 'cascadev'), *(str(tmp_path / n) for n in others)],
+                      tmp_path / 'eval', lpips=False, device='cpu', progress=False, log=lambda line: None)
+    want = {'preview': '1×32×32, 16 ch', 'refined': '1×32×32, 16 ch', **{n: TINY[n][1] for n in others}}
+    doc = json.loads(result['files']['summary_json'].read_text())
+    assert {m: row['compression'] for m, row in doc['methods'].items()} == want
+    table = result['files']['summary'].read_text()
+    rows = [line for line in table.splitlines() if line.startswith('| ') and not line.startswith('| model')]
+    for method, compression in want.items():
+        assert any(r.startswith(f'| {method} | {compression} | ') for r in rows), (method, rows)
