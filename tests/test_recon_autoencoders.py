@@ -118,3 +118,16 @@ def test_eval_lists_each_autoencoder_with_its_compression(folders, tiny, carphon
     rows = [line for line in table.splitlines() if line.startswith('| ') and not line.startswith('| model')]
     for method, compression in want.items():
         assert any(r.startswith(f'| {method} | {compression} | ') for r in rows), (method, rows)
+
+
+def test_decode_from_another_autoencoders_latent_is_one_line(folders, tiny, carphone, tmp_path):
+    """Its latent records the autoencoder, so --decode-from says what it is instead of a shape mismatch."""
+    argv = [*tiny, '--input', carphone, '--num-frames', 5, '--output', tmp_path / 'o', '--no-metrics']
+    assert run([*argv, '--autoencoder', 'wan2.1', '--autoencoder-weights', folders['wan2.1']])[0] == 0
+    latent = tmp_path / 'o' / 'carphone_pristine' / 'latent.safetensors'
+    code, out, err = run([*tiny, '--decode-from', latent, '--output', tmp_path / 'd'])
+    assert code == 2 and out == '' and len(err.strip().splitlines()) == 1
+    assert err.strip() == (f"error: --decode-from {latent}: is a latent of --autoencoder wan2.1, not CascadeV's; "
+                           f"--decode-from decodes CascadeV latents only: run recon.py --autoencoder wan2.1 on the "
+                           f"source video again")
+    assert not (tmp_path / 'd').exists()

@@ -80,6 +80,10 @@ def read_latent_meta(path):
 
 
 def _check_shape(path, shape, meta):
+    if meta.autoencoder:
+        raise LatentError(f'{path}: is a latent of --autoencoder {meta.autoencoder}, not CascadeV\'s; --decode-from '
+                          f'decodes CascadeV latents only: run recon.py --autoencoder {meta.autoencoder} on the '
+                          f'source video again')
     h, w = meta.plan.model
     if len(shape) != 4 or shape[0] != 16 or tuple(shape[2:]) != (h // 32, w // 32):
         raise LatentError(f'{path}: latent of shape {tuple(shape)} does not match its metadata '

@@ -86,7 +86,8 @@ def process(pipe, name, job, progress=False, memory_plan=False):
     record = job.expected(name)
     info = reconstruct(pipe, out_dir, name=name, settings=job.recon, **plan_arguments(memory_plan, job),
                        metrics=not job.settings.no_metrics, progress=progress, warn=tqdm.write,
-                       meta_extra={'config': record['config'], 'output_fps': job.settings.fps},
+                       meta_extra={'config': record['config'], 'output_fps': job.settings.fps,
+                                   'autoencoder': job.settings.autoencoder if job.settings.other_autoencoder else None},
                        **source_of(job, name))
     meta, timings, latent = info.pop('meta'), info.pop('timings'), info.pop('latent')
     if decoding and meta.get('config') != record['config']:

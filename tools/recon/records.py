@@ -30,7 +30,8 @@ class LatentMeta:
     pixels); vfr: a variable frame rate source, whose frame `times` (seconds from the first frame used) are
     kept; config: the config's file name; output_fps: the encoding run's --fps (None: the source's times);
     source_notes: what reading did to the source's frames (tools.video.read.VideoInfo.notes: HDR tone-mapped,
-    deinterlaced, alpha dropped, a frame rate assumed; None: nothing).
+    deinterlaced, alpha dropped, a frame rate assumed; None: nothing); autoencoder: the name of the other video
+    autoencoder whose latent it is (recon.py --autoencoder; None: CascadeV's).
     """
     name: str
     plan: FramePlan
@@ -42,6 +43,7 @@ class LatentMeta:
     config: str = None
     output_fps: float = None
     source_notes: list = None
+    autoencoder: str = None
 
     @property
     def num_frames(self):
@@ -66,7 +68,7 @@ class LatentMeta:
                 'fps': self.fps, 'num_frames': self.num_frames, 'start': self.start,
                 'frame_stride': self.frame_stride, 'plan': self.plan.to_dict(), 'sar': self.sar, 'vfr': self.vfr,
                 'times': self.times, 'config': self.config, 'output_fps': self.output_fps,
-                'source_notes': self.source_notes}
+                'source_notes': self.source_notes, **({'autoencoder': self.autoencoder} if self.autoencoder else {})}
 
     @classmethod
     def from_dict(cls, d):
@@ -74,7 +76,8 @@ class LatentMeta:
         are not read. KeyError / ValueError / TypeError for a dict without a valid plan."""
         return cls(name=d['name'], plan=FramePlan.from_dict(d['plan']), source=d.get('source'),
                    source_fps=d.get('source_fps'), sar=d.get('sar'), vfr=d.get('vfr', False), times=d.get('times'),
-                   config=d.get('config'), output_fps=d.get('output_fps'), source_notes=d.get('source_notes'))
+                   config=d.get('config'), output_fps=d.get('output_fps'), source_notes=d.get('source_notes'),
+                   autoencoder=d.get('autoencoder'))
 
 
 @dataclass(frozen=True)
