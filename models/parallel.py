@@ -46,6 +46,7 @@ class WorkSplit:
         self.rank, self.world, self.group, self.device = rank, world, group, torch.device(device)
         self.bytes_gathered = 0
         self.exchanges = 0
+        self._told = False                   # this process's failure already reached the others (in map)
 
     @classmethod
     def from_process_group(cls, device='cpu', group=None):
@@ -87,6 +88,7 @@ class WorkSplit:
                     error = e
             headers = self._exchange(FAILED if error else ITEM if mine is not None else NONE, mine)
             if error is not None:
+                self._told = True
                 raise error
             self._raise_if_failed(headers)
             yield from self._gather(mine, headers)[:len(items) - start]
@@ -94,13 +96,17 @@ class WorkSplit:
     def finish(self):
         """End a piece of work: every process calls it once after its last map(); SplitAborted if another
         process failed (its abort() meets this call)."""
+        self._told = False
         if not self.single:
             self._raise_if_failed(self._exchange(DONE))
 
     def abort(self):
-        """This process failed outside map(): tell the others (their next exchange raises SplitAborted). Call it
-        once, instead of finish(), and not after a SplitAborted (the others already stopped there)."""
-        if not self.single:
+        """This process failed: tell the others (their next exchange raises SplitAborted), unless the failure was
+        an item of map(), which told them already. Call it once, instead of finish(), and not after a
+        SplitAborted (the others already stopped there)."""
+        if self._told:
+            self._told = False
+        elif not self.single:
             self._exchange(FAILED)
 
     def broadcast(self, obj):

@@ -56,6 +56,7 @@ def failures(split, out):
         seen['first'] = f'SplitAborted: {e}'
     except ValueError as e:
         seen['first'] = f'ValueError: {e}'
+        split.abort()                                  # as recon does after any failure: told already, no exchange
     seen['second'] = [x.tolist() for x in split.map(lambda i: torch.tensor([i * 10]), range(3))]
     try:                                               # rank 1 fails outside map; rank 0 is in its next map
         if split.rank == 1:
