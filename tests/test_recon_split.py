@@ -72,14 +72,17 @@ def test_one_done_json_records_the_processes_and_one_set_of_files(runs):
 
 def test_a_failing_video_stops_on_every_process_and_the_batch_goes_on(repo_root, torchrun, shared_videos,
                                                                       tmp_path):
-    """--split-video on 2 videos: a truncated file fails (once, on the summary), the good one is done by both."""
+    """--split-video on 2 videos: a truncated file fails (once, on the summary), the good one is done by both;
+    --eval still runs on rank 0 (the other rank exits 0, so torchrun does not stop rank 0 on its way)."""
     inputs, out = tmp_path / 'in', tmp_path / 'out'
     inputs.mkdir()
     cut(shared_videos / 'carphone_pristine.mp4', inputs / 'good.mp4', 6)
     (inputs / 'broken.mp4').write_bytes((inputs / 'good.mp4').read_bytes()[:2000])
     code, stdout, err = recon(repo_root, ['--input', inputs, '--output', out, '--split-video', '--size', 64,
-                                          '--steps', 1, '--device', 'cpu', '--no-metrics'], torchrun)
+                                          '--steps', 1, '--device', 'cpu', '--no-metrics', '--eval'], torchrun)
     assert code == 1, err
+    assert 'SIGTERM' not in err
+    assert list(json.loads((out / '.eval' / 'summary.json').read_text())['methods']) == ['preview', 'refined']
     assert err.count('1/2 failed:') == 1 and 'broken.mp4' in err
     assert is_complete(out / 'good') and not (out / 'broken').exists()
     assert json.loads((out / 'good' / 'done.json').read_text())['processes'] == 2

@@ -16,7 +16,9 @@ Resume: a complete video is skipped when its done.json `settings` equal this run
 naming the settings that differ (settings_change); --overwrite redoes it. A video redone has its old files
 removed first. Failures: a video that raises is reported as "PATH: reason" (failure_line), leaves no folder,
 and the batch goes on. Under a launcher (WORLD_SIZE > 1) the processes claim videos the same way; what each
-did is gathered, so every process returns the batch's exit code and rank 0 prints the summary once.
+did is gathered, and rank 0 prints the summary once and returns the batch's exit code; the other processes
+return 0, so a launcher that stops every process when one exits non-zero (torchrun) never stops rank 0 while
+it prints or runs --eval.
 
 Errors before any work: UsageError (tools.recon.settings), tools.config.ConfigError,
 models.weights.MissingWeightsError, each one line.
@@ -207,8 +209,9 @@ class BatchResult:
     """total: videos in the batch (all processes); mine: how many this process claimed and processed (done or
     failed); done: the names reconstructed by this process now; failures: 'PATH: reason' lines (of every
     process once gathered); busy: the lines of videos another process was still writing, done by no process
-    of this launch (not done: a rerun resumes them); interrupted: Ctrl-C stopped the batch; code: the exit code (0 all done, 1 some failed or were busy or
-    --eval found a problem, 130 Ctrl-C)."""
+    of this launch (not done: a rerun resumes them); interrupted: Ctrl-C stopped the batch; code: the exit code
+    (0 all done, 1 some failed or were busy or --eval found a problem, 130 Ctrl-C; under a launcher rank 0's,
+    0 on the other ranks)."""
     total: int
     mine: int
     done: tuple
@@ -305,4 +308,4 @@ def run(settings):
             print(f'{total}/{total} done in {job.output}')
         if settings.eval and not settings.decoding:
             code = max(code, run_eval(job.items.values(), job.output, settings.device or 'auto', settings.vmaf))
-    return BatchResult(total, out.mine, done, failures, False, code, busy)
+    return BatchResult(total, out.mine, done, failures, False, code if job.rank == 0 else 0, busy)
