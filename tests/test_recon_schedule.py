@@ -66,8 +66,8 @@ def run(argv):
 class Recon:
     """recon.py in a process of its own (one torch thread), its stdout and stderr collected line by line."""
 
-    def __init__(self, repo_root, argv, launcher=()):
-        env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+    def __init__(self, repo_root, argv, launcher=(), env=None):
+        env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', **(env or {})}
         self.proc = subprocess.Popen([*launcher, *([] if launcher else [sys.executable]), str(repo_root / 'recon.py'),
                                       *map(str, argv)], cwd=repo_root, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
@@ -214,3 +214,35 @@ def test_two_processes_under_torchrun_do_each_video_once(repo_root, tiny, clips,
     assert sorted(p.done()) == ['c12', 'c4', 'c8']
     assert stdout.count('3/3 done in') == 1 and 'not done' not in stdout + err
     assert all(is_complete(out / n) for n in ('c12', 'c8', 'c4'))
+
+
+def test_a_gloo_rank_killed_mid_video_has_its_video_finished_by_the_other(repo_root, tiny, clips, tmp_path):
+    """2 gloo processes of one launch (env rendezvous, no agent to stop the survivor) on 3 unequal videos with
+    --claim-wait 60: the one holding c12 (largest) is killed mid-video; the other does the rest, takes c12 over
+    (naming the dead pid), cannot gather the dead one's outcomes (one warning line), prints the summary itself,
+    exit 0. Every video is complete exactly once."""
+    from tests.test_parallel import free_port
+    inputs, out = tmp_path / 'in', tmp_path / 'out'
+    inputs.mkdir()
+    for n in ('c12', 'c8', 'c4'):
+        os.symlink(clips / f'{n}.mp4', inputs / f'{n}.mp4')
+    port = str(free_port())
+    argv = [*tiny, *FAST, '--input', inputs, '--output', out, '--claim-wait', 60]
+    procs = [Recon(repo_root, argv, env=dict(WORLD_SIZE='2', RANK=str(r), LOCAL_RANK=str(r), MASTER_PORT=port,
+                                             MASTER_ADDR='127.0.0.1')) for r in (0, 1)]
+    try:
+        pid = wait_for(lambda: lock_holder(out / 'c12'), procs, 'a claim of c12')
+        os.kill(pid, signal.SIGSTOP)
+        assert not (out / 'c12' / DONE).exists()                        # killed mid-video
+        os.kill(pid, signal.SIGKILL)
+        survivor = next(p for p in procs if p.pid != pid)
+        code, stdout, err = survivor.finish()
+    finally:
+        for p in procs:
+            p.stop()
+    assert code == 0, err
+    assert 'c12' in survivor.done()
+    assert f'c12: taking over {out}/c12 from pid {pid} on ' in stdout
+    assert err.count('warning: could not gather the outcomes of the other processes') == 1
+    assert stdout.count('3/3 done in') == 1
+    assert sorted(os.listdir(out)) == ['c12', 'c4', 'c8'] and all(is_complete(out / n) for n in os.listdir(out))

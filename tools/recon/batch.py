@@ -295,10 +295,11 @@ def run(settings):
         print(f'\ninterrupted: {complete}/{total} videos complete in {job.output}; rerun the same command to '
               f'resume (complete videos are skipped, the interrupted one is redone)', file=sys.stderr)
         return BatchResult(total, out.mine, done, tuple(out.failed.values()), True, 130, tuple(out.busy.values()))
-    failures, busy = gather_outcomes(out, job.world)        # every rank learns the batch's failures
+    failures, busy, gathered = gather_outcomes(out, job.world, lambda line: print(line, file=sys.stderr))
     code = 1 if failures or busy else 0
     remove_if_empty(job.output)                              # a batch that wrote nothing leaves no folder
-    if job.rank == 0:
+    speaks = job.rank == 0 or not gathered                   # alone when the others cannot be reached
+    if speaks:
         if failures:
             print(f'{len(failures)}/{total} failed:\n  ' + '\n  '.join(failures), file=sys.stderr)
         if busy:
@@ -308,4 +309,4 @@ def run(settings):
             print(f'{total}/{total} done in {job.output}')
         if settings.eval and not settings.decoding:
             code = max(code, run_eval(job.items.values(), job.output, settings.device or 'auto', settings.vmaf))
-    return BatchResult(total, out.mine, done, failures, False, code if job.rank == 0 else 0, busy)
+    return BatchResult(total, out.mine, done, failures, False, code if speaks else 0, busy)

@@ -5,7 +5,7 @@ or independent runs on one output folder, so share a batch by its work: no video
     names = largest_first(job, todo)                    # work = frames x model pixels, ties by name
     out = Outcomes()
     claim_videos(job, names, attempt, out)              # attempt(name) -> (outcome, line), e.g. batch.one_video
-    failures, busy = gather_outcomes(out, job.world)    # the whole launch's lines, on every process
+    failures, busy, gathered = gather_outcomes(out, job.world)   # the whole launch's lines, on every process
 
 `attempt` is the per-video path: it claims the video's folder itself and returns one of 'done', 'skipped'
 (another process completed it), 'busy' (another process holds it) or 'failed', with its line.
@@ -127,14 +127,22 @@ def wait_for_others(job, attempt, out, write=tqdm.write, poll=POLL_SECONDS):
                 report(job, outcome, line, write)
 
 
-def gather_outcomes(out, world):
+def gather_outcomes(out, world, warn=print):
     """The batch's failure lines and the lines of videos no process finished, on every process (accelerate's
-    gather_object under a launcher, rank order): merge_outcomes of every rank's Outcomes -> (failures, busy)."""
+    gather_object under a launcher, rank order): merge_outcomes of every rank's Outcomes -> (failures, busy,
+    gathered). gathered is False when another process of the launch cannot be reached (it died: its videos
+    were taken over or are reported by the folder's state): one warning line, and this process's own outcomes."""
     if world == 1:
-        return merge_outcomes([out])
-    every = gather_object([out])
-    PartialState().wait_for_everyone()
-    return merge_outcomes(every)
+        return (*merge_outcomes([out]), True)
+    try:
+        every = gather_object([out])
+        PartialState().wait_for_everyone()
+    except (RuntimeError, OSError) as e:         # gloo/NCCL: a peer's connection closed
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        warn(f'warning: could not gather the outcomes of the other processes of this launch ({reason}); this '
+             f'summary covers this process only')
+        return (*merge_outcomes([out]), False)
+    return (*merge_outcomes(every), True)
 
 
 def merge_outcomes(every):
