@@ -10,6 +10,7 @@ Tokens are ordered (frame, row, column). Shapes: B clips, T frames, h×w tokens 
 """
 import functools
 import inspect
+import itertools
 import math
 
 import torch
@@ -19,7 +20,7 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from models.attention import ATTN_BACKENDS, Attention, attention_windows
-from models.tiling import TILE_BLENDS, blend_tiles, frame_window_starts, merge_window, tile_starts
+from models.tiling import TILE_BLENDS, blend_tiles, merge_window, tile_starts, window_tile_calls
 
 LATENT_CHANNELS = 4          # noisy SVD-latent channels at the front of the input; eps has as many
 
@@ -347,15 +348,13 @@ class VideoDiT(nn.Module):
         Hp, Wp = H + pad_h, W + pad_w
         rows, cols = tuple(tile_starts(Hp, S)), tuple(tile_starts(Wp, S))
         boxes = [(r, c) for r in rows for c in cols]
-        per = tile_batch or len(boxes)
-        windows = [(s, min(s + L, n)) for s in frame_window_starts(n, L)]
-        units = [(s, e, i) for s, e in windows for i in range(0, len(boxes), per)]   # one DiT call each
-        forward = functools.partial(self._forward_unit, x, temb, c6, boxes, (min(S, Hp), min(S, Wp)), per)
-        eps = iter(split.map(forward, units) if split is not None else map(forward, units))
+        calls = window_tile_calls(n, len(boxes), L, tile_batch)
+        forward = functools.partial(self._forward_call, x, temb, c6, boxes, (min(S, Hp), min(S, Wp)))
+        eps = split.map(forward, calls) if split is not None else map(forward, calls)
         out = x.new_zeros(B, LATENT_CHANNELS, n, Hp, Wp)
         prev_end = 0
-        for s, e in windows:
-            parts = [next(eps) for _ in range(0, len(boxes), per)]
+        for (s, e), results in itertools.groupby(zip(calls, eps), key=lambda call_eps: call_eps[0][:2]):
+            parts = [y for _, y in results]                              # the window's calls, in tile order
             if len(boxes) > 1:
                 parts = rearrange(torch.cat(parts), '(n b) c t h w -> n b c t h w', b=B)   # (n, B, 4, T, th, tw)
                 y = blend_tiles(x.new_zeros(B, LATENT_CHANNELS, e - s, Hp, Wp), parts, rows, cols, tile_blend)
@@ -365,14 +364,14 @@ class VideoDiT(nn.Module):
             prev_end = e
         return out[..., :H, :W]
 
-    def _forward_unit(self, x, temb, c6, boxes, tile, per, unit):
-        """eps of one DiT call: frames [s, e) of x, tiles boxes[i:i + per] (rows outer, columns inner) stacked
-        tile-major -> (k·B, 4, e − s, th, tw); the whole window (B, 4, e − s, H, W) when there is one tile."""
-        s, e, i = unit
+    def _forward_call(self, x, temb, c6, boxes, tile, call):
+        """eps of one DiT call (s, e, i, k) (models.tiling.window_tile_calls): frames [s, e) of x, tiles
+        boxes[i:i + k] (rows outer, columns inner) stacked tile-major -> (k·B, 4, e − s, th, tw); the whole
+        window (B, 4, e − s, H, W) when there is one tile."""
+        s, e, i, k = call
         if len(boxes) == 1:
             return self.forward_conditioned(x[:, :, s:e], temb, c6)[:, :LATENT_CHANNELS]
         th, tw = tile
-        k = min(per, len(boxes) - i)
         tiles = torch.cat([x[:, :, s:e, r:r + th, c:c + tw] for r, c in boxes[i:i + k]])
         return self.forward_conditioned(tiles, temb.repeat(k, 1), c6.repeat(k, 1))[:, :LATENT_CHANNELS]
 

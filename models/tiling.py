@@ -45,6 +45,15 @@ def tile_starts(size, tile):
     return sliding_starts(size, tile, round(0.75 * tile))
 
 
+def window_tile_calls(frames, tiles, window, tile_batch=None):
+    """The DiT calls of a windowed forward over `frames` frames and `tiles` spatial tiles: the temporal windows
+    of `window` frames (frame_window_starts), each in chunks of `tile_batch` tiles (None: all at once), windows
+    outer -> [(start, end, first tile, tiles in the call)]."""
+    per = tile_batch or tiles
+    return [(s, min(s + window, frames), i, min(per, tiles - i)) for s in frame_window_starts(frames, window)
+            for i in range(0, tiles, per)]
+
+
 def chunk_spans(num_frames, chunk, overlap=0):
     """SVD temporal decoder chunks [(start, stop)] covering [0, num_frames).
 

@@ -18,14 +18,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
 from models.parallel import WorkSplit
-from models.tiling import frame_window_starts, tile_starts
+from models.tiling import tile_starts, window_tile_calls
 from tools.bench.flops import recon_flops
 from tools.bench.measure import print_table, write_json
 from tools.config import load_config
+from tools.recon.batch import distributed_state
 
 REPO = Path(__file__).resolve().parents[2]
 OWN_FLAGS = ('--processes', '--threads', '--json')          # set per child by bench_processes
@@ -37,15 +35,12 @@ def launched():
 
 
 def join_launch(device):
-    """Under a launch: the process group (NCCL on CUDA, one GPU per process by LOCAL_RANK; else gloo) and its
-    WorkSplit -> (device, split); alone -> (device, WorkSplit())."""
-    if not launched():
+    """Under a launch: the process group as recon.py joins it (tools.recon.batch.distributed_state: NCCL with
+    one GPU per process, else gloo) and its WorkSplit -> (device, split); alone -> (device, WorkSplit())."""
+    _, _, launch_device = distributed_state(device)
+    if launch_device is None:
         return device, WorkSplit()
-    if device.type == 'cuda':
-        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    device = launch_device if device.type == 'cuda' else device
     return device, WorkSplit.from_process_group(device)
 
 
@@ -151,16 +146,6 @@ LINKS_GBS = {'NVLink': 300.0, 'PCIe 4.0 x16': 25.0}   # all-gather bus bandwidth
 ACHIEVED_TFLOPS = 400.0                                # bf16 DiT throughput assumed per device (40% of an H100's 989)
 
 
-def dit_units(model_cfg, frames, h, w, tile_batch=None):
-    """The DiT calls of one sampler step on a (frames, h, w) SVD latent -> [(frames in the call, tiles)]: what
-    models/dit.py forward_windowed hands to the split, one item each."""
-    S, L = int(model_cfg.input_size), int(model_cfg.lats_per_vid)
-    tiles = len(tile_starts(h, S)) * len(tile_starts(w, S))
-    per = tile_batch or tiles
-    return [(min(s + L, frames) - s, min(per, tiles - i)) for s in frame_window_starts(frames, L)
-            for i in range(0, tiles, per)]
-
-
 def projection(cfg, frames, height, width, steps, devices, vae_bytes=2):
     """What sharing one video among `devices` would cost, from the FLOP count (tools/bench/flops.py) and the
     bytes the split gathers (ε tiles fp32, decoded frames in the VAE's dtype): -> dict with the DiT work per
@@ -169,8 +154,9 @@ def projection(cfg, frames, height, width, steps, devices, vae_bytes=2):
     flops = recon_flops(cfg, frames, height, width, steps)
     T, h, w = flops['latent']
     S = int(cfg.model.input_size)
-    units = dit_units(cfg.model, T, h, w)
-    unit_bytes = [4 * t * k * min(S, h) * min(S, w) * 4 for t, k in units]
+    tiles = len(tile_starts(h, S)) * len(tile_starts(w, S))
+    units = window_tile_calls(T, tiles, int(cfg.model.lats_per_vid))          # forward_windowed's calls
+    unit_bytes = [4 * (e - s) * k * min(S, h) * min(S, w) * 4 for s, e, _, k in units]
     per_call = flops['per_step']['total'] / len(units)
     rounds = math.ceil(len(units) / devices)
     eps_bytes = sum(unit_bytes) * (devices - 1) / devices

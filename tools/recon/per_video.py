@@ -125,28 +125,41 @@ def failure_line(src, e):
     return reason if reason.startswith(str(src)) else f'{src}: {reason}'
 
 
-def one_video(pipe, name, job, progress=False):
-    """One video, its folder claimed for this process (tools/recon/lock.py) -> (outcome, line): 'done' and
-    its summary line, 'skipped' (another process completed it meanwhile), 'busy' (another process is writing
-    it) or 'failed' and 'PATH: reason'. A folder whose earlier holder was killed is taken over and redone, with
-    one line naming that holder. A folder left empty is removed; Ctrl-C propagates."""
+def claim_video(job, name):
+    """Claim OUTPUT/name for this process -> (lock, None) to go ahead (a dead holder's claim is taken over, with
+    one line naming it), or (lock or None, (outcome, line)) to stop: 'busy' (another process is writing it) or
+    'skipped' (another process completed it meanwhile). OSError where the file system cannot lock."""
     folder = job.output / name
     try:
-        with claim(folder) as lock:
-            if up_to_date(job, name):
-                return 'skipped', f'{name}: completed by another process in {folder} meanwhile, skipped'
-            if lock.previous is not None:
-                tqdm.write(f'{name}: taking over {folder} from {lock.previous}, which ended without finishing '
-                           f'it; redoing it from scratch')
-            return 'done', summary_line(process(pipe, name, job, progress))
+        lock = claim(folder)
     except FolderBusy as e:
-        return 'busy', f'{name}: {e}; skipped — rerun to resume it'
+        return None, ('busy', f'{name}: {e}; skipped — rerun to resume it')
+    try:
+        if up_to_date(job, name):
+            return lock, ('skipped', f'{name}: completed by another process in {folder} meanwhile, skipped')
+    except BaseException:
+        lock.release()
+        raise
+    if lock.previous is not None:
+        tqdm.write(f'{name}: taking over {folder} from {lock.previous}, which ended without finishing it; '
+                   f'redoing it from scratch')
+    return lock, None
+
+
+def one_video(pipe, name, job, progress=False):
+    """One video, its folder claimed for this process (claim_video) -> (outcome, line): 'done' and its summary
+    line, 'skipped' (another process completed it meanwhile), 'busy' (another process is writing it) or
+    'failed' and 'PATH: reason'. A folder left empty is removed; Ctrl-C propagates."""
+    lock = None
+    try:
+        lock, stop = claim_video(job, name)
+        return stop or ('done', summary_line(process(pipe, name, job, progress)))
     except Exception as e:                # a bad file, or one no plan fits --max-memory, must not stop the batch
         return 'failed', failure_line(job.items[name], e)
     finally:
-        remove_if_empty(folder)               # after the claim is released (its lock file removed)
-
-
+        if lock is not None:
+            lock.release()
+        remove_if_empty(job.output / name)    # after the claim is released (its lock file removed)
 
 
 def share_video(pipe, name, job, progress=False):
@@ -184,21 +197,11 @@ def share_video(pipe, name, job, progress=False):
 
 
 def _claim_and_plan(pipe, name, job):
-    """The main process's part before a shared video: claim its folder and decide -> (lock or None, decision):
-    ('go', MemoryPlan or None), or ('skipped' | 'busy' | 'failed', line)."""
-    folder = job.output / name
+    """The main process's part before a shared video: claim its folder (claim_video) and decide -> (lock or
+    None, decision): ('go', MemoryPlan or None), or ('skipped' | 'busy' | 'failed', line)."""
+    lock = None
     try:
-        lock = claim(folder)
-    except FolderBusy as e:
-        return None, ('busy', f'{name}: {e}; skipped — rerun to resume it')
-    except Exception as e:
-        return None, ('failed', failure_line(job.items[name], e))
-    if up_to_date(job, name):
-        return lock, ('skipped', f'{name}: completed by another process in {folder} meanwhile, skipped')
-    if lock.previous is not None:
-        tqdm.write(f'{name}: taking over {folder} from {lock.previous}, which ended without finishing it; '
-                   f'redoing it from scratch')
-    try:
-        return lock, ('go', fit_memory(pipe, name, job.items[name], job))
+        lock, stop = claim_video(job, name)
+        return lock, stop or ('go', fit_memory(pipe, name, job.items[name], job))
     except Exception as e:
         return lock, ('failed', failure_line(job.items[name], e))

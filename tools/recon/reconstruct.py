@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from models.tiling import chunk_spans
 from models.weights import dtype_name
 from tools.recon.latents import load_latent, safe_name, save_latent
 from tools.recon.records import LatentMeta
@@ -145,7 +146,7 @@ def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_time
         return map_frames(frame_plan.to_model, frames), t
     parts, times = [], []
     whole_clip = is_autoencoder(pipe) and pipe.time_factor > 1
-    spans = [(a, min(a + chunk_frames, n)) for a in range(0, n, chunk_frames)]
+    spans = chunk_spans(n, chunk_frames)
     with ThreadPoolExecutor(max_workers=1) as reader:       # the next chunk decodes while this one encodes
         chunks = read_ahead(read, spans, reader) if threads else (read(a, b) for a, b in spans)
         for _ in spans:

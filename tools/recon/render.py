@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from models.pipeline import interpolate_latent, noise_seed
+from models.tiling import chunk_spans
 from tools.evaluation.metrics import gaussian_window, mean_psnr, ssim_planes
 from tools.recon.memory import WRITER_LOOKAHEAD, writer_threads
 from tools.recon.records import RenderInfo
@@ -248,7 +249,7 @@ def render(pipe, latent, meta, out_dir, settings, source=None, chunk_frames=16, 
     scores = _Scores(panels[1:] if score else [], K, plan.pad, pipe.device)       # not the original
     digests = {k: hashlib.sha256() for k in outputs}
     stills = _Stills(panels, T)
-    spans = [(a, min(a + chunk_frames, T)) for a in range(0, T, chunk_frames)]
+    spans = chunk_spans(T, chunk_frames)
     with ExitStack() as stack:
         out = _Files(stack, out_dir, files, fps, meta.sar, settings.lossless, lookahead, panels, labels)
         # Write-behind and read-ahead threads (exited first, so the writers close after their last frame):
@@ -292,8 +293,8 @@ def follow(pipe, latent, meta, settings, chunk_frames=16, vae_chunk=None, tile_b
     the main one): the same stage calls in the same order (preview, refine, the SVD decode stream, span by
     span), so every exchange meets the main process's; no files, no source, no scores."""
     lat, T, decoded, _ = _outputs(pipe, latent, meta, settings, tile_batch, vae_chunk, False, no_timer)
-    for a in range(0, T, chunk_frames):
-        _model_frames(pipe, lat, decoded, a, min(a + chunk_frames, T), no_timer)
+    for a, b in chunk_spans(T, chunk_frames):                      # render()'s spans
+        _model_frames(pipe, lat, decoded, a, b, no_timer)
 
 
 def _info(size, T, fps, times, meta, settings, files, digests, metrics, sampled):
