@@ -3,6 +3,7 @@
     ae = load_autoencoder('wan2.1', 'pretrained/wan2.1-vae', device='cuda', dtype=torch.bfloat16)
     latent = ae.encode(video)                  # (B, 3, T, H, W) in [-1, 1] -> (B, C, T', H', W'), scaled
     video2 = ae.decode(latent, num_frames=T)   # -> (B, 3, T, H, W) in [-1, 1]: T frames in, T frames out
+    windows = window_frames(T, 49)             # a long clip in windows of 1 + 4k frames, each a clip of its own
 
 Each entry of AUTOENCODERS is a small adapter over one diffusers class: where its weights come from, its
 frame-count rule, its latent scaling, its deterministic encoding and its decoder's inputs. What is read off
@@ -12,7 +13,10 @@ Wan's `scale_factor_*`, or the number of down-sampling levels) and the latent ch
 Frame-count rule: a causal video autoencoder with temporal factor f > 1 takes 1 + f·k frames (CogVideoX,
 HunyuanVideo, Wan, EasyAnimate: 4k+1; LTX-Video, Cosmos: 8k+1). A clip of T frames is padded at the end by
 repeating its last frame up to the next such count and the decode is cut back to T. Image autoencoders (f = 1)
-run frame by frame. H and W must be multiples of the spatial factor: the frame plan pads to it
+run frame by frame. A clip too long for the memory is encoded in windows (window_frames: 1 + f·k frames each,
+the last one shorter), each window a causal clip of its own, so the latent restarts at every window; the
+windows' frame counts are part of the latent (decode_chunks takes them; recon's planner picks the window,
+tools/recon/memory.py). H and W must be multiples of the spatial factor: the frame plan pads to it
 (tools/video/frames.py, `multiple`) and undoes it.
 
 Latent scaling (what a text-to-video model consumes): (z − mean) / std · scaling where the model has per-channel
@@ -68,6 +72,19 @@ def frames_for(num_frames, time_factor):
     if time_factor <= 1:
         return num_frames
     return 1 + time_factor * -(-(num_frames - 1) // time_factor)
+
+
+def latent_frames(num_frames, time_factor):
+    """Latent frames of a clip of `num_frames`: (frames_for(T) - 1) / f + 1 (T itself for f = 1)."""
+    return (frames_for(num_frames, time_factor) - 1) // max(time_factor, 1) + 1
+
+
+def window_frames(num_frames, window=None):
+    """Frames of each window of a clip encoded `window` frames at a time: [window, ..., the rest]; None (or a
+    window of at least the clip): [num_frames], the whole clip at once."""
+    if window is None or window >= num_frames:
+        return [num_frames]
+    return [window] * (num_frames // window) + ([num_frames % window] if num_frames % window else [])
 
 
 def pad_frames(video, num_frames):
@@ -215,11 +232,24 @@ class VideoAutoencoder:
             x = self.model.decode(z, **kw).sample
         return x[:, :, :num_frames].float().clamp(-1, 1)
 
-    def decode_chunks(self, latent, num_frames, chunk_size=None):
-        """Yield decode(latent, num_frames) in temporal chunks of `chunk_size` frames (None: 16), (B, 3, k, H, W).
-        The decoder runs once over the whole latent (a causal video decoder needs it all)."""
-        video = self.decode(latent, num_frames)
-        yield from video.split(chunk_size or 16, dim=2)
+    def decode_chunks(self, latent, num_frames, chunk_size=None, windows=None):
+        """Yield the decode of `latent` in temporal chunks of at most `chunk_size` frames (None: 16),
+        (B, 3, k, H, W) float32 in [-1, 1], `num_frames` in all. An image autoencoder decodes chunk by chunk;
+        a video autoencoder decodes each window of the encoding at once (windows: their frame counts,
+        window_frames; None: one window, the whole clip), a causal decoder needing the window's whole latent."""
+        chunk = chunk_size or 16
+        if self.time_factor == 1:
+            for a in range(0, num_frames, chunk):
+                yield self.decode(latent[:, :, a:a + chunk], min(chunk, num_frames - a))
+            return
+        start = 0
+        for n in windows or [num_frames]:
+            k = latent_frames(n, self.time_factor)
+            if start + k > latent.shape[2]:
+                raise ValueError(f'{self.spec.name}: windows {windows} need {start + k} latent frames, the latent '
+                                 f'has {latent.shape[2]}')
+            yield from self.decode(latent[:, :, start:start + k], n).split(chunk, dim=2)
+            start += k
 
 
 class SVDAutoencoder:
@@ -245,9 +275,10 @@ class SVDAutoencoder:
         return torch.cat(list(self.decode_chunks(latent, num_frames)), dim=2)
 
     @torch.no_grad()
-    def decode_chunks(self, latent, num_frames, chunk_size=None):
+    def decode_chunks(self, latent, num_frames, chunk_size=None, windows=None):
         """Yield the decode in the SVD VAE's own temporal chunks (chunk_size: frames per decoder call, None:
-        its decode_chunk), (B, 3, k, H, W) float32 in [-1, 1]; memory flat in clip length."""
+        its decode_chunk), (B, 3, k, H, W) float32 in [-1, 1]; memory flat in clip length. `windows` is
+        VideoAutoencoder's (an image autoencoder's latent does not depend on them)."""
         for frames in self.vae.decode_iter(latent[:, :, :num_frames].to(self.device, self.dtype),
                                            decode_chunk=chunk_size):
             yield frames.float().clamp(-1, 1)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from models.weights import resolve_device
 from tools.config import add_cfg_options, load_config
-from tools.recon.memory import release_freed_memory_to_os  # noqa: F401 (the benchmarks' and recon's one setting)
+from tools.recon.machine import (bytes_in_use, peak_bytes, release_freed_memory_to_os,  # noqa: F401 (recon's one setting)
+                                 reset_peak)
 
 REPO = Path(__file__).resolve().parents[2]
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}   # None: no autocast
@@ -36,53 +37,19 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def _rss_kib(field):
-    """VmRSS / VmHWM of this process in KiB (Linux), else None."""
-    try:
-        for line in Path('/proc/self/status').read_text().splitlines():
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_rss_peak():
-    """Reset VmHWM to the current RSS (Linux ≥ 4.0); False where that is not possible."""
-    try:
-        Path('/proc/self/clear_refs').write_text('5')
-        return True
-    except OSError:
-        return False
-
-
 def memory_kind(device):
     return 'cuda_max_allocated' if device.type == 'cuda' else 'cpu_rss_high_water_mark'
 
 
 def current_memory_mib(device):
     """Memory in use now: CUDA allocated, or the process RSS."""
-    if device.type == 'cuda':
-        return torch.cuda.memory_allocated(device) / 2 ** 20
-    rss = _rss_kib('VmRSS')
-    return None if rss is None else rss / 1024
-
-
-def reset_peak(device):
-    if device.type == 'cuda':
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return True
-    return _reset_rss_peak()
+    return bytes_in_use(device) / 2 ** 20
 
 
 def read_peak_mib(device):
     """Peak since the last reset_peak: CUDA max allocated, or the RSS high-water mark (absolute MiB)."""
-    if device.type == 'cuda':
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    hwm = _rss_kib('VmHWM')
-    return None if hwm is None else hwm / 1024
+    peak = peak_bytes(device)
+    return None if peak is None else peak / 2 ** 20
 
 
 def peak_memory_mib(fn, device):

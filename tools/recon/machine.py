@@ -4,6 +4,7 @@
     base = bytes_in_use('cpu')           # the process RSS now (CUDA: torch's allocated bytes)
     default_budget('cuda:0')             # --max-memory when not given: None on CPU, the free device memory on CUDA
     machine_memory('cpu')                # what no plan may exceed: the physical RAM (CUDA: the GPU's total memory)
+    reset_peak('cpu'); work(); peak_bytes('cpu')   # the peak of work(): VmHWM on CPU, max allocated on CUDA
 
 Sizes are in bytes; GB means 10⁹ bytes.
 """
@@ -55,11 +56,42 @@ def bytes_in_use(device):
     allocated by torch (the context is added by `predict`)."""
     if str(device).startswith('cuda'):
         return torch.cuda.memory_allocated(device)
+    rss = _status_kib('VmRSS')
+    return 0 if rss is None else rss * 1024
+
+
+def _status_kib(field):
+    """A field of /proc/self/status in KiB (VmRSS, VmHWM; Linux), else None."""
     try:
         with open('/proc/self/status') as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmRSS:'))
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ':'))
     except (OSError, StopIteration):
-        return 0
+        return None
+
+
+def reset_peak(device):
+    """Start measuring a peak: CUDA's max-allocated counter, or the RSS high-water mark (VmHWM, reset through
+    /proc/self/clear_refs, Linux >= 4.0). -> False where the CPU peak cannot be reset."""
+    if str(device).startswith('cuda'):
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def peak_bytes(device):
+    """The peak since reset_peak in bytes: torch.cuda.max_memory_allocated, or the process's VmHWM (None where
+    it cannot be read)."""
+    if str(device).startswith('cuda'):
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    hwm = _status_kib('VmHWM')
+    return None if hwm is None else hwm * 1024
 
 
 def default_budget(device):

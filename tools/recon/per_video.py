@@ -11,6 +11,7 @@ failing process reports it, and the batch goes on with the next video.
 """
 import json
 import time
+from dataclasses import replace
 
 from tqdm.auto import tqdm
 
@@ -19,9 +20,10 @@ from models.parallel import SplitAborted
 from models.weights import dtype_name
 from tools.files import write_text_atomic
 from tools.recon.folders import clear_outputs, remove_if_empty
+from tools.recon.autoencoder_memory import measure_autoencoder
 from tools.recon.latents import read_latent_meta
 from tools.recon.lock import FolderBusy, claim
-from tools.recon.memory import Workload, bytes_in_use, default_budget, gb, machine_memory, plan_memory
+from tools.recon.memory import HEADROOM, Workload, bytes_in_use, default_budget, gb, machine_memory, plan_memory
 from tools.recon.records import DONE, DoneRecord, RenderInfo
 from tools.recon.reconstruct import reconstruct, reconstruct_share, source_plan
 from tools.recon.schedule import up_to_date
@@ -33,14 +35,13 @@ PLAIN_ERRORS = ('VideoReadError', 'ValueError', 'NonFiniteError', 'LatentError',
 def fit_memory(pipe, name, src, job):
     """Chunk frames, DiT tiles per call, SVD decode chunk/tiles and encoder look-ahead for one video under
     --max-memory (CUDA: the free device memory by default), printed (tools/recon/memory.py); the SVD tile size is
-    set on pipe.vae. -> tools.recon.memory.MemoryPlan. PlanError (one line) when nothing fits the budget, or
-    when even the smallest plan exceeds the machine's memory (tools.recon.machine.machine_memory), whatever the
-    budget. None for another autoencoder: its memory is not modelled (one line says so)."""
+    set on pipe.vae. Another autoencoder: chunk frames and, for a causal one, the frames per window, from its
+    memory measured at the video's frame size (tools/recon/autoencoder_memory.py). -> tools.recon.memory.
+    MemoryPlan. PlanError (one line) when nothing fits the budget, or when even the smallest plan exceeds the
+    machine's memory (tools.recon.machine.machine_memory), whatever the budget. Without --max-memory a plan
+    that would not fit the machine's memory is made for it. None where another autoencoder's memory cannot be
+    measured (one line says so)."""
     s, recon = job.settings, job.recon
-    if s.other_autoencoder:
-        print(f'{name}: no memory plan for --autoencoder {s.autoencoder} (it encodes and decodes the whole clip at '
-              f'once, with its own tiling); --max-memory does not apply', flush=True)
-        return None
     if s.decoding:
         frame_plan = read_latent_meta(src).plan
     else:
@@ -50,11 +51,23 @@ def fit_memory(pipe, name, src, job):
     w = Workload.from_plan(frame_plan, recon.interp * (n - 1) + 1, job.cfg, refine=not recon.preview_only,
                            metrics=not s.no_metrics, original=not s.decoding, device=pipe.device.type,
                            dtype=dtype_name(pipe.dtype))
+    if s.other_autoencoder:
+        limit = budget or machine_memory(pipe.device)
+        room = None if limit is None else limit * (1 - HEADROOM) - bytes_in_use(pipe.device)
+        fit = measure_autoencoder(pipe, frame_plan.model, room=room,
+                                  say=lambda line: print(f'{name}: {line}', flush=True))
+        if fit is None:
+            print(f'{name}: no memory plan for --autoencoder {s.autoencoder}: its peak cannot be measured on this '
+                  f'machine (no /proc/self/clear_refs); --max-memory does not apply', flush=True)
+            return None
+        w = replace(w, refine=False, autoencoder=fit, vae_chunk=getattr(getattr(pipe, 'vae', None), 'decode_chunk', 4))
     memory_plan = plan_memory(w, budget, base=bytes_in_use(pipe.device), chunk_frames=s.chunk_frames,
                               limit=machine_memory(pipe.device))
-    if pipe.vae is not None:
+    if getattr(pipe, 'vae', None) is not None and not s.other_autoencoder:
         pipe.vae.tile_size = memory_plan.settings.vae_tile
-    print(f'{name}: {memory_plan.line()} ({f"budget {gb(budget)}" if budget else "no --max-memory"})', flush=True)
+    asked = (f'budget {gb(budget)}' if budget else f'to fit the machine\'s {gb(memory_plan.budget)}'
+             if memory_plan.budget else 'no --max-memory')
+    print(f'{name}: {memory_plan.line()} ({asked})', flush=True)
     return memory_plan
 
 
@@ -64,7 +77,7 @@ def plan_arguments(memory_plan, job):
     if mem is None:
         return dict(chunk_frames=job.settings.chunk_frames)
     return dict(chunk_frames=mem.chunk_frames, vae_chunk=mem.vae_chunk, tile_batch=mem.dit_tile_batch,
-                lookahead=mem.lookahead)
+                lookahead=mem.lookahead, window=mem.window)
 
 
 def source_of(job, name):

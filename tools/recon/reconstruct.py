@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from models.autoencoders import window_frames
 from models.tiling import chunk_spans
 from models.weights import dtype_name
 from tools.recon.latents import load_latent, safe_name, save_latent
@@ -35,7 +36,7 @@ from tools.video.convert import notes as source_notes
 from tools.video.frames import map_frames
 from tools.video.frames import plan as make_plan
 from tools.video.read import frame_indices, probe_video
-from tools.video.streaming import read_ahead
+from tools.video.streaming import read_ahead, rechunk
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,11 @@ def source_plan(path, settings):
                      num_frames=n, upscale=settings.upscale), info
 
 
-def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_timer, threads=True, warn=print):
+def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_timer, threads=True, warn=print,
+                 window=None):
     """Read the clip in chunks and encode each -> (latent (16, T, h, w) fp32 on the CPU, LatentMeta); another
-    video autoencoder as `pipe` (models/autoencoders.py) encodes the whole clip at once -> its (C, T', h, w).
+    video autoencoder as `pipe` (models/autoencoders.py) -> its (C, T', h, w): a causal one encodes `window`
+    frames at a time (None: the whole clip at once), each window a clip of its own, recorded in meta.windows.
 
     The metadata holds the frame plan (tools/video/frames.py), the source's SAR ('N:D'), what reading did to
     the frames (source_notes: tone mapping, deinterlacing, alpha dropped, a rate assumed; warn() gets them as
@@ -135,32 +138,42 @@ def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_time
     frame_plan, info = source_plan(path, settings)
     n = frame_plan.num_frames
     sar = info.sar if info.sar != 1 else None
+    causal = is_autoencoder(pipe) and pipe.time_factor > 1
+    windows = window_frames(n, window) if causal else None
     meta = LatentMeta(name=name or Path(path).stem, plan=frame_plan, source=str(Path(path).resolve()),
                       source_fps=info.fps, sar=None if sar is None else f'{sar.numerator}:{sar.denominator}',
-                      vfr=info.vfr, source_notes=list(info.notes) or None)
+                      vfr=info.vfr, source_notes=list(info.notes) or None,
+                      windows=windows if causal and len(windows) > 1 else None)
     if info.notes:
         warn(f"{meta.name}: {'; '.join(info.notes)}")
 
     def read(a, b):                                        # in the reader thread: decode and shape
         frames, t = read_chunk(path, frame_plan, a, b, settings.keep_hdr, settings.keep_fields)
         return map_frames(frame_plan.to_model, frames), t
-    parts, times = [], []
-    whole_clip = is_autoencoder(pipe) and pipe.time_factor > 1
+    times = []
     spans = chunk_spans(n, chunk_frames)
-    with ThreadPoolExecutor(max_workers=1) as reader:       # the next chunk decodes while this one encodes
-        chunks = read_ahead(read, spans, reader) if threads else (read(a, b) for a, b in spans)
+
+    def chunks(reader):                                    # the next chunk decodes while this one encodes
+        nonlocal times
+        pieces = read_ahead(read, spans, reader) if threads else (read(a, b) for a, b in spans)
         for _ in spans:
             with timer('read'):
-                frames, t = next(chunks)                                                 # (C, k, *model)
-            if whole_clip:                                 # a causal video autoencoder encodes the clip at once
-                parts.append(frames)
-            else:
+                frames, t = next(pieces)                                                 # (C, k, *model)
+            times = None if t is None or times is None else times + t
+            yield frames
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        parts = []
+        if causal:                                         # window by window, each a clip of its own
+            stream = rechunk(chunks(reader), dim=1)
+            for k in windows:
+                frames = stream.take(k)
+                with timer('encoder'):
+                    parts.append(pipe.encode(frames[None])[0].cpu())                   # (C, T'_w, h, w)
+                frames = None
+        else:
+            for frames in chunks(reader):
                 with timer('compressor'):
                     parts.append(pipe.encode(frames[None])[0].cpu())                   # (16, k, h, w)
-            times = None if t is None or times is None else times + t
-    if whole_clip:
-        with timer('encoder'):
-            parts = [pipe.encode(torch.cat(parts, dim=1)[None])[0].cpu()]             # (C, T', h, w)
     if meta.vfr and times:
         meta = replace(meta, times=[round(x - times[0], 6) for x in times])   # the output starts at its first frame
     return torch.cat(parts, dim=1), meta
@@ -168,7 +181,7 @@ def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_time
 
 def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings=None, chunk_frames=16,
                 vae_chunk=None, tile_batch=None, metrics=True, timer=None, threads=True, progress=False,
-                warn=print, meta_extra=None, lookahead=None):
+                warn=print, meta_extra=None, lookahead=None, window=None):
     """All output files of one video (video=PATH: encodes it and saves out_dir/latent.safetensors) or of a
     saved latent (latent_file=PATH: its frame plan, frame times and fps; frame settings are ignored).
     -> info dict (tools.recon.records.RenderInfo.to_dict(), plus 'latent': the latent file, 'meta': its
@@ -180,6 +193,7 @@ def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings
     perf_counter into info['timings']. meta_extra: LatentMeta fields to store in the latent file (config,
     output_fps).
     lookahead: x264 look-ahead frames of the files (None: tools/recon/memory.py WRITER_LOOKAHEAD; its planner sets it).
+    window: frames per window of another, causal video autoencoder (None: the whole clip; encode_video).
     """
     if (video is None) == (latent_file is None):
         raise ValueError('reconstruct: pass exactly one of video=PATH or latent_file=PATH')
@@ -195,7 +209,7 @@ def reconstruct(pipe, out_dir, video=None, latent_file=None, name=None, settings
                 safe_name(name, latent_file)
             source = None
         else:
-            latent, meta = encode_video(pipe, video, settings, name, chunk_frames, timer, threads, warn)
+            latent, meta = encode_video(pipe, video, settings, name, chunk_frames, timer, threads, warn, window)
             meta = replace(meta, **(meta_extra or {}))
             save_latent(out_dir / 'latent.safetensors', latent, meta)
             source = video

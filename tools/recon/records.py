@@ -31,7 +31,8 @@ class LatentMeta:
     kept; config: the config's file name; output_fps: the encoding run's --fps (None: the source's times);
     source_notes: what reading did to the source's frames (tools.video.read.VideoInfo.notes: HDR tone-mapped,
     deinterlaced, alpha dropped, a frame rate assumed; None: nothing); autoencoder: the name of the other video
-    autoencoder whose latent it is (recon.py --autoencoder; None: CascadeV's).
+    autoencoder whose latent it is (recon.py --autoencoder; None: CascadeV's); windows: the frames of each window
+    that autoencoder encoded as a clip of its own (models.autoencoders.window_frames; None: the whole clip).
     """
     name: str
     plan: FramePlan
@@ -44,6 +45,7 @@ class LatentMeta:
     output_fps: float = None
     source_notes: list = None
     autoencoder: str = None
+    windows: list = None
 
     @property
     def num_frames(self):
@@ -68,7 +70,8 @@ class LatentMeta:
                 'fps': self.fps, 'num_frames': self.num_frames, 'start': self.start,
                 'frame_stride': self.frame_stride, 'plan': self.plan.to_dict(), 'sar': self.sar, 'vfr': self.vfr,
                 'times': self.times, 'config': self.config, 'output_fps': self.output_fps,
-                'source_notes': self.source_notes, **({'autoencoder': self.autoencoder} if self.autoencoder else {})}
+                'source_notes': self.source_notes, **({'autoencoder': self.autoencoder} if self.autoencoder else {}),
+                **({'windows': self.windows} if self.windows else {})}
 
     @classmethod
     def from_dict(cls, d):
@@ -77,7 +80,7 @@ class LatentMeta:
         return cls(name=d['name'], plan=FramePlan.from_dict(d['plan']), source=d.get('source'),
                    source_fps=d.get('source_fps'), sar=d.get('sar'), vfr=d.get('vfr', False), times=d.get('times'),
                    config=d.get('config'), output_fps=d.get('output_fps'), source_notes=d.get('source_notes'),
-                   autoencoder=d.get('autoencoder'))
+                   autoencoder=d.get('autoencoder'), windows=d.get('windows'))
 
 
 @dataclass(frozen=True)

@@ -215,7 +215,8 @@ def _outputs(pipe, latent, meta, settings, tile_batch, vae_chunk, progress, time
     """-> (latent frames for the previewer, output frames T, decode stream or None, output panels)."""
     if is_autoencoder(pipe):
         T = meta.plan.num_frames
-        return latent, T, rechunk(pipe.decode_chunks(latent[None], T, vae_chunk), dim=2), ['reconstruction']
+        decoded = pipe.decode_chunks(latent[None], T, vae_chunk, windows=meta.windows)
+        return latent, T, rechunk(decoded, dim=2), ['reconstruction']
     lat = interpolate_latent(latent, settings.interp)                  # (16, T', h, w), T' = K·(T−1)+1
     refine = not settings.preview_only
     decoded = _refined(pipe, lat, meta.name, settings, tile_batch, vae_chunk, progress, timer) if refine else None
