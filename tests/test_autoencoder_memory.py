@@ -1,16 +1,14 @@
 """Memory planning for other autoencoders: windows of 1 + f·k frames (models/autoencoders.py), the measured
 memory (tools/recon/autoencoder_memory.py), the plan (tools/recon/memory.py) and recon.py --max-memory."""
-import contextlib
-import io
 import json
 
 import pytest
 import torch
 from safetensors import safe_open
 
-import recon
 from models.autoencoders import load_autoencoder, window_frames
 from tests.test_autoencoders import save_tiny
+from tests.test_recon_autoencoders import run
 from tools.recon.autoencoder_memory import measure_autoencoder, probe_lengths
 from tools.recon.machine import bytes_in_use, peak_bytes, reset_peak
 from tools.recon.memory import (HEADROOM, PlanError, Settings, Workload, autoencoder_bytes, parse_size,
@@ -120,13 +118,6 @@ def test_measurement_finds_the_known_allocation_and_stays_in_its_room():
     assert len(measure_autoencoder(Allocating(per_frame), (64, 64), room=12 * per_frame)[1]) == 2
 
 
-def run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = recon.main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
 def windows_of(folder):
     with safe_open(str(folder / 'latent.safetensors'), 'pt') as f:
         return json.loads(f.metadata()['meta']).get('windows')
@@ -169,3 +160,26 @@ def test_recon_under_a_budget_encodes_in_windows_and_stays_under_it(repo_root, c
     code, out, err = run([*argv, '--output', tmp_path / 'c', '--max-memory', int(bytes_in_use('cpu') * 1.02)])
     line = next(x for x in out.splitlines() if x.startswith('failed:'))
     assert code == 1 and 'windows of 9 frames' in line and 'raise --max-memory to' in line
+
+
+def test_benchmark_plan_runs_recon_with_the_autoencoder(repo_root, carphone, tmp_path, monkeypatch):
+    """`benchmark.py memory --what plan --autoencoder NAME --autoencoder-weights DIR` hands both to each recon.py
+    run and records the autoencoder; ratio = measured / predicted (the recon.py process is stood in for)."""
+    from tools import benchmark
+    from tools.bench import memory_fit
+    seen = []
+
+    def fake_run(argv):
+        seen.append(argv)
+        line = 'clip: predicted peak 1.20 GB: chunk 16 frames, the whole clip at once (no --max-memory)'
+        return 0, line, 1.2e9, 0.9e9
+    monkeypatch.setattr(memory_fit, 'run_recon_peak', fake_run)
+    out = tmp_path / 'plan.json'
+    benchmark.main(['memory', '--what', 'plan', '--config', str(repo_root / 'configs' / 'tiny.py'), '--lengths', '9',
+                    '17', '--sizes', '144', '--clip', carphone, '--autoencoder', 'ltx-video', '--autoencoder-weights',
+                    str(tmp_path / 'ltx'), '--device', 'cpu', '--json', str(out)])
+    assert len(seen) == 2 and all(a[a.index('--autoencoder') + 1] == 'ltx-video' and
+                                  a[a.index('--autoencoder-weights') + 1] == str(tmp_path / 'ltx') for a in seen)
+    assert [a[a.index('--num-frames') + 1] for a in seen] == ['9', '17']
+    record = json.loads(out.read_text())
+    assert record['autoencoder'] == 'ltx-video' and record['rows'][0]['ratio'] == pytest.approx(0.75)

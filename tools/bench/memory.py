@@ -17,7 +17,7 @@ from tools.video.write import write_video
 
 def bench_memory(args):
     """Peak memory vs clip length and frame/tile size: the DiT's forward_windowed, or the whole reconstruction;
-    or the calibration of tools/recon/memory.py (stages) and its check against recon.py (plan)."""
+    or the calibration of tools/recon/memory_model.py (stages) and its check against recon.py (plan)."""
     if args.what == 'stages':
         return bench_stage_constants(args)
     if args.what == 'plan':
@@ -90,8 +90,8 @@ def add_memory_parser(subparsers):
     add_config_args(p)
     p.add_argument('--what', choices=['dit', 'recon', 'stages', 'plan'], default='dit',
                    help="dit: forward_windowed on the latent; recon: the whole streamed reconstruction; stages: "
-                        "each stage's peak at two sizes, fitted to tools/recon/memory.py's CALIBRATION; plan: recon.py "
-                        "with --max-memory budgets, its printed prediction against the measured peak RSS")
+                        "each stage's peak at two sizes, fitted to tools/recon/memory_model.py's CALIBRATION; plan: "
+                        "recon.py with --max-memory budgets, its printed prediction against the measured peak RSS")
     p.add_argument('--lengths', type=int, nargs='+', default=[8, 16, 32], help='clip lengths in frames')
     p.add_argument('--sizes', type=int, nargs='+', default=[64],
                    help='frame sizes in pixels (square); --what plan: recon.py --size (the short side)')
@@ -104,6 +104,9 @@ def add_memory_parser(subparsers):
                    help="--what plan: recon.py --max-memory values, 'off' for none (default: off)")
     p.add_argument('--square', action='store_true', help='--what plan: recon.py --square (the centre square)')
     p.add_argument('--clip', default=None, help='--what plan: the video (default: ../shared/videos/bigbuckbunny.mp4)')
+    p.add_argument('--autoencoder', default=None, metavar='NAME',
+                   help='--what plan: recon.py --autoencoder NAME (its measured memory and windows, not CascadeV)')
+    p.add_argument('--autoencoder-weights', default=None, metavar='DIR', help='--what plan: its diffusers folder')
     add_run_args(p)
     p.set_defaults(func=bench_memory)
 

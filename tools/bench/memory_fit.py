@@ -1,8 +1,9 @@
-"""`memory --what stages`: fit tools/recon/memory.py's CALIBRATION; `memory --what plan`: its predictions against recon.py.
+"""`memory --what stages`: fit tools/recon/memory_model.py's CALIBRATION; `memory --what plan`: its predictions
+against recon.py.
 
 stages: each stage alone (exact CPU peaks: freed tensors leave the RSS at once) at two sizes; the constant is the
-slope of the added peak over the stage's unit (tools/recon/memory.py: bytes per frame · pixel · dtype byte, per DiT
-token · hidden unit · dtype byte, per latent pixel of the sampler state), so fixed costs do not enter it.
+slope of the added peak over the stage's unit (tools/recon/memory_model.py: bytes per frame · pixel · dtype byte,
+per DiT token · hidden unit · dtype byte, per latent pixel of the sampler state), so fixed costs do not enter it.
 plan: recon.py in a fresh process per budget; its printed "predicted peak" against its peak RSS (ru_maxrss).
 """
 import itertools
@@ -40,7 +41,7 @@ def slope(points):
 
 
 def bench_stage_constants(args):
-    """Measure each stage at two sizes; print the fitted constants next to the ones tools/recon/memory.py uses."""
+    """Measure each stage at two sizes; print the fitted constants next to the ones tools/recon/memory_model.py uses."""
     cfg = load_cfg(args, random_init=True)
     device = setup_device(args, exact_cpu_peaks=True)
     dtype = dtype_name(resolve_dtype(args.dtype or cfg.get('dtype', 'auto'), device))   # 'auto' resolved
@@ -65,7 +66,7 @@ def bench_stage_constants(args):
           f'fixed_mib: its output, subtracted before the fit')
     print_table(rows, ['stage', 'size', 'unit', 'added_mib', 'fixed_mib'])
     table = [dict(constant=k, fitted=round(v, 2), in_use=CALIBRATION.get(k)) for k, v in fits.items()]
-    print('fitted constants (tools/recon/memory.py CALIBRATION: bytes per unit):')
+    print('fitted constants (tools/recon/memory_model.py CALIBRATION: bytes per unit):')
     print_table(table, ['constant', 'fitted', 'in_use'])
     write_json(args.json, dict(benchmark='memory', what='stages', config=cfg.config_path, dtype=dtype,
                                env=environment(device), rows=rows, fitted=fits))
@@ -176,15 +177,20 @@ def bench_plan(args):
             argv = ['--config', args.config, '--input', clip, '--output', tmp, '--overwrite', '--size', str(size),
                     '--num-frames', str(frames), '--chunk-frames', str(args.chunk_frames), '--device', args.device]
             argv += ([] if budget == 'off' else ['--max-memory', budget]) + (['--square'] if args.square else [])
+            if args.autoencoder:
+                argv += ['--autoencoder', args.autoencoder] + (
+                    ['--autoencoder-weights', args.autoencoder_weights] if args.autoencoder_weights else [])
             code, out, predicted, measured = run_recon_peak(argv)
             line = next((ln for ln in out.splitlines() if 'predicted peak' in ln or '--max-memory' in ln), '')
             rows.append(dict(budget=budget, frames=frames, size=size, exit=code,
                              predicted_gb=predicted and predicted / 1e9, measured_gb=measured and measured / 1e9,
                              ratio=measured / predicted if predicted and measured else None, plan=line.strip()))
-    print(f'memory plan: {clip}{" --square" if args.square else ""}, --chunk-frames {args.chunk_frames}, '
+    ae = f', --autoencoder {args.autoencoder}' if args.autoencoder else ''
+    print(f'memory plan: {clip}{" --square" if args.square else ""}{ae}, --chunk-frames {args.chunk_frames}, '
           f'{args.config}; measured: peak '
           f'RSS of the recon.py process (ru_maxrss), on CUDA max allocated + {CUDA_CONTEXT >> 20} MiB context; '
           f'ratio = measured / predicted; GB = 10^9 B')
     print_table(rows, ['budget', 'frames', 'size', 'exit', 'predicted_gb', 'measured_gb', 'ratio', 'plan'])
-    write_json(args.json, dict(benchmark='memory', what='plan', config=args.config, rows=rows))
+    write_json(args.json, dict(benchmark='memory', what='plan', config=args.config, autoencoder=args.autoencoder,
+                               rows=rows))
     return rows
