@@ -9,6 +9,7 @@ safetensors, or a torch checkpoint read with weights_only=True.
 Command line (tools/check_weights.py): `python -m models.weights check CONFIG` and
 `python -m models.weights convert-dit SRC.pth DST.safetensors` (used by `bash pretrained/download.sh --convert`).
 """
+import copy
 import sys
 from contextlib import contextmanager
 from functools import lru_cache
@@ -290,14 +291,31 @@ def seeded(cfg, stage):
         yield
 
 
+_RANDOM_STAGES = {}          # (stage, init_seed) -> the seeded, calibrated module (CPU), once per process
+
+
+def random_stage(cfg, stage, make, calibrate):
+    """make() with seeded random weights calibrated by calibrate(model) (seed: init_seed + the stage's offset).
+    The BatchNorm calibration runs a forward pass (about 2 s on a CPU for the compressor and previewer), so a
+    process keeps each stage it made and hands out copies: the same tensors, bit for bit, for every pipeline
+    it builds."""
+    key = (stage, int(cfg.get('init_seed', 0)))
+    if key not in _RANDOM_STAGES:
+        with seeded(cfg, stage):
+            model = make()
+            calibrate(model)
+        _RANDOM_STAGES[key] = model
+    return copy.deepcopy(_RANDOM_STAGES[key])
+
+
 def build_compressor(cfg, device='cpu', dtype=torch.float32):
     """The frozen semantic compressor: released weights, or seeded random ones with calibrated BatchNorm."""
     chunk_size = cfg.compressor.get('chunk_size', 8)
     if 'compressor' in random_stages(cfg):
-        with seeded(cfg, 'compressor'):
-            model = SemanticCompressor(chunk_size=chunk_size)
+        def calibrated(model):
             damp_residual_branches_(model.backbone)
             calibrate_batchnorm_(model, smooth_noise_frames(4, 256))
+        model = random_stage(cfg, 'compressor', lambda: SemanticCompressor(chunk_size=chunk_size), calibrated)
     else:
         path = check_weights(cfg, ('compressor',))['compressor']
         model = SemanticCompressor(chunk_size=chunk_size)
@@ -309,9 +327,8 @@ def build_previewer(cfg, device='cpu', dtype=torch.float32):
     """The frozen previewer: released weights, or seeded random ones with calibrated BatchNorm."""
     chunk_size = cfg.previewer.get('chunk_size', 8)
     if 'previewer' in random_stages(cfg):
-        with seeded(cfg, 'previewer'):
-            model = Previewer(chunk_size=chunk_size)
-            calibrate_batchnorm_(model.blocks, torch.randn(8, 16, 8, 8))
+        model = random_stage(cfg, 'previewer', lambda: Previewer(chunk_size=chunk_size),
+                             lambda model: calibrate_batchnorm_(model.blocks, torch.randn(8, 16, 8, 8)))
     else:
         path = check_weights(cfg, ('previewer',))['previewer']
         model = Previewer(chunk_size=chunk_size)

@@ -316,6 +316,20 @@ def test_random_init_is_seeded_bounded_and_leaves_global_rng_alone(cfg, compress
     assert torch.isfinite(preview).all() and preview.abs().max() < 1e3
 
 
+def test_random_stages_are_made_once_per_process_and_handed_out_as_copies(cfg, monkeypatch):
+    """A fresh seeded build (its calibration run) and the copy the next build gets are equal bit for bit; a copy
+    changed in place does not change the next one."""
+    from models import weights
+    monkeypatch.setattr(weights, '_RANDOM_STAGES', {})
+    first = build_compressor(cfg)
+    assert set(weights._RANDOM_STAGES) == {('compressor', 0)}
+    second = build_compressor(cfg)
+    assert all(torch.equal(x, y) for x, y in zip(first.state_dict().values(), second.state_dict().values()))
+    assert torch.equal(first.mean, second.mean)                   # non-persistent buffers too
+    second.mapper[0].weight.data.zero_()
+    assert not torch.equal(build_compressor(cfg).mapper[0].weight, second.mapper[0].weight)
+
+
 def test_tiny_config_vae_downsamples_8x():
     vae = build_vae(load_config(TINY))
     assert vae.encode(video(1, 2, 64, 64)).shape == (1, 4, 2, 8, 8)
