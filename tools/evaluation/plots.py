@@ -5,8 +5,6 @@ matplotlib Figure objects on the Agg canvas, no pyplot state, so plotting is saf
 import math
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 from tools.evaluation.tables import DECIMALS, METRICS, TITLES, fmt
 
@@ -30,6 +28,8 @@ def plot_per_frame(path, frames, available, max_legend=12, width=6, height=4):
     per_line = len(series) <= max_legend
     one_video = len({name for _, name in series}) == 1
     n_rows, cols = _grid(len(keys))
+    from matplotlib.figure import Figure             # matplotlib loads on the first plot (0.7 s), not with recon
+    from matplotlib.lines import Line2D
     fig = Figure(figsize=(width * cols, height * n_rows), layout='constrained')
     for i, k in enumerate(keys):
         ax = fig.add_subplot(n_rows, cols, i + 1)
@@ -58,6 +58,7 @@ def plot_bars(path, summary, available):
     keys = [k for k in METRICS if k in available]
     methods = list(summary)
     rows, cols = _grid(len(keys))
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(3.2 * cols, 3.6 * rows), layout='constrained')
     for i, k in enumerate(keys):
         ax = fig.add_subplot(rows, cols, i + 1)
