@@ -291,18 +291,18 @@ def seeded(cfg, stage):
         yield
 
 
-_RANDOM_STAGES = {}          # (stage, init_seed) -> the seeded, calibrated module (CPU), once per process
+_RANDOM_STAGES = {}          # (stage, init_seed, chunk_size) -> the seeded, calibrated module (CPU), once per process
 
 
-def random_stage(cfg, stage, make, calibrate):
-    """make() with seeded random weights calibrated by calibrate(model) (seed: init_seed + the stage's offset).
-    The BatchNorm calibration runs a forward pass (about 2 s on a CPU for the compressor and previewer), so a
-    process keeps each stage it made and hands out copies: the same tensors, bit for bit, for every pipeline
-    it builds."""
-    key = (stage, int(cfg.get('init_seed', 0)))
+def random_stage(cfg, stage, make, calibrate, chunk_size):
+    """make(chunk_size) with seeded random weights calibrated by calibrate(model) (seed: init_seed + the stage's
+    offset). The BatchNorm calibration runs a forward pass (about 2 s on a CPU for the compressor and
+    previewer) whose batch statistics follow chunk_size, so a process keeps each (stage, seed, chunk_size) it
+    made and hands out copies: the same tensors, bit for bit, for every pipeline it builds."""
+    key = (stage, int(cfg.get('init_seed', 0)), int(chunk_size))
     if key not in _RANDOM_STAGES:
         with seeded(cfg, stage):
-            model = make()
+            model = make(chunk_size=chunk_size)
             calibrate(model)
         _RANDOM_STAGES[key] = model
     return copy.deepcopy(_RANDOM_STAGES[key])
@@ -315,7 +315,7 @@ def build_compressor(cfg, device='cpu', dtype=torch.float32):
         def calibrated(model):
             damp_residual_branches_(model.backbone)
             calibrate_batchnorm_(model, smooth_noise_frames(4, 256))
-        model = random_stage(cfg, 'compressor', lambda: SemanticCompressor(chunk_size=chunk_size), calibrated)
+        model = random_stage(cfg, 'compressor', SemanticCompressor, calibrated, chunk_size)
     else:
         path = check_weights(cfg, ('compressor',))['compressor']
         model = SemanticCompressor(chunk_size=chunk_size)
@@ -327,8 +327,8 @@ def build_previewer(cfg, device='cpu', dtype=torch.float32):
     """The frozen previewer: released weights, or seeded random ones with calibrated BatchNorm."""
     chunk_size = cfg.previewer.get('chunk_size', 8)
     if 'previewer' in random_stages(cfg):
-        model = random_stage(cfg, 'previewer', lambda: Previewer(chunk_size=chunk_size),
-                             lambda model: calibrate_batchnorm_(model.blocks, torch.randn(8, 16, 8, 8)))
+        model = random_stage(cfg, 'previewer', Previewer,
+                             lambda model: calibrate_batchnorm_(model.blocks, torch.randn(8, 16, 8, 8)), chunk_size)
     else:
         path = check_weights(cfg, ('previewer',))['previewer']
         model = Previewer(chunk_size=chunk_size)

@@ -23,7 +23,7 @@ LOWER = {                                  # layer -> the project layers it may 
 BASE = {'models', 'diffusion', 'tools.files', 'tools.video', 'tools.config'}
 LOWER.update({'tools.recon': BASE | {'tools.evaluation'}, 'tools.training': BASE, 'tools.evaluation': BASE,
               'tools.bench': BASE | {'tools.recon', 'tools.training', 'tools.evaluation'}})
-OPTIONAL = {'lpips', 'xformers', 'resource', 'ctypes', 'torch._dynamo'}   # imported where first needed
+OPTIONAL = {'lpips', 'xformers', 'resource', 'ctypes', 'torch._dynamo', 'matplotlib'}   # imported where first needed
 MAX_FILE_LINES, MAX_CLI_LINES, MAX_FUNCTION_LINES = 420, 160, 65
 
 

@@ -322,12 +322,16 @@ def test_random_stages_are_made_once_per_process_and_handed_out_as_copies(cfg, m
     from models import weights
     monkeypatch.setattr(weights, '_RANDOM_STAGES', {})
     first = build_compressor(cfg)
-    assert set(weights._RANDOM_STAGES) == {('compressor', 0)}
+    chunk = cfg.compressor.get('chunk_size', 8)
+    assert set(weights._RANDOM_STAGES) == {('compressor', 0, chunk)}
     second = build_compressor(cfg)
     assert all(torch.equal(x, y) for x, y in zip(first.state_dict().values(), second.state_dict().values()))
     assert torch.equal(first.mean, second.mean)                   # non-persistent buffers too
     second.mapper[0].weight.data.zero_()
     assert not torch.equal(build_compressor(cfg).mapper[0].weight, second.mapper[0].weight)
+    other = load_config(TINY, {'compressor.chunk_size': chunk + 1})   # its own entry, built with that chunk size
+    assert build_compressor(other).chunk_size == chunk + 1
+    assert set(weights._RANDOM_STAGES) == {('compressor', 0, chunk), ('compressor', 0, chunk + 1)}
 
 
 def test_tiny_config_vae_downsamples_8x():
