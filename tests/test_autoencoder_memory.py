@@ -116,6 +116,15 @@ def test_measurement_finds_the_known_allocation_and_stays_in_its_room():
         assert b * 64 * 64 == pytest.approx(n * per_frame, rel=0.05)
     # a room of 12 frames' bytes: 17 frames are predicted above it and are not run
     assert len(measure_autoencoder(Allocating(per_frame), (64, 64), room=12 * per_frame)[1]) == 2
+    # a 6-frame video is padded to 9: 17 frames are not run
+    assert [n for n, _ in measure_autoencoder(Allocating(per_frame), (64, 64), frames=6)[1]] == [5, 9]
+
+
+@pytest.mark.parametrize('factor, frames, lengths', [
+    (4, 1, (5,)), (4, 5, (5,)), (4, 6, (5, 9)), (4, 9, (5, 9)), (4, 10, (5, 9, 17)), (4, 200, (5, 9, 17)),
+    (8, 10, (9, 17)), (1, 3, (2, 4)), (1, 8, (2, 4, 8)), (1, 1, (2,)), (4, None, (5, 9, 17))])
+def test_probe_lengths_stop_at_the_first_that_holds_the_padded_video(factor, frames, lengths):
+    assert probe_lengths(factor, frames) == lengths
 
 
 def windows_of(folder):

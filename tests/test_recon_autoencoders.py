@@ -99,10 +99,10 @@ def test_missing_and_wrong_weights_are_one_line(folders, tiny, carphone, tmp_pat
 
 
 def test_eval_lists_each_autoencoder_with_its_compression(folders, tiny, carphone, tmp_path):
-    """CascadeV and four other autoencoders reconstruct the same 6 frames; tools/eval.py names each method after
+    """CascadeV and four other autoencoders reconstruct the same 3 frames; tools/eval.py names each method after
     its autoencoder and gives its compression, in summary.json and in summary.md's table."""
     from tools.evaluation.evaluate import evaluate
-    argv = [*tiny, '--input', carphone, '--num-frames', 6, '--no-metrics']
+    argv = [*tiny, '--input', carphone, '--num-frames', 3, '--no-metrics']
     assert run([*argv, '--output', tmp_path / 'cascadev'])[0] == 0
     others = ('wan2.1', 'cogvideox', 'ltx-video', 'sd')
     for name in others:

@@ -54,7 +54,7 @@ def fit_memory(pipe, name, src, job):
     if s.other_autoencoder:
         limit = budget or machine_memory(pipe.device)
         room = None if limit is None else limit * (1 - HEADROOM) - bytes_in_use(pipe.device)
-        fit = measure_autoencoder(pipe, frame_plan.model, room=room,
+        fit = measure_autoencoder(pipe, frame_plan.model, room=room, frames=n,
                                   say=lambda line: print(f'{name}: {line}', flush=True))
         if fit is None:
             print(f'{name}: no memory plan for --autoencoder {s.autoencoder}: its peak cannot be measured on this '
