@@ -84,13 +84,31 @@ def test_cascadev_plan_numbers():
     assert (p.resized, p.crop, p.output) == ((143, 175), (7, 23, 128, 128), (128, 128))
 
 
+@pytest.mark.parametrize('multiple, pad, model', [(32, (8, 9, 8, 9), (160, 192)), (16, (0, 1, 0, 1), (144, 176)),
+                                                  (8, (0, 1, 0, 1), (144, 176)), (1, (0, 0, 0, 0), (143, 175))])
+def test_model_frames_are_padded_to_the_models_multiple_and_back(multiple, pad, model):
+    """Another autoencoder's spatial factor: 143x175 padded to 144x176 for 8 and 16, not to 160x192; the
+    output is the source exactly (the pad is replicated rows and columns, removed again)."""
+    p = plan(143, 175, multiple=multiple)
+    assert (p.pad, p.model, p.output) == (pad, model, (143, 175))
+    x = torch.rand(3, 2, 143, 175) * 2 - 1
+    m = p.to_model(x)
+    assert tuple(m.shape[-2:]) == model and torch.equal(p.to_output(m), x)
+    c = plan(143, 175, multiple=multiple, preprocess='cascadev')                       # its crop is to 32 anyway
+    assert (c.crop, c.model, c.output) == ((7, 7, 128, 160), (128, 160), (128, 160))
+    with pytest.raises(ValueError, match='multiple 12; need a divisor of 32'):
+        plan(143, 175, multiple=12)
+
+
 def test_json_round_trip_keeps_every_field():
     for p in (plan(143, 175, size=64, square=True, start=3, stride=2, num_frames=8),
-              plan(143, 175, size=96, preprocess='cascadev', num_frames=5), plan(32, 32)):
+              plan(143, 175, size=96, preprocess='cascadev', num_frames=5), plan(32, 32), plan(143, 175, multiple=8)):
         d = json.loads(json.dumps(p.to_dict()))
         assert FramePlan.from_dict(d) == p and d['source'] == [p.source[0], p.source[1]]
     assert set(plan(8, 8).to_dict()) == {'source', 'size', 'square', 'preprocess', 'start', 'stride', 'num_frames',
-                                         'upscale', 'crop', 'resized', 'pad', 'model', 'output'}
+                                         'upscale', 'multiple', 'crop', 'resized', 'pad', 'model', 'output'}
+    older = {k: v for k, v in plan(143, 175).to_dict().items() if k != 'multiple'}   # records made before it
+    assert FramePlan.from_dict(older) == plan(143, 175)
     with pytest.raises(ValueError, match=r"unknown keys \['geometry'\]"):
         FramePlan.from_dict({**plan(8, 8).to_dict(), 'geometry': 1})
 

@@ -50,6 +50,9 @@ def test_t_frames_and_size_in_equal_out(name, frames, folders, tiny, odd_clip, t
     assert done['files'] == ['latent.safetensors', 'rec.mp4', 'cmp.mp4', 'cmp.png']
     assert done['autoencoder']['name'] == name and done['settings']['autoencoder'] == name
     assert done['autoencoder']['compression'] == TINY[name][1]
+    factor = int(TINY[name][1].split('×')[1])              # model frames padded to its spatial factor, not 32
+    assert done['plan']['multiple'] == factor and done['plan']['model'] == [-(-143 // factor) * factor,
+                                                                            -(-175 // factor) * factor]
     assert set(done['metrics']) == {'reconstruction'}
     assert 'scheduler' not in done                                   # no sampler ran
     rec, _ = read_frames(folder / 'rec.mp4')

@@ -109,7 +109,8 @@ def match_size(rec, ref_shape, path, warn):
 
 class ReferenceReads:
     """One reference video, read once per distinct frame plan: methods made through the same plan share the
-    frames, and a read that failed (VideoReadError, EvalError) is raised again without reading twice."""
+    frames (plans that differ only in the model frame's padding, e.g. autoencoders with other spatial factors,
+    are the same), and a read that failed (VideoReadError, EvalError) is raised again without reading twice."""
 
     def __init__(self, path):
         self.path = path
@@ -117,7 +118,8 @@ class ReferenceReads:
 
     def frames(self, frame_plan):
         """uint8 frames (T, H, W, 3) of the reference through frame_plan (load_frames)."""
-        key = json.dumps(frame_plan.to_dict(), sort_keys=True)
+        padding = ('multiple', 'pad', 'model')                  # the reference does not depend on them
+        key = json.dumps({k: v for k, v in frame_plan.to_dict().items() if k not in padding}, sort_keys=True)
         if key not in self._read:
             try:
                 self._read[key] = load_frames(self.path, frame_plan)

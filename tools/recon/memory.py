@@ -148,7 +148,7 @@ def at_size(w, size):
     p = w.plan
     try:
         fp = make_plan(*p.source, size=size, square=p.square, preprocess=p.preprocess, start=p.start,
-                       stride=p.stride, num_frames=p.num_frames, upscale=p.upscale)
+                       stride=p.stride, num_frames=p.num_frames, upscale=p.upscale, multiple=p.multiple)
     except ValueError:
         return None
     return replace(w, plan=fp, model=tuple(fp.model), output=tuple(fp.output))

@@ -26,6 +26,7 @@ from tools.recon.lock import FolderBusy, claim
 from tools.recon.memory import HEADROOM, Workload, bytes_in_use, default_budget, gb, machine_memory, plan_memory
 from tools.recon.records import DONE, DoneRecord, RenderInfo
 from tools.recon.reconstruct import reconstruct, reconstruct_share, source_plan
+from tools.recon.render import spatial_multiple
 from tools.recon.schedule import up_to_date
 
 # errors whose message already says what failed (others are prefixed with their type)
@@ -45,7 +46,7 @@ def fit_memory(pipe, name, src, job):
     if s.decoding:
         frame_plan = read_latent_meta(src).plan
     else:
-        frame_plan = source_plan(src, recon)[0]
+        frame_plan = source_plan(src, recon, spatial_multiple(pipe))[0]
     n = frame_plan.num_frames
     budget = s.max_memory if s.max_memory is not None else default_budget(pipe.device)
     w = Workload.from_plan(frame_plan, recon.interp * (n - 1) + 1, job.cfg, refine=not recon.preview_only,

@@ -31,9 +31,9 @@ from models.tiling import chunk_spans
 from models.weights import dtype_name
 from tools.recon.latents import load_latent, safe_name, save_latent
 from tools.recon.records import LatentMeta
-from tools.recon.render import follow, is_autoencoder, no_timer, read_chunk, render
+from tools.recon.render import follow, is_autoencoder, no_timer, read_chunk, render, spatial_multiple
 from tools.video.convert import notes as source_notes
-from tools.video.frames import map_frames
+from tools.video.frames import MULTIPLE, map_frames
 from tools.video.frames import plan as make_plan
 from tools.video.read import frame_indices, probe_video
 from tools.video.streaming import read_ahead, rechunk
@@ -112,8 +112,9 @@ def output_settings(settings, cfg, dtype):
             'decode_chunk': vae.get('decode_chunk', 4), 'decode_overlap': vae.get('decode_overlap', 0)}
 
 
-def source_plan(path, settings):
-    """The frame plan (tools/video/frames.py) the settings give for the video at `path` -> (FramePlan, VideoInfo);
+def source_plan(path, settings, multiple=MULTIPLE):
+    """The frame plan (tools/video/frames.py) the settings give for the video at `path`, model frames padded to
+    multiples of `multiple` (render.spatial_multiple of the pipeline) -> (FramePlan, VideoInfo);
     VideoReadError (one line) when the clip is unreadable or too short for the frame settings. info.notes say
     what reading does to the frames (tone mapping, deinterlacing, alpha dropped, a rate assumed)."""
     info = probe_video(path)
@@ -121,7 +122,7 @@ def source_plan(path, settings):
     n = len(frame_indices(info.num_frames, settings.num_frames, settings.stride, settings.start, path))
     return make_plan(info.height, info.width, size=settings.size, square=settings.square,
                      preprocess=settings.preprocess, start=settings.start, stride=settings.stride,
-                     num_frames=n, upscale=settings.upscale), info
+                     num_frames=n, upscale=settings.upscale, multiple=multiple), info
 
 
 def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_timer, threads=True, warn=print,
@@ -135,7 +136,7 @@ def encode_video(pipe, path, settings, name=None, chunk_frames=16, timer=no_time
     one line 'NAME: ...') and, for a variable frame rate source, each frame's time in seconds from the first
     one used. VideoReadError (one line) for a file that cannot be read or is too short for the settings.
     """
-    frame_plan, info = source_plan(path, settings)
+    frame_plan, info = source_plan(path, settings, spatial_multiple(pipe))
     n = frame_plan.num_frames
     sar = info.sar if info.sar != 1 else None
     causal = is_autoencoder(pipe) and pipe.time_factor > 1

@@ -24,7 +24,7 @@ from models.tiling import chunk_spans
 from tools.evaluation.metrics import gaussian_window, mean_psnr, ssim_planes
 from tools.recon.memory import WRITER_LOOKAHEAD, writer_threads
 from tools.recon.records import RenderInfo
-from tools.video.frames import from_uint8, map_frames, unpad
+from tools.video.frames import MULTIPLE, from_uint8, map_frames, unpad
 from tools.video.panels import side_by_side, write_grid_png
 from tools.video.read import read_frames
 from tools.video.streaming import read_ahead, rechunk
@@ -209,6 +209,12 @@ def _refined(pipe, lat, name, settings, tile_batch, vae_chunk, progress, timer):
 def is_autoencoder(pipe):
     """True for another video autoencoder (models.autoencoders: encode, decode; no preview, no sampler)."""
     return hasattr(pipe, 'spec')
+
+
+def spatial_multiple(pipe):
+    """What the frame plan pads model frames to for `pipe`: another autoencoder's spatial factor, else 32
+    (CascadeV's compressor, tools/video/frames.py MULTIPLE)."""
+    return pipe.spatial_factor if is_autoencoder(pipe) else MULTIPLE
 
 
 def _outputs(pipe, latent, meta, settings, tile_batch, vae_chunk, progress, timer):

@@ -2,6 +2,7 @@
 
     p = plan(144, 176, size=64, square=True)     # pure arithmetic, JSON-able: p.to_dict(), FramePlan.from_dict
     model_in = p.to_model(frames)                # (C, T, 144, 176) -> (C, T, 64, 64): crop, resize, pad to 32
+                                                 # (plan(..., multiple=8): another autoencoder's factor)
     out = p.to_output(model_out)                 # (C, T, 64, 64) -> (C, T, 144, 144): unpad, resize back
     ref = p.reference(frames)                    # (C, T, 144, 144): what `out` is compared with
 
@@ -187,13 +188,15 @@ class FramePlan:
 
     preprocess='default' (full frame): source (H, W) -> `crop` (the central square with --square, else
     none) -> bilinear antialiased resize of the short side to `size` (0 keeps the size) -> `resized` ->
-    replicate-pad to multiples of 32 (`pad`, split evenly) -> `model`. Outputs undo the pad and resize back,
+    replicate-pad to multiples of `multiple` (`pad`, split evenly) -> `model`. `multiple` is the model's
+    spatial factor: 32 for CascadeV's compressor, another autoencoder's own (e.g. 8: a 1080-row frame is not
+    padded). Outputs undo the pad and resize back,
     so `output` is the source size (the square's size with --square) and `reference` is the source cropped.
 
     preprocess='cascadev' (the original's reconstruction preprocessing, RECIPE.md §12): 3x3 box blur and
     OpenCV bilinear resize of the short side to `size` (0: the source's short side) -> `resized` -> `crop`
-    (centred, to multiples of 32, then the central square with --square; the box is in `resized` pixels).
-    No padding: `model` == `output` == the crop, and `reference` is the preprocessed source, as the
+    (centred, to multiples of 32, which `multiple` divides, then the central square with --square; the box
+    is in `resized` pixels). No padding: `model` == `output` == the crop, and `reference` is the preprocessed source, as the
     original compared.
 
     upscale=True keeps the model's resolution: `output` is `resized` (short side `size`, the source's
@@ -211,6 +214,7 @@ class FramePlan:
     stride: int = 1
     num_frames: int = None
     upscale: bool = False
+    multiple: int = MULTIPLE
     crop: tuple = None
     resized: tuple = None
     pad: tuple = (0, 0, 0, 0)
@@ -233,13 +237,14 @@ class FramePlan:
 
     # -- source -> model -----------------------------------------------------------------------------
     def to_model(self, video):
-        """Source frames (..., C, T, H, W) in [-1, 1] -> model frames (..., C, T, *model), multiples of 32."""
+        """Source frames (..., C, T, H, W) in [-1, 1] -> model frames (..., C, T, *model), multiples of
+        `multiple`."""
         self._check_source(video)
         if self.preprocess == 'cascadev':
             return self.reference(video)
         top, left, h, w = self.crop or (0, 0, *self.source)
         x = resize(video[..., top:top + h, left:left + w], *self.resized)
-        return pad_to_multiple(x, MULTIPLE)[0]
+        return pad_to_multiple(x, self.multiple)[0]
 
     def reference(self, video):
         """Source frames (..., C, T, H, W) in [-1, 1] -> what the outputs are compared with, (..., *output).
@@ -274,17 +279,20 @@ class FramePlan:
 
 
 def plan(height, width, size=0, square=False, preprocess='default', start=0, stride=1, num_frames=None,
-         upscale=False):
-    """The FramePlan for (height, width) source frames (see FramePlan); ValueError for impossible settings."""
+         upscale=False, multiple=MULTIPLE):
+    """The FramePlan for (height, width) source frames (see FramePlan); ValueError for impossible settings.
+    multiple: the model's spatial factor, a divisor of 32 (cascadev's crop is to 32 whatever it is)."""
     if preprocess not in PREPROCESS:
         raise ValueError(f"preprocess={preprocess!r}; use one of {', '.join(PREPROCESS)}")
+    if int(multiple) < 1 or MULTIPLE % int(multiple):
+        raise ValueError(f'plan: multiple {multiple}; need a divisor of {MULTIPLE}')
     if size < 0 or start < 0 or stride < 1 or (num_frames is not None and num_frames < 1):
         raise ValueError(f'plan: size {size}, start {start}, stride {stride}, num_frames {num_frames}; need '
                          f'size >= 0, start >= 0, stride >= 1, num_frames >= 1 or None')
     height, width = int(height), int(width)
     common = dict(source=(height, width), size=int(size), square=bool(square), preprocess=preprocess,
                   start=int(start), stride=int(stride), num_frames=None if num_frames is None else int(num_frames),
-                  upscale=bool(upscale))
+                  upscale=bool(upscale), multiple=int(multiple))
     if preprocess == 'cascadev':
         try:
             (h, w), (top, left, ch, cw) = cascadev_box(height, width, size or min(height, width), fix='use a --size')
@@ -297,7 +305,7 @@ def plan(height, width, size=0, square=False, preprocess='default', start=0, str
     crop = tuple(_box(height, width, *[min(height, width)] * 2)) if square else None
     h, w = crop[2:] if crop else (height, width)
     resized = short_side_size(h, w, size)
-    ph, pw = -resized[0] % MULTIPLE, -resized[1] % MULTIPLE
+    ph, pw = -resized[0] % multiple, -resized[1] % multiple
     pad = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)                   # as pad_to_multiple splits it
     return FramePlan(**common, crop=crop, resized=resized, pad=pad,
                      model=(resized[0] + ph, resized[1] + pw), output=resized if upscale else (h, w))
