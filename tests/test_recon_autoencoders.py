@@ -69,6 +69,10 @@ def test_rerun_skips_and_another_autoencoder_redoes(folders, tiny, carphone, tmp
     assert code == 0 and 'autoencoder wan2.1 -> cogvideox' in out
     done = json.loads((tmp_path / 'carphone_pristine' / 'done.json').read_text())
     assert done['autoencoder']['class'] == 'AutoencoderKLCogVideoX'
+    code, out, _ = run(argv)                                       # back to CascadeV: redone, not skipped
+    assert code == 0 and 'autoencoder cogvideox -> cascadev' in out and 'skipped' not in out, out
+    done = json.loads((tmp_path / 'carphone_pristine' / 'done.json').read_text())
+    assert 'autoencoder' not in done and 'preview.mp4' in done['files']
 
 
 def test_cascadev_done_json_has_no_autoencoder_keys(tiny, carphone, tmp_path):

@@ -7,7 +7,7 @@ exist is complete. Only the process holding the folder's claim (tools/recon/lock
 from pathlib import Path
 
 from tools.files import folder_problem, is_temp_of
-from tools.recon.records import DONE, OUTPUT_FILES, read_done
+from tools.recon.records import DONE, OUTPUT_FILES, RECORDED_WHEN_SET, read_done
 from tools.recon.settings import UsageError
 
 
@@ -66,4 +66,6 @@ def settings_change(out_dir, expected):
     if not old:
         return 'its settings are not recorded (an older recon.py)'
     diff = [f'{k} {old.get(k, "unrecorded")} -> {v}' for k, v in expected.items() if old.get(k, object()) != v]
+    diff += [f'{k} {old[k]} -> {default}' for k, default in RECORDED_WHEN_SET.items()     # left out at the default
+             if k not in expected and k in old and old[k] != default]
     return ', '.join(diff)

@@ -30,7 +30,7 @@ from models.autoencoders import window_frames
 from models.tiling import chunk_spans
 from models.weights import dtype_name
 from tools.recon.latents import load_latent, safe_name, save_latent
-from tools.recon.records import LatentMeta
+from tools.recon.records import RECORDED_WHEN_SET, LatentMeta
 from tools.recon.render import follow, is_autoencoder, no_timer, read_chunk, render, spatial_multiple
 from tools.video.convert import notes as source_notes
 from tools.video.frames import MULTIPLE, map_frames
@@ -91,11 +91,6 @@ def weights_stamp(path):
     except (OSError, TypeError, ValueError):
         return None
     return f'{st.st_size}:{st.st_mtime_ns}'
-
-
-# recorded in done.json's settings only when not their default: a done.json written before these settings
-# existed still matches
-RECORDED_WHEN_SET = {'keep_hdr': False, 'keep_fields': False, 'autoencoder': 'cascadev', 'autoencoder_weights': None}
 
 
 def output_settings(settings, cfg, dtype):

@@ -13,6 +13,10 @@ from pathlib import Path
 
 from tools.video.frames import FramePlan
 
+# recorded in done.json's settings only when not their default: a done.json written before these settings
+# existed still matches, and a run at the default redoes one made with another value (folders.settings_change)
+RECORDED_WHEN_SET = {'keep_hdr': False, 'keep_fields': False, 'autoencoder': 'cascadev', 'autoencoder_weights': None}
+
 LATENT_FORMAT = 'cascadev-latent-v2'         # v2: the frame plan, SAR and frame times in the metadata
 DONE_FORMAT = 'cascadev-done-v2'             # v1 (no 'format' key): also start, frame_stride, size, square and
                                              # preprocess at the top level, copies of the plan's
