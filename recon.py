@@ -29,7 +29,7 @@ import sys
 
 from diffusion.samplers import SAMPLERS
 from models.autoencoders import AUTOENCODERS
-from models.weights import DTYPES, MissingWeightsError
+from models.weights import DTYPES, MissingWeightsError, WeightsFormatError
 from tools.config import ConfigError, add_cfg_options
 from tools.recon.batch import run
 from tools.recon.settings import DEFAULT_CONFIG, RunSettings, UsageError
@@ -147,7 +147,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return run(RunSettings.from_flags(args)).code
-    except (UsageError, ConfigError, MissingWeightsError) as e:
+    except (UsageError, ConfigError, MissingWeightsError, WeightsFormatError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
 

@@ -102,7 +102,11 @@ def weights_folder(path, spec):
     for folder in (Path(path), Path(path) / 'vae'):
         config = folder / 'config.json'
         if config.is_file():
-            cls = json.loads(config.read_text()).get('_class_name')
+            try:
+                cls = json.loads(config.read_text()).get('_class_name')
+            except (ValueError, AttributeError):
+                raise WeightsFormatError(f'{config}: is not a JSON object (a diffusers config); download '
+                                         f'{spec.source} again') from None
             if cls != spec.cls:
                 raise WeightsFormatError(f"{config}: holds a {cls}, but --autoencoder {spec.name} needs a {spec.cls}; "
                                          f"pass the folder of {spec.source}")
@@ -299,7 +303,8 @@ def autoencoder_from_config(name, weights, cfg, device='cpu', dtype=torch.float3
 def load_autoencoder(name, weights, device='cpu', dtype=torch.float32, svd_options=None):
     """Registry name + a local diffusers folder -> VideoAutoencoder (SVDAutoencoder for 'svd', built with
     `svd_options`, models/svd_vae.SVDVAE's keywords: decode_chunk, decode_overlap, ...). ValueError for an
-    unknown name (the line lists the known ones); MissingWeightsError / WeightsFormatError (one line)."""
+    unknown name (the line lists the known ones); MissingWeightsError / WeightsFormatError (one line: also for a
+    broken config.json, no weight file or weights unlike the config)."""
     if name not in AUTOENCODERS:
         raise ValueError(f"--autoencoder {name}: unknown; choose one of cascadev, {', '.join(AUTOENCODERS)}")
     spec = AUTOENCODERS[name]
@@ -307,7 +312,12 @@ def load_autoencoder(name, weights, device='cpu', dtype=torch.float32, svd_optio
     if name == 'svd':
         vae = SVDVAE.from_pretrained(str(folder), torch_dtype=dtype, **(svd_options or {}))
         return SVDAutoencoder(spec, vae.to(device=device, dtype=dtype).freeze())
-    model = getattr(diffusers, spec.cls).from_pretrained(str(folder), torch_dtype=dtype)
+    try:
+        model = getattr(diffusers, spec.cls).from_pretrained(str(folder), torch_dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as e:      # no weight file, shapes unlike the config, a bad file
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise WeightsFormatError(f'{folder}: cannot be loaded as {spec.cls} ({reason}); the folder needs the '
+                                 f'config.json and weights of {spec.source}') from None
     return VideoAutoencoder(spec, model, device=device, dtype=dtype)
 
 

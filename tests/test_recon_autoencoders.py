@@ -3,6 +3,7 @@ files, done.json and resume, on a real clip of odd size with awkward lengths: T 
 import contextlib
 import io
 import json
+import shutil
 
 import pytest
 
@@ -102,6 +103,28 @@ def test_missing_and_wrong_weights_are_one_line(folders, tiny, carphone, tmp_pat
     code, _, err = run([*tiny, '--input', carphone, '--output', tmp_path / 'o', '--autoencoder', 'ltx-video',
                         '--autoencoder-weights', folders['wan2.1']])
     assert code == 2 and 'AutoencoderKLWan' in err and 'AutoencoderKLLTXVideo' in err
+    assert not (tmp_path / 'o').exists()
+
+
+@pytest.mark.parametrize('damage, message', [
+    ('config', 'config.json: is not a JSON object'), ('weights', 'cannot be loaded as AutoencoderKLWan'),
+    ('shapes', 'cannot be loaded as AutoencoderKLWan')])
+def test_a_broken_weights_folder_is_one_line(damage, message, folders, tiny, carphone, tmp_path):
+    """A truncated config.json, a folder without its weight file, weights of another size than the config:
+    one line naming the folder, exit 2, nothing written."""
+    broken = tmp_path / 'wan'
+    shutil.copytree(folders['wan2.1'], broken)
+    config = broken / 'config.json'
+    if damage == 'config':
+        config.write_text(config.read_text()[:20])
+    elif damage == 'weights':
+        for f in broken.glob('*.safetensors'):
+            f.unlink()
+    else:
+        config.write_text(json.dumps({**json.loads(config.read_text()), 'base_dim': 16}))
+    code, out, err = run([*tiny, '--input', carphone, '--output', tmp_path / 'o', '--autoencoder', 'wan2.1',
+                          '--autoencoder-weights', broken])
+    assert code == 2 and message in err and str(broken) in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / 'o').exists()
 
 

@@ -254,6 +254,9 @@ def run_videos(job, names, out, share=False):
     except KeyboardInterrupt:
         remove_if_empty(job.output)
         return True
+    except WeightsFormatError:            # weights that cannot be loaded: one line (recon.py: exit 2)
+        remove_if_empty(job.output)
+        raise
     return False
 
 
