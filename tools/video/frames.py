@@ -190,14 +190,14 @@ class FramePlan:
     none) -> bilinear antialiased resize of the short side to `size` (0 keeps the size) -> `resized` ->
     replicate-pad to multiples of `multiple` (`pad`, split evenly) -> `model`. `multiple` is the model's
     spatial factor: 32 for CascadeV's compressor, another autoencoder's own (e.g. 8: a 1080-row frame is not
-    padded). Outputs undo the pad and resize back,
-    so `output` is the source size (the square's size with --square) and `reference` is the source cropped.
+    padded). Outputs undo the pad and resize back, so `output` is the source size (the square's size with
+    --square) and `reference` is the source cropped.
 
     preprocess='cascadev' (the original's reconstruction preprocessing, RECIPE.md §12): 3x3 box blur and
     OpenCV bilinear resize of the short side to `size` (0: the source's short side) -> `resized` -> `crop`
     (centred, to multiples of 32, which `multiple` divides, then the central square with --square; the box
-    is in `resized` pixels). No padding: `model` == `output` == the crop, and `reference` is the preprocessed source, as the
-    original compared.
+    is in `resized` pixels). No padding: `model` == `output` == the crop, and `reference` is the preprocessed
+    source, as the original compared.
 
     upscale=True keeps the model's resolution: `output` is `resized` (short side `size`, the source's
     aspect ratio, no padding) instead of the source size, and `reference` is the source resized to it —
